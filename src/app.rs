@@ -1,0 +1,83 @@
+//! Startup as a value: [`Application::build`] opens the store, binds the listener and wires
+//! every part; [`Application::run`] serves until the shutdown token is cancelled.
+//!
+//! Tests build the same application on port 0 (`tests/it/helpers.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::service::Sentinel;
+use crate::store;
+use crate::web::{self, auth::ApiKeys, AppContext};
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    sentinel: Arc<Sentinel>,
+    /// Cancelled by Ctrl-C, SIGTERM or a test; every task watches it.
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let store = store::open(&settings).await?;
+        let sentinel = Arc::new(Sentinel::new(Arc::clone(&settings), store));
+        let state = Arc::new(AppContext {
+            sentinel: Arc::clone(&sentinel),
+            keys: ApiKeys::from_config(&settings.api_keys),
+            body_limit: settings.http.body_limit,
+        });
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        Ok(Application {
+            listener,
+            router: web::router(state),
+            sentinel,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    pub fn sentinel(&self) -> Arc<Sentinel> {
+        Arc::clone(&self.sentinel)
+    }
+
+    /// The token that stops the application when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shutdown; requests in flight are finished first.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let settings = &self.sentinel.settings;
+        if !settings.slack_enabled() {
+            tracing::info!(
+                "slack is off: set SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN to turn it on"
+            );
+        }
+        tracing::info!(
+            addr = %self.local_addr(),
+            store = self.sentinel.store.backend(),
+            mode = settings.mode.as_str(),
+            "sentinel ready"
+        );
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("http server failed")?;
+        tracing::info!("sentinel stopped");
+        Ok(())
+    }
+}

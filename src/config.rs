@@ -1,0 +1,943 @@
+//! Settings: the embedded `config/sentinel.toml`, then the user's file, then the environment.
+//!
+//! In: a path (optional) and a way to read environment variables. Out: a validated
+//! [`Settings`], or one [`ConfigError`] naming the key and the problem. The defaults are the
+//! documented file itself, compiled in, so the two can never disagree. Secrets live in
+//! [`Secrets`] as `SecretString`s, read only from the environment or from files, and never
+//! printed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::Role;
+
+/// The documented defaults, compiled in.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/sentinel.toml");
+
+/// Bad configuration: which key, and what is wrong with it. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {problem}")]
+pub struct ConfigError {
+    /// A TOML key path (`thresholds.host_cpu.warning`), an environment variable, or a file.
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// What to do with a fix once policy has decided on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Auto,
+    ApproveAll,
+    DryRun,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::ApproveAll => "approve-all",
+            Mode::DryRun => "dry-run",
+        }
+    }
+}
+
+/// A duration written like `"30s"` or `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    fn parse(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                format!("{text:?} is not a duration ({e}); write it like \"30s\" or \"5m\"")
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Warning and critical levels of one signal.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub host_memory: Threshold,
+    pub host_cpu: Threshold,
+    pub disk: Threshold,
+    pub network_latency: Threshold,
+    pub container_memory: Threshold,
+    pub sandbox_size_mb: Threshold,
+}
+
+impl Thresholds {
+    /// Each threshold with its key and whether it is a percentage.
+    fn each(&self) -> [(&'static str, &Threshold, bool); 6] {
+        [
+            ("host_memory", &self.host_memory, true),
+            ("host_cpu", &self.host_cpu, true),
+            ("disk", &self.disk, true),
+            ("network_latency", &self.network_latency, false),
+            ("container_memory", &self.container_memory, true),
+            ("sandbox_size_mb", &self.sandbox_size_mb, false),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSettings {
+    #[serde(rename = "for")]
+    pub for_samples: u32,
+    pub clear_for: u32,
+    pub collector_timeout: HumanDuration,
+    pub disk_mounts: Vec<String>,
+    pub prometheus_url: String,
+    pub docker_host: String,
+    pub docker_concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSettings {
+    pub auto_budget_per_hour: u32,
+    pub quarantine_retention: HumanDuration,
+    pub memory_limit_max_factor: f64,
+    pub two_person_rule: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalyzerKind {
+    Rules,
+    Llm,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzerSettings {
+    pub kind: AnalyzerKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSettings {
+    pub url: String,
+    pub model: String,
+    pub timeout: HumanDuration,
+    pub attempts: u32,
+    pub api_key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    pub channel: String,
+    pub api_url: String,
+    pub signing_secret_file: String,
+    pub bot_token_file: String,
+    pub app_token_file: String,
+}
+
+/// `default_role`: a role, or `none` (unknown Slack users may do nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultRole {
+    None,
+    Role(Role),
+}
+
+impl<'de> Deserialize<'de> for DefaultRole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "none" {
+            return Ok(DefaultRole::None);
+        }
+        text.parse::<Role>().map(DefaultRole::Role).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown role {text:?} (expected viewer, operator, admin or none)"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacSettings {
+    pub default_role: DefaultRole,
+    pub admins: Vec<String>,
+    pub operators: Vec<String>,
+    pub viewers: Vec<String>,
+    pub usergroup_cache_ttl: HumanDuration,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSettings {
+    pub bearer_token: SecretString,
+}
+
+impl fmt::Debug for AlertmanagerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertmanagerSettings")
+            .field("bearer_token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl AlertmanagerSettings {
+    /// The token, or `None` when none is configured (then the webhook always answers 401).
+    pub fn bearer_token(&self) -> Option<&SecretString> {
+        (!self.bearer_token.expose_secret().is_empty()).then_some(&self.bearer_token)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub redis_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub otlp_endpoint: String,
+}
+
+/// One `[[api_keys]]` entry: a key known only by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+/// Secrets, from the environment or from files only.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub slack_signing_secret: Option<SecretString>,
+    pub slack_bot_token: Option<SecretString>,
+    pub slack_app_token: Option<SecretString>,
+    pub llm_api_key: Option<SecretString>,
+    /// May carry a password, so it is treated as a secret.
+    pub redis_url: Option<SecretString>,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mode: Mode,
+    pub interval: HumanDuration,
+    pub settle: HumanDuration,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub sandbox_dir: PathBuf,
+    pub public_url: String,
+    pub approval_timeout: HumanDuration,
+    pub thresholds: Thresholds,
+    pub monitor: MonitorSettings,
+    pub actions: ActionSettings,
+    pub analyzer: AnalyzerSettings,
+    pub llm: LlmSettings,
+    pub slack: SlackSettings,
+    pub rbac: RbacSettings,
+    pub alertmanager: AlertmanagerSettings,
+    pub store: StoreSettings,
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyEntry>,
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+/// Where settings come from: an optional file and an environment.
+pub struct Sources<'a> {
+    pub file: Option<&'a Path>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Sources<'_> {
+    /// A variable, with empty values treated as unset.
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Settings {
+    /// The built-in defaults alone (what `config/sentinel.toml` documents).
+    pub fn defaults() -> Settings {
+        Settings::load(&Sources {
+            file: None,
+            env: &|_| None,
+        })
+        .expect("the embedded config/sentinel.toml is valid")
+    }
+
+    /// Defaults, then the file, then the environment; validated.
+    pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
+        let mut merged = parse_toml(DEFAULT_CONFIG, "config/sentinel.toml (built in)")?;
+        if let Some(path) = sources.file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    path.display().to_string(),
+                    format!("cannot read the configuration file: {e}"),
+                )
+            })?;
+            let user = parse_toml(&text, &path.display().to_string())?;
+            merge(&mut merged, user);
+        }
+        let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::new(key, e.into_inner().message().trim().replace('\n', " "))
+        })?;
+        settings.apply_env(sources)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply_env(&mut self, sources: &Sources<'_>) -> Result<(), ConfigError> {
+        let duration = |name: &str, text: &str| {
+            HumanDuration::parse(text).map_err(|problem| ConfigError::new(name, problem))
+        };
+        if let Some(v) = sources.var("SENTINEL_INTERVAL") {
+            self.interval = duration("SENTINEL_INTERVAL", &v)?;
+        }
+        if let Some(v) = sources.var("SENTINEL_SETTLE") {
+            self.settle = duration("SENTINEL_SETTLE", &v)?;
+        }
+        let strings: [(&str, &mut String); 8] = [
+            ("SENTINEL_LISTEN", &mut self.listen),
+            ("PUBLIC_URL", &mut self.public_url),
+            ("PROMETHEUS_URL", &mut self.monitor.prometheus_url),
+            ("DOCKER_HOST", &mut self.monitor.docker_host),
+            ("SENTINEL_LLM_URL", &mut self.llm.url),
+            ("SENTINEL_LLM_MODEL", &mut self.llm.model),
+            ("SLACK_API_URL", &mut self.slack.api_url),
+            ("SLACK_CHANNEL", &mut self.slack.channel),
+        ];
+        for (name, field) in strings {
+            if let Some(v) = sources.var(name) {
+                *field = v;
+            }
+        }
+        if let Some(v) = sources.var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            self.telemetry.otlp_endpoint = v;
+        }
+        if let Some(v) = sources.var("SENTINEL_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = sources.var("SENTINEL_SANDBOX_DIR") {
+            self.sandbox_dir = PathBuf::from(v);
+        }
+
+        let secret = |env_name: &str, file_key: &str, file: &str| -> Result<_, ConfigError> {
+            if let Some(v) = sources.var(env_name) {
+                return Ok(Some(SecretString::from(v)));
+            }
+            if file.is_empty() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::new(file_key, format!("cannot read secret file {file:?}: {e}"))
+            })?;
+            Ok(Some(SecretString::from(text.trim().to_owned())))
+        };
+        self.secrets = Secrets {
+            slack_signing_secret: secret(
+                "SLACK_SIGNING_SECRET",
+                "slack.signing_secret_file",
+                &self.slack.signing_secret_file,
+            )?,
+            slack_bot_token: secret(
+                "SLACK_BOT_TOKEN",
+                "slack.bot_token_file",
+                &self.slack.bot_token_file,
+            )?,
+            slack_app_token: secret(
+                "SLACK_APP_TOKEN",
+                "slack.app_token_file",
+                &self.slack.app_token_file,
+            )?,
+            llm_api_key: match secret("SENTINEL_LLM_API_KEY", "llm.api_key_file", "")? {
+                Some(key) => Some(key),
+                None => secret(
+                    "OPENROUTER_API_KEY",
+                    "llm.api_key_file",
+                    &self.llm.api_key_file,
+                )?,
+            },
+            redis_url: sources.var("REDIS_URL").map(SecretString::from),
+        };
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.0 < Duration::from_secs(1) {
+            return Err(ConfigError::new("interval", "must be at least 1s"));
+        }
+        if self.approval_timeout.0 < Duration::from_secs(1) {
+            return Err(ConfigError::new("approval_timeout", "must be at least 1s"));
+        }
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:3000", self.listen),
+            )
+        })?;
+        for (key, url, may_be_empty) in [
+            ("public_url", &self.public_url, true),
+            ("monitor.prometheus_url", &self.monitor.prometheus_url, true),
+            ("llm.url", &self.llm.url, false),
+            ("slack.api_url", &self.slack.api_url, false),
+            (
+                "telemetry.otlp_endpoint",
+                &self.telemetry.otlp_endpoint,
+                true,
+            ),
+        ] {
+            check_url(key, url, may_be_empty)?;
+        }
+        if let Some(redis) = &self.secrets.redis_url {
+            let url = redis.expose_secret();
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                // Never echo the value: it may hold a password.
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        if let Some(token) = &self.secrets.slack_app_token {
+            if !token.expose_secret().starts_with("xapp-") {
+                return Err(ConfigError::new(
+                    "SLACK_APP_TOKEN",
+                    "must be an app-level token starting with xapp-",
+                ));
+            }
+        }
+
+        for (name, threshold, percent) in self.thresholds.each() {
+            for (level, value) in [
+                ("warning", threshold.warning),
+                ("critical", threshold.critical),
+            ] {
+                let Some(value) = value else { continue };
+                let key = format!("thresholds.{name}.{level}");
+                if !value.is_finite() || value < 0.0 {
+                    return Err(ConfigError::new(key, format!("{value} must be 0 or more")));
+                }
+                if percent && value > 100.0 {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{value} is not a percentage between 0 and 100"),
+                    ));
+                }
+            }
+            if let (Some(warning), Some(critical)) = (threshold.warning, threshold.critical) {
+                if warning > critical {
+                    return Err(ConfigError::new(
+                        format!("thresholds.{name}"),
+                        format!("warning ({warning}) is above critical ({critical})"),
+                    ));
+                }
+            }
+        }
+
+        if self.monitor.for_samples == 0 {
+            return Err(ConfigError::new("monitor.for", "must be at least 1"));
+        }
+        if self.monitor.clear_for == 0 {
+            return Err(ConfigError::new("monitor.clear_for", "must be at least 1"));
+        }
+        if self.monitor.docker_concurrency == 0 {
+            return Err(ConfigError::new(
+                "monitor.docker_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if let Some(mount) = self
+            .monitor
+            .disk_mounts
+            .iter()
+            .find(|m| !m.starts_with('/'))
+        {
+            return Err(ConfigError::new(
+                "monitor.disk_mounts",
+                format!("{mount:?} is not an absolute path"),
+            ));
+        }
+        let factor = self.actions.memory_limit_max_factor;
+        if !(factor.is_finite() && factor > 1.0) {
+            return Err(ConfigError::new(
+                "actions.memory_limit_max_factor",
+                format!("{factor} must be greater than 1"),
+            ));
+        }
+        if self.llm.attempts == 0 {
+            return Err(ConfigError::new("llm.attempts", "must be at least 1"));
+        }
+        if self.http.body_limit < 1024 {
+            return Err(ConfigError::new(
+                "http.body_limit",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if self.store.redis_prefix.is_empty() {
+            return Err(ConfigError::new("store.redis_prefix", "must not be empty"));
+        }
+
+        for (key, ids) in [
+            ("rbac.admins", &self.rbac.admins),
+            ("rbac.operators", &self.rbac.operators),
+            ("rbac.viewers", &self.rbac.viewers),
+        ] {
+            if let Some(bad) = ids.iter().find(|id| !is_slack_principal(id)) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{bad:?} is not a Slack user id (U…, W…) or user group id (S…)"),
+                ));
+            }
+        }
+
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (index, key) in self.api_keys.iter().enumerate() {
+            let at = format!("api_keys[{index}]");
+            if key.name.trim().is_empty() {
+                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            }
+            if !names.insert(key.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("{:?} is used by more than one key", key.name),
+                ));
+            }
+            let hash = key.sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ConfigError::new(
+                    format!("{at}.sha256"),
+                    "must be 64 hexadecimal digits, as printed by `sentinel keys new`",
+                ));
+            }
+            if !hashes.insert(hash) {
+                return Err(ConfigError::new(
+                    format!("{at}.sha256"),
+                    "the same key is configured twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+
+    /// Whether Slack is on: Sentinel needs at least the signing secret to accept requests.
+    pub fn slack_enabled(&self) -> bool {
+        self.secrets.slack_signing_secret.is_some() || self.secrets.slack_app_token.is_some()
+    }
+
+    /// A summary for `sentinel config check` and the startup log. Secrets show as set or not.
+    pub fn summary(&self) -> BTreeMap<&'static str, String> {
+        let set = |s: &Option<SecretString>| if s.is_some() { "set" } else { "not set" };
+        let store = if self.secrets.redis_url.is_some() {
+            format!("redis (prefix {:?})", self.store.redis_prefix)
+        } else {
+            format!("embedded ({})", self.data_dir.display())
+        };
+        let or_none = |s: &str, none: &str| {
+            if s.is_empty() {
+                none.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        BTreeMap::from([
+            ("mode", self.mode.as_str().to_owned()),
+            (
+                "interval",
+                humantime::format_duration(self.interval.0).to_string(),
+            ),
+            (
+                "settle",
+                humantime::format_duration(self.settle.0).to_string(),
+            ),
+            ("listen", self.listen.clone()),
+            ("store", store),
+            ("sandbox", self.sandbox_dir.display().to_string()),
+            (
+                "prometheus",
+                or_none(&self.monitor.prometheus_url, "local host fallback"),
+            ),
+            ("slack channel", or_none(&self.slack.channel, "none")),
+            (
+                "slack signing secret",
+                set(&self.secrets.slack_signing_secret).to_owned(),
+            ),
+            (
+                "slack bot token",
+                set(&self.secrets.slack_bot_token).to_owned(),
+            ),
+            (
+                "slack app token",
+                set(&self.secrets.slack_app_token).to_owned(),
+            ),
+            ("llm api key", set(&self.secrets.llm_api_key).to_owned()),
+            ("api keys", self.api_keys.len().to_string()),
+        ])
+    }
+}
+
+fn is_slack_principal(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('U' | 'W' | 'S'))
+        && id.len() >= 3
+        && id.len() <= 32
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+fn check_url(key: &str, url: &str, may_be_empty: bool) -> Result<(), ConfigError> {
+    if url.is_empty() {
+        return if may_be_empty {
+            Ok(())
+        } else {
+            Err(ConfigError::new(key, "must not be empty"))
+        };
+    }
+    let valid = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty())
+        && !url.chars().any(char::is_whitespace);
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        ))
+    }
+}
+
+/// Parses TOML, turning a syntax error into one line with its line number.
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let key = match line {
+            Some(line) => format!("{origin} line {line}"),
+            None => origin.to_owned(),
+        };
+        ConfigError::new(key, e.message().trim().replace('\n', " "))
+    })
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else is replaced.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_with(file_text: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let file = file_text.map(|text| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            file.write_all(text.as_bytes()).unwrap();
+            file
+        });
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(&Sources {
+            file: file.as_ref().map(|f| f.path()),
+            env: &|name| env.get(name).cloned(),
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_values_the_spec_documents() {
+        let s = Settings::defaults();
+        assert_eq!(s.mode, Mode::Auto);
+        assert_eq!(s.interval.0, Duration::from_secs(30));
+        assert_eq!(s.settle.0, Duration::from_secs(30));
+        assert_eq!(s.listen, "127.0.0.1:3000");
+        assert_eq!(s.data_dir, PathBuf::from("./data/sentinel"));
+        let t = &s.thresholds;
+        assert_eq!(
+            (t.host_memory.warning, t.host_memory.critical),
+            (Some(60.0), Some(90.0))
+        );
+        assert_eq!(
+            (t.host_cpu.warning, t.host_cpu.critical),
+            (Some(80.0), Some(95.0))
+        );
+        assert_eq!((t.disk.warning, t.disk.critical), (None, Some(95.0)));
+        assert_eq!(
+            (t.network_latency.warning, t.network_latency.critical),
+            (Some(200.0), Some(1000.0))
+        );
+        assert_eq!(
+            (t.container_memory.warning, t.container_memory.critical),
+            (Some(60.0), Some(90.0))
+        );
+        assert_eq!(t.sandbox_size_mb.warning, Some(100.0));
+        assert_eq!((s.monitor.for_samples, s.monitor.clear_for), (2, 2));
+        assert_eq!(s.actions.auto_budget_per_hour, 3);
+        assert_eq!(s.rbac.default_role, DefaultRole::Role(Role::Viewer));
+        assert!(s.alertmanager.bearer_token().is_none());
+        assert_eq!(s.llm.model, "deepseek/deepseek-r1");
+        assert_eq!(s.slack.api_url, "https://slack.com/api/");
+        assert!(s.api_keys.is_empty());
+        assert!(!s.slack_enabled());
+    }
+
+    #[test]
+    fn a_user_file_names_only_what_it_changes() {
+        let s = load_with(
+            Some("mode = \"dry-run\"\n[thresholds]\nhost_memory = { warning = 70 }\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.mode, Mode::DryRun);
+        assert_eq!(s.thresholds.host_memory.warning, Some(70.0));
+        // The part the file did not name keeps its default.
+        assert_eq!(s.thresholds.host_memory.critical, Some(90.0));
+        assert_eq!(s.interval.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let s = load_with(
+            Some("interval = \"10s\"\nlisten = \"127.0.0.1:4000\"\n"),
+            &[
+                ("SENTINEL_INTERVAL", "5s"),
+                ("SENTINEL_LISTEN", "127.0.0.1:5000"),
+                ("SENTINEL_DATA_DIR", "/tmp/x"),
+                ("SLACK_SIGNING_SECRET", "shh"),
+                ("OPENROUTER_API_KEY", "or-key"),
+                ("REDIS_URL", "redis://127.0.0.1:6379/2"),
+                ("SLACK_CHANNEL", "C123"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.interval.0, Duration::from_secs(5));
+        assert_eq!(s.listen, "127.0.0.1:5000");
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.slack.channel, "C123");
+        assert_eq!(
+            s.secrets
+                .slack_signing_secret
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "shh"
+        );
+        assert_eq!(
+            s.secrets.llm_api_key.as_ref().unwrap().expose_secret(),
+            "or-key"
+        );
+        assert!(s.slack_enabled());
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_show_in_debug_output() {
+        let mut secret_file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(secret_file, "file-secret-value").unwrap();
+        let config = format!(
+            "[slack]\nsigning_secret_file = {:?}\n[alertmanager]\nbearer_token = \"am-token-value\"\n",
+            secret_file.path().display().to_string()
+        );
+        let s = load_with(
+            Some(&config),
+            &[("SLACK_BOT_TOKEN", "xoxb-bot-token-value")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.secrets
+                .slack_signing_secret
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "file-secret-value"
+        );
+        let shown = format!("{s:?} {:?}", s.summary());
+        for secret in [
+            "file-secret-value",
+            "am-token-value",
+            "xoxb-bot-token-value",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked into {shown}");
+        }
+    }
+
+    /// Each bad input, and the key the one-line error must name.
+    #[test]
+    fn bad_configuration_is_refused_with_the_key_and_the_problem() {
+        /// (file, environment, key named, problem said)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            ("interval = \"banana\"", &[], "interval", "banana"),
+            ("mode = \"yolo\"", &[], "mode", "yolo"),
+            (
+                "[thresholds]\nhost_cpu = { warning = 150 }",
+                &[],
+                "thresholds.host_cpu.warning",
+                "150",
+            ),
+            (
+                "[thresholds]\nhost_memory = { warning = 95, critical = 90 }",
+                &[],
+                "thresholds.host_memory",
+                "above critical",
+            ),
+            (
+                "[thresholds]\ndisk = { critical = \"high\" }",
+                &[],
+                "thresholds.disk.critical",
+                "",
+            ),
+            (
+                "[rbac]\ndefault_role = \"superuser\"",
+                &[],
+                "rbac.default_role",
+                "superuser",
+            ),
+            (
+                "[[api_keys]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"00\"",
+                &[],
+                "api_keys[0].role",
+                "root",
+            ),
+            (
+                "[[api_keys]]\nname = \"x\"\nrole = \"admin\"\nsha256 = \"00\"",
+                &[],
+                "api_keys[0].sha256",
+                "64",
+            ),
+            ("[rbac]\nadmins = [\"bob\"]", &[], "rbac.admins", "bob"),
+            ("listen = \"everywhere\"", &[], "listen", "everywhere"),
+            ("no_such_option = 1", &[], "no_such_option", "unknown field"),
+            ("[monitor]\nfor = 0", &[], "monitor.for", "at least 1"),
+            (
+                "[monitor]\nprometheus_url = \"localhost:9090\"",
+                &[],
+                "monitor.prometheus_url",
+                "URL",
+            ),
+            ("mode = ", &[], "line 1", ""),
+            (
+                "",
+                &[("SENTINEL_INTERVAL", "soon")],
+                "SENTINEL_INTERVAL",
+                "soon",
+            ),
+            (
+                "",
+                &[("SLACK_APP_TOKEN", "xoxb-wrong")],
+                "SLACK_APP_TOKEN",
+                "xapp-",
+            ),
+            (
+                "",
+                &[("REDIS_URL", "http://user:pw@host")],
+                "REDIS_URL",
+                "redis://",
+            ),
+            ("", &[("PUBLIC_URL", "ftp://x")], "public_url", "ftp://x"),
+        ];
+        for (file, env, key, problem) in cases {
+            let err = load_with(Some(file), env).expect_err(file);
+            let line = err.to_string();
+            assert!(
+                err.key.contains(key) || line.contains(key),
+                "{file:?}: error {line:?} does not name {key:?}"
+            );
+            assert!(
+                line.contains(problem),
+                "{file:?}: {line:?} does not say {problem:?}"
+            );
+            assert!(!line.contains('\n'), "{line:?} is more than one line");
+        }
+        // The Redis URL may carry a password: the error never repeats it.
+        let err = load_with(None, &[("REDIS_URL", "http://user:pw@host")]).unwrap_err();
+        assert!(!err.to_string().contains("pw@"));
+    }
+
+    #[test]
+    fn an_unreadable_file_names_the_file() {
+        let err = Settings::load(&Sources {
+            file: Some(Path::new("/nonexistent/sentinel.toml")),
+            env: &|_| None,
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "/nonexistent/sentinel.toml");
+        assert!(err.problem.contains("cannot read"));
+    }
+}

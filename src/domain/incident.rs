@@ -1,0 +1,433 @@
+//! The incident: what was detected, what Sentinel thinks and does about it, and its timeline.
+//!
+//! `Status` is the state machine of SPEC §1. The only way to change an incident's status is
+//! [`Incident::transition`], which refuses every move not in [`Status::successors`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Fingerprint, IncidentId, ProposedAction, Resource, Risk, Severity, Signal, Source, Timestamp,
+};
+
+/// Where an incident is in the loop (SPEC §11 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Detected,
+    Analyzing,
+    AwaitingApproval,
+    Approved,
+    Rejected,
+    Executing,
+    Verifying,
+    Resolved,
+    RolledBack,
+    Escalated,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 11] = [
+        Status::Detected,
+        Status::Analyzing,
+        Status::AwaitingApproval,
+        Status::Approved,
+        Status::Rejected,
+        Status::Executing,
+        Status::Verifying,
+        Status::Resolved,
+        Status::RolledBack,
+        Status::Escalated,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Detected => "detected",
+            Status::Analyzing => "analyzing",
+            Status::AwaitingApproval => "awaiting_approval",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::Executing => "executing",
+            Status::Verifying => "verifying",
+            Status::Resolved => "resolved",
+            Status::RolledBack => "rolled_back",
+            Status::Escalated => "escalated",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// The statuses an incident may move to from this one.
+    ///
+    /// Any open incident whose signal clears may resolve ("recovered without action"), except
+    /// while an action is running: then verification decides. A resolved incident can only be
+    /// rolled back (an admin undoing an executed fix), which reopens it.
+    pub fn successors(self) -> &'static [Status] {
+        use Status::*;
+        match self {
+            Detected => &[Analyzing, Resolved],
+            Analyzing => &[AwaitingApproval, Approved, Escalated, Failed, Resolved],
+            AwaitingApproval => &[Approved, Rejected, Escalated, Resolved],
+            // Back to awaiting approval when the target changed since the approval.
+            Approved => &[Executing, AwaitingApproval, Resolved],
+            Rejected => &[Escalated, Resolved],
+            Executing => &[Verifying, Failed],
+            Verifying => &[Resolved, RolledBack, Escalated],
+            Resolved => &[RolledBack],
+            RolledBack => &[Escalated, Resolved],
+            Escalated => &[Resolved],
+            Failed => &[Escalated, Resolved],
+        }
+    }
+
+    pub fn can_transition_to(self, to: Status) -> bool {
+        self.successors().contains(&to)
+    }
+
+    /// Open means a person may still need to look at it. Only `resolved` is closed.
+    pub fn is_open(self) -> bool {
+        self != Status::Resolved
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// A move the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("incident cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub from: Status,
+    pub to: Status,
+}
+
+/// One line of an incident's history; each becomes a reply in the Slack thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: Timestamp,
+    /// What happened, in snake_case: a status name or a step such as `observed`.
+    pub step: String,
+    /// `sentinel`, or who acted: `api:ci-bot (operator)`, `slack:U123 (admin)`.
+    pub actor: String,
+    pub message: String,
+}
+
+/// A threshold breach or an external alert, ready to open or update an incident.
+/// Produced by detection, by `trigger-alert` and by the alert webhooks alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    pub signal: Signal,
+    pub resource: Resource,
+    pub severity: Severity,
+    pub value: f64,
+    pub threshold: f64,
+    pub source: Source,
+    /// One human sentence: what was seen.
+    pub summary: String,
+    /// Extra key/values (alert labels, the inputs of a computed value).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Detection {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::new(self.signal, &self.resource)
+    }
+}
+
+/// The incident JSON of SPEC §11, plus a few additive fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: IncidentId,
+    pub fingerprint: Fingerprint,
+    pub signal: Signal,
+    pub resource: Resource,
+    pub severity: Severity,
+    pub status: Status,
+    pub value: f64,
+    pub threshold: f64,
+    pub risk: Option<Risk>,
+    pub proposed_action: Option<ProposedAction>,
+    pub root_cause: Option<String>,
+    pub confidence: Option<f64>,
+    pub analyzer: Option<String>,
+    pub opened_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Bumped by every write; approvals and updates are compare-and-set on it.
+    pub version: u64,
+    pub timeline: Vec<TimelineEntry>,
+    // Additive fields.
+    pub source: Source,
+    pub summary: String,
+    /// How many times the breach was observed while this incident was open.
+    pub occurrences: u64,
+    pub last_seen_at: Timestamp,
+    pub resolved_at: Option<Timestamp>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Incident {
+    /// A new incident in `detected`, with its first timeline entry. Version 1.
+    pub fn open(id: IncidentId, detection: &Detection, now: Timestamp) -> Self {
+        Incident {
+            id,
+            fingerprint: detection.fingerprint(),
+            signal: detection.signal,
+            resource: detection.resource.clone(),
+            severity: detection.severity,
+            status: Status::Detected,
+            value: detection.value,
+            threshold: detection.threshold,
+            risk: None,
+            proposed_action: None,
+            root_cause: None,
+            confidence: None,
+            analyzer: None,
+            opened_at: now,
+            updated_at: now,
+            version: 1,
+            timeline: vec![TimelineEntry {
+                at: now,
+                step: Status::Detected.as_str().to_owned(),
+                actor: "sentinel".to_owned(),
+                message: detection.summary.clone(),
+            }],
+            source: detection.source,
+            summary: detection.summary.clone(),
+            occurrences: 1,
+            last_seen_at: now,
+            resolved_at: None,
+            labels: detection.labels.clone(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.status.is_open()
+    }
+
+    /// Moves to `to` if the state machine allows it, recording who did it and why.
+    pub fn transition(
+        &mut self,
+        to: Status,
+        actor: &str,
+        message: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), IllegalTransition> {
+        if !self.status.can_transition_to(to) {
+            return Err(IllegalTransition {
+                from: self.status,
+                to,
+            });
+        }
+        self.status = to;
+        self.resolved_at = (to == Status::Resolved).then_some(now);
+        self.record(to.as_str(), actor, message, now);
+        Ok(())
+    }
+
+    /// Appends a timeline entry that does not change the status.
+    pub fn record(&mut self, step: &str, actor: &str, message: impl Into<String>, now: Timestamp) {
+        self.timeline.push(TimelineEntry {
+            at: now,
+            step: step.to_owned(),
+            actor: actor.to_owned(),
+            message: message.into(),
+        });
+        self.updated_at = now;
+    }
+
+    /// The breach was seen again while this incident is open: refresh the value and count.
+    /// A rise in severity is worth a timeline entry; a mere repeat is not (a flapping signal
+    /// must not flood the Slack thread).
+    pub fn observe_again(&mut self, detection: &Detection, now: Timestamp) {
+        self.value = detection.value;
+        self.threshold = detection.threshold;
+        self.occurrences += 1;
+        self.last_seen_at = now;
+        self.updated_at = now;
+        if detection.severity > self.severity {
+            let message = format!(
+                "severity raised from {} to {}: {}",
+                self.severity, detection.severity, detection.summary
+            );
+            self.severity = detection.severity;
+            self.record("escalated_severity", "sentinel", message, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The legal moves, written out independently of `successors` so a change to either
+    /// shows up here.
+    const LEGAL: &[(Status, Status)] = {
+        use Status::*;
+        &[
+            (Detected, Analyzing),
+            (Detected, Resolved),
+            (Analyzing, AwaitingApproval),
+            (Analyzing, Approved),
+            (Analyzing, Escalated),
+            (Analyzing, Failed),
+            (Analyzing, Resolved),
+            (AwaitingApproval, Approved),
+            (AwaitingApproval, Rejected),
+            (AwaitingApproval, Escalated),
+            (AwaitingApproval, Resolved),
+            (Approved, Executing),
+            (Approved, AwaitingApproval),
+            (Approved, Resolved),
+            (Rejected, Escalated),
+            (Rejected, Resolved),
+            (Executing, Verifying),
+            (Executing, Failed),
+            (Verifying, Resolved),
+            (Verifying, RolledBack),
+            (Verifying, Escalated),
+            (Resolved, RolledBack),
+            (RolledBack, Escalated),
+            (RolledBack, Resolved),
+            (Escalated, Resolved),
+            (Failed, Escalated),
+            (Failed, Resolved),
+        ]
+    };
+
+    fn detection() -> Detection {
+        Detection {
+            signal: Signal::HostMemory,
+            resource: Resource::host(),
+            severity: Severity::Warning,
+            value: 72.0,
+            threshold: 60.0,
+            source: Source::Local,
+            summary: "host memory 72.0 % ≥ 60 %".to_owned(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_pair_of_statuses_is_legal_exactly_when_listed() {
+        let t0 = Timestamp::from_unix_millis(0);
+        let mut checked = 0;
+        for from in Status::ALL {
+            for to in Status::ALL {
+                let legal = LEGAL.contains(&(from, to));
+                let mut incident = Incident::open(IncidentId::generate(), &detection(), t0);
+                incident.status = from;
+                let entries_before = incident.timeline.len();
+                let result = incident.transition(to, "sentinel", "test", t0);
+                if legal {
+                    assert_eq!(result, Ok(()), "{from} -> {to} should be legal");
+                    assert_eq!(incident.status, to);
+                    assert_eq!(incident.timeline.len(), entries_before + 1);
+                    assert_eq!(incident.timeline.last().unwrap().step, to.as_str());
+                } else {
+                    assert_eq!(
+                        result,
+                        Err(IllegalTransition { from, to }),
+                        "{from} -> {to} should be illegal"
+                    );
+                    assert_eq!(incident.status, from, "an illegal move changes nothing");
+                    assert_eq!(incident.timeline.len(), entries_before);
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 121);
+    }
+
+    #[test]
+    fn only_resolved_is_closed() {
+        for status in Status::ALL {
+            assert_eq!(status.is_open(), status != Status::Resolved, "{status}");
+        }
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_incident_has_the_json_shape_of_the_spec() {
+        let now = Timestamp::from_unix_millis(1_795_860_000_000);
+        let incident = Incident::open(IncidentId::parse("inc-abc").unwrap(), &detection(), now);
+        let json = serde_json::to_value(&incident).unwrap();
+        for key in [
+            "id",
+            "fingerprint",
+            "signal",
+            "resource",
+            "severity",
+            "status",
+            "value",
+            "threshold",
+            "risk",
+            "proposed_action",
+            "root_cause",
+            "confidence",
+            "analyzer",
+            "opened_at",
+            "updated_at",
+            "version",
+            "timeline",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(json["fingerprint"], "host_memory:host");
+        assert_eq!(json["status"], "detected");
+        assert_eq!(json["opened_at"], "2026-11-28T10:00:00.000Z");
+        assert_eq!(json["timeline"][0]["step"], "detected");
+        assert_eq!(json["timeline"][0]["actor"], "sentinel");
+        let back: Incident = serde_json::from_value(json).unwrap();
+        assert_eq!(back, incident);
+    }
+
+    #[test]
+    fn repeats_update_the_value_and_record_only_a_rise_in_severity() {
+        let t0 = Timestamp::from_unix_millis(0);
+        let mut incident = Incident::open(IncidentId::generate(), &detection(), t0);
+        let mut again = detection();
+        again.value = 75.0;
+        incident.observe_again(&again, t0);
+        assert_eq!(incident.occurrences, 2);
+        assert_eq!(incident.value, 75.0);
+        assert_eq!(incident.timeline.len(), 1);
+        again.severity = Severity::Critical;
+        again.value = 95.0;
+        incident.observe_again(&again, t0);
+        assert_eq!(incident.severity, Severity::Critical);
+        assert_eq!(incident.timeline.len(), 2);
+    }
+}

@@ -1,0 +1,24 @@
+//! The vocabulary of Sentinel: ids, signals, roles, actions, incidents, audit entries.
+//!
+//! Pure values only: nothing here does I/O or reads the clock. Everything is parsed at the
+//! edge (configuration, HTTP bodies, Slack payloads) into these types.
+
+mod action;
+mod actor;
+mod audit;
+mod ids;
+mod incident;
+mod role;
+mod signal;
+mod silence;
+mod time;
+
+pub use action::{ActionId, ProposedAction, Risk, UnknownAction};
+pub use actor::Actor;
+pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, GENESIS_HASH};
+pub use ids::{Fingerprint, IdError, IncidentId, Resource};
+pub use incident::{Detection, IllegalTransition, Incident, Status, TimelineEntry, UnknownStatus};
+pub use role::{Role, UnknownRole};
+pub use signal::{Severity, Signal, Source, UnknownSignal};
+pub use silence::{Silence, SilenceTarget};
+pub use time::Timestamp;

@@ -1,0 +1,109 @@
+//! Audit: every step, as a hash-chained entry in the store and a tracing event.
+//!
+//! In: an [`AuditEvent`]. Out: an `AuditEntry` in the store's chain. Event names follow
+//! `<Noun><PastVerb>` (`IncidentOpened`, `ApprovalGranted`). [`emit`] is the one place that
+//! writes an event, so the audit log and the logs never disagree.
+
+use serde_json::json;
+
+use crate::domain::{Actor, AuditEntry, AuditRecord, Incident, Timestamp};
+use crate::store::{Store, StoreResult};
+
+/// Something worth a line in the audit log.
+#[derive(Debug, Clone)]
+pub enum AuditEvent<'a> {
+    IncidentOpened {
+        incident: &'a Incident,
+    },
+    ApprovalGranted {
+        incident: &'a Incident,
+    },
+    ApprovalRejected {
+        incident: &'a Incident,
+        reason: Option<&'a str>,
+    },
+    DecisionRefused {
+        incident: &'a Incident,
+        decision: &'a str,
+        why: &'a str,
+    },
+    AutomationPaused,
+    AutomationResumed,
+}
+
+impl AuditEvent<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditEvent::IncidentOpened { .. } => "IncidentOpened",
+            AuditEvent::ApprovalGranted { .. } => "ApprovalGranted",
+            AuditEvent::ApprovalRejected { .. } => "ApprovalRejected",
+            AuditEvent::DecisionRefused { .. } => "DecisionRefused",
+            AuditEvent::AutomationPaused => "AutomationPaused",
+            AuditEvent::AutomationResumed => "AutomationResumed",
+        }
+    }
+
+    fn incident(&self) -> Option<&Incident> {
+        match self {
+            AuditEvent::IncidentOpened { incident }
+            | AuditEvent::ApprovalGranted { incident }
+            | AuditEvent::ApprovalRejected { incident, .. }
+            | AuditEvent::DecisionRefused { incident, .. } => Some(incident),
+            AuditEvent::AutomationPaused | AuditEvent::AutomationResumed => None,
+        }
+    }
+
+    fn details(&self) -> serde_json::Value {
+        match self {
+            AuditEvent::IncidentOpened { incident } => json!({
+                "fingerprint": incident.fingerprint,
+                "severity": incident.severity,
+                "value": incident.value,
+                "threshold": incident.threshold,
+                "source": incident.source,
+                "summary": incident.summary,
+            }),
+            AuditEvent::ApprovalGranted { incident } => json!({
+                "proposed_action": incident.proposed_action,
+                "risk": incident.risk,
+                "version": incident.version,
+            }),
+            AuditEvent::ApprovalRejected { incident, reason } => json!({
+                "proposed_action": incident.proposed_action,
+                "risk": incident.risk,
+                "reason": reason,
+            }),
+            AuditEvent::DecisionRefused { decision, why, .. } => json!({
+                "decision": decision,
+                "why": why,
+            }),
+            AuditEvent::AutomationPaused | AuditEvent::AutomationResumed => json!({}),
+        }
+    }
+}
+
+/// Writes the event to the audit chain and to the log.
+pub async fn emit(
+    store: &dyn Store,
+    actor: &Actor,
+    event: AuditEvent<'_>,
+    now: Timestamp,
+) -> StoreResult<AuditEntry> {
+    let record = AuditRecord {
+        at: now,
+        event: event.name().to_owned(),
+        actor: actor.id(),
+        role: actor.role().map(|r| r.as_str().to_owned()),
+        incident: event.incident().map(|i| i.id.clone()),
+        details: event.details(),
+    };
+    let entry = store.append_audit(record).await?;
+    tracing::info!(
+        event = event.name(),
+        actor = %actor,
+        incident = event.incident().map(|i| i.id.as_str()).unwrap_or(""),
+        seq = entry.seq,
+        "audit"
+    );
+    Ok(entry)
+}

@@ -1,0 +1,68 @@
+//! Intake: the one path from a [`Detection`] to an open incident.
+//!
+//! Monitoring, `POST /api/trigger-alert`, `/sentinel trigger` and the alert webhooks all come
+//! through [`open_or_update`], so silences and deduplication hold for every source alike.
+//!
+//! In: a detection and `now`. Out: a new incident, an updated one, or the silence that
+//! suppressed it. Writes the store and the audit log.
+
+use crate::domain::{Actor, Detection, Incident, IncidentId, Silence, Timestamp};
+use crate::pipeline::audit::{self, AuditEvent};
+use crate::store::{Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// A new incident was opened.
+    Opened(Incident),
+    /// The fingerprint already had an open incident; it was updated, not duplicated.
+    Updated(Incident),
+    /// A silence is in force for this fingerprint or resource: nothing was opened.
+    Silenced(Silence),
+}
+
+/// Opens an incident for `detection`, or updates the open one of its fingerprint.
+pub async fn open_or_update(
+    store: &dyn Store,
+    detection: &Detection,
+    now: Timestamp,
+) -> StoreResult<Intake> {
+    let fingerprint = detection.fingerprint();
+    // Repeats of an open incident are recorded even while silenced: a silence stops new
+    // incidents, it does not hide what an open one is doing.
+    loop {
+        if let Some(mut open) = store.open_incident_for(&fingerprint).await? {
+            open.observe_again(detection, now);
+            match store.update_incident(&open).await {
+                Ok(updated) => return Ok(Intake::Updated(updated)),
+                // Moved or resolved meanwhile: look again.
+                Err(StoreError::VersionConflict { .. } | StoreError::NotFound(_)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        let silences = store.active_silences(now).await?;
+        if let Some(silence) = silences
+            .into_iter()
+            .find(|s| s.target.matches(&fingerprint, detection.resource.as_str()))
+        {
+            return Ok(Intake::Silenced(silence));
+        }
+        let incident = Incident::open(IncidentId::generate(), detection, now);
+        match store.create_incident(&incident).await {
+            Ok(()) => {
+                audit::emit(
+                    store,
+                    &Actor::Sentinel,
+                    AuditEvent::IncidentOpened {
+                        incident: &incident,
+                    },
+                    now,
+                )
+                .await?;
+                return Ok(Intake::Opened(incident));
+            }
+            // Another replica or request opened it first: update that one instead.
+            Err(StoreError::DuplicateOpen { .. }) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+}

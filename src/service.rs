@@ -1,0 +1,236 @@
+//! The operations people ask Sentinel for, the same whichever door they come through: the
+//! HTTP API, Slack buttons or slash commands.
+//!
+//! In: typed requests with the acting [`Actor`]. Out: incidents and reports, or a
+//! [`ServiceError`] each door maps to its own answer (an HTTP status, an ephemeral message).
+//! The rules themselves live in the pure pipeline stages; this module loads, applies them,
+//! stores with compare-and-set and audits.
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::domain::{verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Timestamp};
+use crate::pipeline::approve::{self, DecisionError};
+use crate::pipeline::audit::{self, AuditEvent};
+use crate::pipeline::detect::{self, Scenario};
+use crate::pipeline::intake::{self, Intake};
+use crate::store::{IncidentQuery, SharedStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("incident {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DecisionError> for ServiceError {
+    fn from(e: DecisionError) -> Self {
+        match e {
+            DecisionError::Forbidden { .. } => ServiceError::Forbidden(e.to_string()),
+            DecisionError::Conflict(message) => ServiceError::Conflict(message),
+        }
+    }
+}
+
+/// One signal's latest reading, as `/api/status` shows it (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalReading {
+    pub signal: String,
+    pub resource: String,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    /// `ok`, `breached` or `unavailable`.
+    pub state: String,
+    pub source: String,
+}
+
+/// The body of `GET /api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub mode: &'static str,
+    pub paused: bool,
+    pub store: &'static str,
+    pub signals: Vec<SignalReading>,
+    pub incidents: Vec<Incident>,
+}
+
+/// The body of `GET /api/audit`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub chain: ChainCheck,
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Shared by every request handler and background task.
+pub struct Sentinel {
+    pub settings: Arc<Settings>,
+    pub store: SharedStore,
+    /// The monitor's latest readings. Written by the monitor loop once per cycle, read by
+    /// status requests; empty until the first cycle.
+    signals: RwLock<Vec<SignalReading>>,
+}
+
+impl Sentinel {
+    pub fn new(settings: Arc<Settings>, store: SharedStore) -> Self {
+        Sentinel {
+            settings,
+            store,
+            signals: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn set_signals(&self, readings: Vec<SignalReading>) {
+        *self.signals.write().unwrap_or_else(|e| e.into_inner()) = readings;
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ServiceError> {
+        let control = self.store.control().await?;
+        let incidents = self
+            .store
+            .list_incidents(IncidentQuery {
+                open_only: true,
+                limit: 100,
+            })
+            .await?;
+        Ok(StatusReport {
+            mode: self.settings.mode.as_str(),
+            paused: control.paused,
+            store: self.store.backend(),
+            signals: self
+                .signals
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            incidents,
+        })
+    }
+
+    pub async fn incidents(&self, query: IncidentQuery) -> Result<Vec<Incident>, ServiceError> {
+        Ok(self.store.list_incidents(query).await?)
+    }
+
+    pub async fn incident(&self, id: &str) -> Result<Incident, ServiceError> {
+        let parsed = IncidentId::parse(id).map_err(|_| ServiceError::NotFound(id.to_owned()))?;
+        self.store
+            .get_incident(&parsed)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_owned()))
+    }
+
+    /// Injects a test alert through the same intake as monitoring.
+    pub async fn trigger(&self, scenario: Scenario, actor: &Actor) -> Result<Intake, ServiceError> {
+        let detection = detect::test_alert(scenario, &self.settings.thresholds);
+        let intake =
+            intake::open_or_update(self.store.as_ref(), &detection, Timestamp::now()).await?;
+        tracing::info!(%scenario, actor = %actor, "test alert injected");
+        Ok(intake)
+    }
+
+    /// Approves an incident's proposed fix.
+    pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
+        let incident = self.incident(id).await?;
+        let now = Timestamp::now();
+        let next = match approve::approve(&incident, actor, now) {
+            Ok(next) => next,
+            Err(e) => return Err(self.refused(&incident, actor, "approve", e).await),
+        };
+        let stored = self.store_decision(&next).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::ApprovalGranted { incident: &stored },
+            now,
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Rejects an incident's proposed fix.
+    pub async fn reject(
+        &self,
+        id: &str,
+        actor: &Actor,
+        reason: Option<&str>,
+    ) -> Result<Incident, ServiceError> {
+        let incident = self.incident(id).await?;
+        let now = Timestamp::now();
+        let next = match approve::reject(&incident, actor, reason, now) {
+            Ok(next) => next,
+            Err(e) => return Err(self.refused(&incident, actor, "reject", e).await),
+        };
+        let stored = self.store_decision(&next).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::ApprovalRejected {
+                incident: &stored,
+                reason,
+            },
+            now,
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Rolls back an executed fix. Checked fully; the executors that undo a fix arrive with
+    /// the remediation work, and until then no incident has an executed fix to undo.
+    pub async fn rollback(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
+        let incident = self.incident(id).await?;
+        if let Err(e) = approve::check_rollback(&incident, actor) {
+            return Err(self.refused(&incident, actor, "rollback", e).await);
+        }
+        Err(ServiceError::Conflict(format!(
+            "cannot roll back incident {}: this build has no executor to undo its fix",
+            incident.id
+        )))
+    }
+
+    pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
+        let entries = self.store.list_audit().await?;
+        Ok(AuditReport {
+            chain: verify_chain(&entries),
+            entries,
+        })
+    }
+
+    /// Stores a decision with compare-and-set: if anyone changed the incident since it was
+    /// read (another approval racing this one), the decision is refused, never applied twice.
+    async fn store_decision(&self, next: &Incident) -> Result<Incident, ServiceError> {
+        match self.store.update_incident(next).await {
+            Ok(stored) => Ok(stored),
+            Err(StoreError::VersionConflict { id, .. }) => Err(ServiceError::Conflict(format!(
+                "incident {id} changed while you decided; look again and retry"
+            ))),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Records a refused decision in the audit log and returns the error to answer with.
+    async fn refused(
+        &self,
+        incident: &Incident,
+        actor: &Actor,
+        decision: &str,
+        error: DecisionError,
+    ) -> ServiceError {
+        let why = error.to_string();
+        let event = AuditEvent::DecisionRefused {
+            incident,
+            decision,
+            why: &why,
+        };
+        if let Err(e) = audit::emit(self.store.as_ref(), actor, event, Timestamp::now()).await {
+            return e.into();
+        }
+        error.into()
+    }
+}

@@ -1,0 +1,205 @@
+//! State: incidents, the audit chain, idempotency keys, silences, leases and control flags.
+//!
+//! One trait, [`Store`], two backends: [`redis::RedisStore`] (several replicas share one
+//! workspace) and [`embedded::EmbeddedStore`] (redb on disk, one node, the default). Both pass
+//! the same conformance suite (`tests/it/store.rs`). Every write is acknowledged only once it
+//! is durable for that backend, and every read-modify-write is atomic: incidents are
+//! compare-and-set on `version`, at most one incident per fingerprint is open, and audit
+//! entries are chained under a compare-and-set on the chain's head.
+//!
+//! The store only keeps values; it decides nothing about them.
+
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, TimelineEntry, Timestamp,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("incident {0} not found")]
+    NotFound(IncidentId),
+    /// Someone else wrote the incident since it was read.
+    #[error("incident {id} changed meanwhile: expected version {expected}, found {found}")]
+    VersionConflict {
+        id: IncidentId,
+        expected: u64,
+        found: u64,
+    },
+    /// The fingerprint already has an open incident.
+    #[error("{fingerprint} already has an open incident: {existing}")]
+    DuplicateOpen {
+        fingerprint: Fingerprint,
+        existing: IncidentId,
+    },
+    #[error("incident {0} already exists")]
+    AlreadyExists(IncidentId),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which incidents to list. Always newest first (by `opened_at`, then id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncidentQuery {
+    pub open_only: bool,
+    pub limit: usize,
+}
+
+impl Default for IncidentQuery {
+    fn default() -> Self {
+        IncidentQuery {
+            open_only: false,
+            limit: 100,
+        }
+    }
+}
+
+/// A lease: who may run a singleton task (the monitor loop) and with which fencing token.
+/// A new holder always gets a larger token than every holder before it, so a paused old
+/// holder's late writes can be recognised and refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub token: u64,
+    pub expires_at: Timestamp,
+}
+
+/// Switches people flip at run time, shared by every replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// `/sentinel pause`: no automatic execution until resumed.
+    pub paused: bool,
+    pub changed_by: Option<String>,
+    pub changed_at: Option<Timestamp>,
+}
+
+/// Everything Sentinel persists.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `redis` or `embedded`, for the status page and logs.
+    fn backend(&self) -> &'static str;
+
+    /// Fails when the store cannot be reached; `/readyz` uses it.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a new, open incident. Refuses with `DuplicateOpen` when its fingerprint already
+    /// has an open incident, atomically, so two replicas never open the same one twice.
+    async fn create_incident(&self, incident: &Incident) -> StoreResult<()>;
+
+    async fn get_incident(&self, id: &IncidentId) -> StoreResult<Option<Incident>>;
+
+    async fn list_incidents(&self, query: IncidentQuery) -> StoreResult<Vec<Incident>>;
+
+    /// Compare-and-set: stores `incident` if the stored version still equals
+    /// `incident.version`, bumping the version by one; returns what was stored. Resolving
+    /// frees the fingerprint; reopening claims it again (`DuplicateOpen` if taken).
+    async fn update_incident(&self, incident: &Incident) -> StoreResult<Incident>;
+
+    /// The open incident of a fingerprint, if there is one.
+    async fn open_incident_for(&self, fingerprint: &Fingerprint) -> StoreResult<Option<Incident>>;
+
+    /// Chains `record` after the last audit entry and stores it.
+    async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry>;
+
+    /// The whole audit log, oldest first.
+    async fn list_audit(&self) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Claims `key` for `ttl`: true the first time, false while an earlier claim lives.
+    /// Slack event ids go through here so a retried delivery is handled once.
+    async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool>;
+
+    async fn add_silence(&self, silence: &Silence) -> StoreResult<()>;
+
+    /// Silences still in force at `now`, oldest first.
+    async fn active_silences(&self, now: Timestamp) -> StoreResult<Vec<Silence>>;
+
+    /// Ends a silence now. False when no silence has that id or it already ended.
+    async fn expire_silence(&self, id: &str, now: Timestamp) -> StoreResult<bool>;
+
+    /// Takes the lease `name` for `holder` when it is free or expired (with a new, larger
+    /// token), or renews it when `holder` already has it (same token). `None`: someone else
+    /// holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Option<Lease>>;
+
+    /// Gives the lease up, if `lease` is still the current one.
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// Whether `token` is still the live token of lease `name`: checked right before a side
+    /// effect that only the holder may cause.
+    async fn check_fence(&self, name: &str, token: u64, now: Timestamp) -> StoreResult<bool>;
+
+    async fn control(&self) -> StoreResult<Control>;
+
+    async fn set_control(&self, control: &Control) -> StoreResult<()>;
+
+    /// Appends one timeline entry, retrying the compare-and-set if the incident moved.
+    async fn append_timeline(
+        &self,
+        id: &IncidentId,
+        entry: TimelineEntry,
+    ) -> StoreResult<Incident> {
+        loop {
+            let mut incident = self
+                .get_incident(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            incident.updated_at = entry.at;
+            incident.timeline.push(entry.clone());
+            match self.update_incident(&incident).await {
+                Err(StoreError::VersionConflict { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store the settings ask for: Redis when `REDIS_URL` is set, else embedded.
+pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<SharedStore> {
+    use anyhow::Context;
+    use secrecy::ExposeSecret;
+    match &settings.secrets.redis_url {
+        Some(url) => {
+            let store =
+                redis::RedisStore::connect(url.expose_secret(), &settings.store.redis_prefix)
+                    .await
+                    .context("cannot connect to Redis (REDIS_URL)")?;
+            Ok(Arc::new(store))
+        }
+        None => {
+            let path = settings.data_dir.join("sentinel.redb");
+            let store = embedded::EmbeddedStore::open(&path)
+                .with_context(|| format!("cannot open the embedded store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Serialises a value for storage.
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Reads a stored value back.
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

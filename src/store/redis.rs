@@ -1,0 +1,477 @@
+//! The Redis store: all state in one Redis, so several replicas can serve one workspace.
+//!
+//! Each read-modify-write is one Lua script, which Redis runs atomically: creating an incident
+//! together with its fingerprint's claim, compare-and-set on an incident's version, appending
+//! to the audit chain only when its head is the one the entry was chained to, taking a lease
+//! with a fresh fencing token. Keys all start with `[store] redis_prefix`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{decode, encode, Control, IncidentQuery, Lease, Store, StoreError, StoreResult};
+use crate::domain::{
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
+};
+
+/// Creates an incident unless its fingerprint has an open one.
+/// KEYS: incident hash, open-fingerprint hash, order zset.
+/// ARGV: fingerprint, id, json, score, version, open ("1"/"0").
+/// Returns "" when created, "dup:<id>" or "exists".
+const CREATE_INCIDENT: &str = r#"
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if ARGV[6] == '1' and holder then return 'dup:' .. holder end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], 'version', ARGV[5], 'json', ARGV[3])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+return ''
+"#;
+
+/// Compare-and-set of an incident.
+/// KEYS: incident hash, open-fingerprint hash.
+/// ARGV: expected version, new version, json, fingerprint, id, open ("1"/"0").
+/// Returns "" when stored, "missing", "version:<found>" or "dup:<id>".
+const UPDATE_INCIDENT: &str = r#"
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return 'missing' end
+if v ~= ARGV[1] then return 'version:' .. v end
+local holder = redis.call('HGET', KEYS[2], ARGV[4])
+if ARGV[6] == '1' then
+  if holder and holder ~= ARGV[5] then return 'dup:' .. holder end
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+elseif holder == ARGV[5] then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'json', ARGV[3])
+return ''
+"#;
+
+/// Appends an audit entry if the chain's head is still the expected one.
+/// KEYS: audit list, head key. ARGV: expected head ("" for none), entry json, new head.
+const APPEND_AUDIT: &str = r#"
+local head = redis.call('GET', KEYS[2]) or ''
+if head ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"#;
+
+/// Takes or renews a lease. KEYS: lease key, token counter. ARGV: holder, ttl ms.
+/// The lease value is "<token>|<holder>". Returns the token, or -1 when held by another.
+const ACQUIRE_LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local token, holder = string.match(cur, '^(%d+)|(.*)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return -1
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2])
+return token
+"#;
+
+/// Deletes a lease if it still carries the given token. KEYS: lease key. ARGV: token.
+const RELEASE_LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^(%d+)|') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    create_incident: Script,
+    update_incident: Script,
+    append_audit: Script,
+    acquire_lease: Script,
+    release_lease: Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Connects and checks the server answers. Operations time out after a few seconds, so a
+    /// dead Redis gives errors rather than hung requests.
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| unavailable("connection timed out"))?
+        .map_err(unavailable)?;
+        let store = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            create_incident: Script::new(CREATE_INCIDENT),
+            update_incident: Script::new(UPDATE_INCIDENT),
+            append_audit: Script::new(APPEND_AUDIT),
+            acquire_lease: Script::new(ACQUIRE_LEASE),
+            release_lease: Script::new(RELEASE_LEASE),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    fn incident_key(&self, id: &str) -> String {
+        self.key(&format!("incident:{id}"))
+    }
+
+    async fn read_incidents(&self, ids: &[String]) -> StoreResult<Vec<Incident>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.incident_key(id), "json");
+        }
+        let rows: Vec<Option<Vec<u8>>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter()
+            .flatten()
+            .map(|bytes| decode(&bytes))
+            .collect()
+    }
+}
+
+fn parse_id(text: &str) -> StoreResult<IncidentId> {
+    IncidentId::parse(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(unavailable(format!("unexpected PING answer {pong:?}")))
+        }
+    }
+
+    async fn create_incident(&self, incident: &Incident) -> StoreResult<()> {
+        let outcome: String = self
+            .create_incident
+            .key(self.incident_key(incident.id.as_str()))
+            .key(self.key("open"))
+            .key(self.key("incidents"))
+            .arg(incident.fingerprint.as_str())
+            .arg(incident.id.as_str())
+            .arg(encode(incident)?)
+            .arg(incident.opened_at.unix_millis())
+            .arg(incident.version)
+            .arg(if incident.is_open() { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        match outcome.as_str() {
+            "" => Ok(()),
+            "exists" => Err(StoreError::AlreadyExists(incident.id.clone())),
+            other => match other.strip_prefix("dup:") {
+                Some(existing) => Err(StoreError::DuplicateOpen {
+                    fingerprint: incident.fingerprint.clone(),
+                    existing: parse_id(existing)?,
+                }),
+                None => Err(unavailable(format!("unexpected script answer {other:?}"))),
+            },
+        }
+    }
+
+    async fn get_incident(&self, id: &IncidentId) -> StoreResult<Option<Incident>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .hget(self.incident_key(id.as_str()), "json")
+            .await
+            .map_err(unavailable)?;
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    async fn list_incidents(&self, query: IncidentQuery) -> StoreResult<Vec<Incident>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        if query.open_only {
+            let ids: Vec<String> = self
+                .conn
+                .clone()
+                .hvals(self.key("open"))
+                .await
+                .map_err(unavailable)?;
+            let mut found = self.read_incidents(&ids).await?;
+            found.sort_by(|a, b| (b.opened_at, b.id.as_str()).cmp(&(a.opened_at, a.id.as_str())));
+            found.truncate(query.limit);
+            Ok(found)
+        } else {
+            let stop = isize::try_from(query.limit).unwrap_or(isize::MAX) - 1;
+            let ids: Vec<String> = self
+                .conn
+                .clone()
+                .zrevrange(self.key("incidents"), 0, stop)
+                .await
+                .map_err(unavailable)?;
+            self.read_incidents(&ids).await
+        }
+    }
+
+    async fn update_incident(&self, incident: &Incident) -> StoreResult<Incident> {
+        let mut stored = incident.clone();
+        stored.version += 1;
+        let outcome: String = self
+            .update_incident
+            .key(self.incident_key(incident.id.as_str()))
+            .key(self.key("open"))
+            .arg(incident.version)
+            .arg(stored.version)
+            .arg(encode(&stored)?)
+            .arg(incident.fingerprint.as_str())
+            .arg(incident.id.as_str())
+            .arg(if incident.is_open() { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if outcome.is_empty() {
+            return Ok(stored);
+        }
+        if outcome == "missing" {
+            return Err(StoreError::NotFound(incident.id.clone()));
+        }
+        if let Some(found) = outcome.strip_prefix("version:") {
+            return Err(StoreError::VersionConflict {
+                id: incident.id.clone(),
+                expected: incident.version,
+                found: found
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(outcome.clone()))?,
+            });
+        }
+        if let Some(existing) = outcome.strip_prefix("dup:") {
+            return Err(StoreError::DuplicateOpen {
+                fingerprint: incident.fingerprint.clone(),
+                existing: parse_id(existing)?,
+            });
+        }
+        Err(unavailable(format!("unexpected script answer {outcome:?}")))
+    }
+
+    async fn open_incident_for(&self, fingerprint: &Fingerprint) -> StoreResult<Option<Incident>> {
+        let id: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.key("open"), fingerprint.as_str())
+            .await
+            .map_err(unavailable)?;
+        match id {
+            Some(id) => self.get_incident(&parse_id(&id)?).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry> {
+        let mut conn = self.conn.clone();
+        loop {
+            let head: Option<String> = conn
+                .get(self.key("audit:head"))
+                .await
+                .map_err(unavailable)?;
+            let previous = match head.as_deref() {
+                Some(head) => {
+                    let (seq, hash) = head
+                        .split_once('|')
+                        .ok_or_else(|| StoreError::Corrupt(format!("audit head {head:?}")))?;
+                    let seq: u64 = seq
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("audit head {head:?}")))?;
+                    Some((seq, hash.to_owned()))
+                }
+                None => None,
+            };
+            let entry = AuditEntry::chain(
+                previous.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+                record.clone(),
+            );
+            let appended: i64 = self
+                .append_audit
+                .key(self.key("audit"))
+                .key(self.key("audit:head"))
+                .arg(head.unwrap_or_default())
+                .arg(encode(&entry)?)
+                .arg(format!("{}|{}", entry.seq, entry.hash))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if appended == 1 {
+                return Ok(entry);
+            }
+            // Another replica appended first: chain after its entry instead.
+        }
+    }
+
+    async fn list_audit(&self) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .lrange(self.key("audit"), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|bytes| decode(bytes)).collect()
+    }
+
+    async fn claim_once(&self, key: &str, ttl: Duration, _now: Timestamp) -> StoreResult<bool> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("once:{key}")))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    async fn add_silence(&self, silence: &Silence) -> StoreResult<()> {
+        let () = self
+            .conn
+            .clone()
+            .hset(self.key("silences"), &silence.id, encode(silence)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn active_silences(&self, now: Timestamp) -> StoreResult<Vec<Silence>> {
+        let rows: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .hvals(self.key("silences"))
+            .await
+            .map_err(unavailable)?;
+        let mut active = Vec::new();
+        for bytes in rows {
+            let silence: Silence = decode(&bytes)?;
+            if silence.is_active(now) {
+                active.push(silence);
+            }
+        }
+        active.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(active)
+    }
+
+    async fn expire_silence(&self, id: &str, now: Timestamp) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let bytes: Option<Vec<u8>> = conn
+            .hget(self.key("silences"), id)
+            .await
+            .map_err(unavailable)?;
+        let Some(bytes) = bytes else { return Ok(false) };
+        let mut silence: Silence = decode(&bytes)?;
+        if !silence.is_active(now) {
+            return Ok(false);
+        }
+        silence.ends_at = now;
+        let () = conn
+            .hset(self.key("silences"), id, encode(&silence)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Option<Lease>> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let token: i64 = self
+            .acquire_lease
+            .key(self.key(&format!("lease:{name}")))
+            .key(self.key(&format!("lease-token:{name}")))
+            .arg(holder)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(token).ok().map(|token| Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            expires_at: now.saturating_add(ttl),
+        }))
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        let _: i64 = self
+            .release_lease
+            .key(self.key(&format!("lease:{}", lease.name)))
+            .arg(lease.token.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn check_fence(&self, name: &str, token: u64, _now: Timestamp) -> StoreResult<bool> {
+        let current: Option<String> = self
+            .conn
+            .clone()
+            .get(self.key(&format!("lease:{name}")))
+            .await
+            .map_err(unavailable)?;
+        Ok(current
+            .as_deref()
+            .and_then(|value| value.split_once('|'))
+            .is_some_and(|(live, _)| live == token.to_string()))
+    }
+
+    async fn control(&self) -> StoreResult<Control> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .get(self.key("control"))
+            .await
+            .map_err(unavailable)?;
+        bytes.map_or(Ok(Control::default()), |b| decode(&b))
+    }
+
+    async fn set_control(&self, control: &Control) -> StoreResult<()> {
+        let () = self
+            .conn
+            .clone()
+            .set(self.key("control"), encode(control)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! JSON API handlers (SPEC §7). Each parses its input, calls the [`Sentinel`] service and
+//! turns the result into JSON; the rules live in the service and the pipeline.
+//!
+//! [`Sentinel`]: crate::service::Sentinel
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::domain::Actor;
+use crate::pipeline::detect::Scenario;
+use crate::pipeline::intake::Intake;
+use crate::store::IncidentQuery;
+use crate::web::error::ApiError;
+use crate::web::AppState;
+
+/// `Json<T>` whose rejections are our JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(ApiJson(value))
+    }
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = &state.sentinel.store;
+    store
+        .ping()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")))?;
+    Ok(Json(json!({ "status": "ready", "store": store.backend() })))
+}
+
+pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.status().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// `open` keeps unresolved incidents; `all` (the default) keeps everything.
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+pub async fn list_incidents(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let open_only = match params.status.as_deref() {
+        None | Some("all") => false,
+        Some("open") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "status must be \"open\" or \"all\", not {other:?}"
+            )))
+        }
+    };
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}"
+        )));
+    }
+    let incidents = state
+        .sentinel
+        .incidents(IncidentQuery { open_only, limit })
+        .await?;
+    Ok(Json(incidents).into_response())
+}
+
+pub async fn get_incident(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.incident(&id).await?).into_response())
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.approve(&id, &actor).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: Option<String>,
+}
+
+/// The body is optional: `{"reason": "…"}` or nothing.
+pub async fn reject(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let parsed: RejectBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        parsed.reason
+    };
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 2000) {
+        return Err(ApiError::bad_request(
+            "reason is longer than 2000 characters",
+        ));
+    }
+    let incident = state
+        .sentinel
+        .reject(&id, &actor, reason.as_deref())
+        .await?;
+    Ok(Json(incident).into_response())
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.rollback(&id, &actor).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    scenario: String,
+}
+
+/// 201 with the new incident; 200 with the existing one when the fingerprint already had an
+/// open incident (it is updated, never duplicated); 409 when a silence is in force.
+pub async fn trigger_alert(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(body): ApiJson<TriggerBody>,
+) -> Result<Response, ApiError> {
+    let scenario: Scenario =
+        body.scenario
+            .parse()
+            .map_err(|e: crate::pipeline::detect::UnknownScenario| {
+                ApiError::bad_request(e.to_string())
+            })?;
+    match state.sentinel.trigger(scenario, &actor).await? {
+        Intake::Opened(incident) => Ok((StatusCode::CREATED, Json(incident)).into_response()),
+        Intake::Updated(incident) => Ok((StatusCode::OK, Json(incident)).into_response()),
+        Intake::Silenced(silence) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "silenced until {} by {} (silence {})",
+                silence.ends_at, silence.created_by, silence.id
+            ),
+        )),
+    }
+}
+
+pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.audit().await?).into_response())
+}

@@ -1,0 +1,216 @@
+//! The HTTP server: API, health, and (with later work) the status page, SSE, `/metrics` and
+//! the Slack endpoints.
+//!
+//! In: HTTP requests. Out: JSON. [`routes`] is the one table of every route with who may
+//! call it; [`router`] builds the server from that table, so access rules cannot drift from
+//! the routes, and the RBAC sweep in `tests/it/rbac.rs` checks the table is complete.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::domain::Role;
+use crate::service::Sentinel;
+use auth::ApiKeys;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct AppContext {
+    pub sentinel: Arc<Sentinel>,
+    pub keys: ApiKeys,
+    pub body_limit: usize,
+}
+
+pub type AppState = Arc<AppContext>;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, no key needed (health, status).
+    Public,
+    /// An `X-API-Key` whose role is at least this.
+    AtLeast(Role),
+}
+
+/// One route of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+fn route<H, T>(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: H,
+) -> (RouteSpec, MethodRouter<AppState>)
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    (
+        RouteSpec {
+            method,
+            path,
+            access,
+        },
+        on(filter, handler),
+    )
+}
+
+/// Every route with its access rule (SPEC §7).
+fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::{AtLeast, Public};
+    vec![
+        route(Method::GET, "/healthz", Public, api::healthz),
+        route(Method::GET, "/readyz", Public, api::readyz),
+        route(Method::GET, "/api/status", Public, api::status),
+        route(
+            Method::GET,
+            "/api/incidents",
+            AtLeast(Role::Viewer),
+            api::list_incidents,
+        ),
+        route(
+            Method::GET,
+            "/api/incidents/{id}",
+            AtLeast(Role::Viewer),
+            api::get_incident,
+        ),
+        // Operators may approve and reject medium risk; the handler asks for admin on high.
+        route(
+            Method::POST,
+            "/api/incidents/{id}/approve",
+            AtLeast(Role::Operator),
+            api::approve,
+        ),
+        route(
+            Method::POST,
+            "/api/incidents/{id}/reject",
+            AtLeast(Role::Operator),
+            api::reject,
+        ),
+        route(
+            Method::POST,
+            "/api/incidents/{id}/rollback",
+            AtLeast(Role::Admin),
+            api::rollback,
+        ),
+        route(
+            Method::POST,
+            "/api/trigger-alert",
+            AtLeast(Role::Admin),
+            api::trigger_alert,
+        ),
+        route(Method::GET, "/api/audit", AtLeast(Role::Admin), api::audit),
+    ]
+}
+
+/// The route table, for documentation and the RBAC sweep.
+pub fn routes() -> Vec<RouteSpec> {
+    route_handlers().into_iter().map(|(spec, _)| spec).collect()
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in route_handlers() {
+        let handler = match spec.access {
+            Access::Public => handler,
+            Access::AtLeast(role) => handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), role),
+                require_role,
+            )),
+        };
+        router = router.route(spec.path, handler);
+    }
+    let body_limit = state.body_limit;
+    router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_large_bodies,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            }),
+        )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+/// Authenticates `X-API-Key` and checks the role the route needs; handlers then find the
+/// caller as an `Extension<Actor>`.
+async fn require_role(
+    State((state, needed)): State<(AppState, Role)>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let key = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok());
+    let actor = state
+        .keys
+        .authenticate(key)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let role = actor.role().unwrap_or(Role::Viewer);
+    if !role.allows(needed) {
+        return Err(ApiError::forbidden(format!(
+            "this needs the {needed} role; your key has {role}"
+        )));
+    }
+    request.extensions_mut().insert(actor);
+    Ok(next.run(request).await)
+}
+
+/// Refuses a declared body over the limit before reading it (bodies without a length are
+/// cut off by `DefaultBodyLimit` as they are read).
+async fn refuse_large_bodies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > state.body_limit) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {} bytes", state.body_limit),
+        ));
+    }
+    Ok(next.run(request).await)
+}
