@@ -133,13 +133,17 @@ impl Store for EmbeddedStore {
                 let mut open = txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
                 let mut order = txn.open_table(INCIDENT_ORDER).map_err(unavailable)?;
                 let fingerprint = incident.fingerprint.as_str();
-                if let Some(existing) = open.get(fingerprint).map_err(unavailable)? {
-                    let existing = IncidentId::parse(existing.value())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    return Err(StoreError::DuplicateOpen {
-                        fingerprint: incident.fingerprint.clone(),
-                        existing,
-                    });
+                // Only an open incident claims its fingerprint, as in the Redis backend: a
+                // closed one is stored without being refused by the open one.
+                if incident.is_open() {
+                    if let Some(existing) = open.get(fingerprint).map_err(unavailable)? {
+                        let existing = IncidentId::parse(existing.value())
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        return Err(StoreError::DuplicateOpen {
+                            fingerprint: incident.fingerprint.clone(),
+                            existing,
+                        });
+                    }
                 }
                 if incidents
                     .get(incident.id.as_str())

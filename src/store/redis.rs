@@ -76,6 +76,14 @@ redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2])
 return token
 "#;
 
+/// Replaces a hash field only if it still holds the expected value.
+/// KEYS: hash. ARGV: field, expected value, new value. Returns 1 when replaced, else 0.
+const REPLACE_FIELD: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
 /// Deletes a lease if it still carries the given token. KEYS: lease key. ARGV: token.
 const RELEASE_LEASE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -93,6 +101,7 @@ pub struct RedisStore {
     append_audit: Script,
     acquire_lease: Script,
     release_lease: Script,
+    replace_field: Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -123,6 +132,7 @@ impl RedisStore {
             append_audit: Script::new(APPEND_AUDIT),
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
+            replace_field: Script::new(REPLACE_FIELD),
         };
         store.ping().await?;
         Ok(store)
@@ -389,21 +399,32 @@ impl Store for RedisStore {
 
     async fn expire_silence(&self, id: &str, now: Timestamp) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
-        let bytes: Option<Vec<u8>> = conn
-            .hget(self.key("silences"), id)
-            .await
-            .map_err(unavailable)?;
-        let Some(bytes) = bytes else { return Ok(false) };
-        let mut silence: Silence = decode(&bytes)?;
-        if !silence.is_active(now) {
-            return Ok(false);
+        loop {
+            let bytes: Option<Vec<u8>> = conn
+                .hget(self.key("silences"), id)
+                .await
+                .map_err(unavailable)?;
+            let Some(bytes) = bytes else { return Ok(false) };
+            let mut silence: Silence = decode(&bytes)?;
+            if !silence.is_active(now) {
+                return Ok(false);
+            }
+            silence.ends_at = now;
+            // Compare-and-set, so of several callers ending it at once only one is told it did.
+            let replaced: i64 = self
+                .replace_field
+                .key(self.key("silences"))
+                .arg(id)
+                .arg(bytes)
+                .arg(encode(&silence)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if replaced == 1 {
+                return Ok(true);
+            }
+            // Changed meanwhile (ended or replaced by someone else): look again.
         }
-        silence.ends_at = now;
-        let () = conn
-            .hset(self.key("silences"), id, encode(&silence)?)
-            .await
-            .map_err(unavailable)?;
-        Ok(true)
     }
 
     async fn acquire_lease(

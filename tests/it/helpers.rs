@@ -1,0 +1,216 @@
+//! `spawn_app()`: the real application on port 0 with a fresh embedded store or its own
+//! Redis key prefix, three API keys (viewer, operator, admin) and typed request helpers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sentinel::app::Application;
+use sentinel::config::{ApiKeyEntry, Settings};
+use sentinel::domain::{Incident, IncidentId, Risk, Role, Status};
+use sentinel::service::Sentinel;
+use sentinel::store::{embedded::EmbeddedStore, redis::RedisStore, SharedStore};
+use sentinel::web::auth::new_key;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// The Redis the tests use: `REDIS_URL`, else the one `scripts/services.sh` starts.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("sentinel-test:{}:", IncidentId::generate().as_str())
+}
+
+/// A Redis store under a fresh prefix. Fails the test, naming what is missing, when Redis
+/// does not answer: tests never pass by skipping.
+pub async fn redis_store() -> RedisStore {
+    let url = redis_url();
+    match RedisStore::connect(&url, &unique_prefix()).await {
+        Ok(store) => store,
+        Err(e) => panic!(
+            "Redis is not reachable at {url} ({e}); these tests need a real redis-server: \
+             run `scripts/services.sh start` (Debian package redis-server) or set REDIS_URL"
+        ),
+    }
+}
+
+pub fn embedded_store() -> (EmbeddedStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = EmbeddedStore::open(&dir.path().join("sentinel.redb")).expect("a fresh store");
+    (store, dir)
+}
+
+pub struct Keys {
+    pub viewer: String,
+    pub operator: String,
+    pub admin: String,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub keys: Keys,
+    pub sentinel: Arc<Sentinel>,
+    pub store: SharedStore,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Backend::Embedded, |_| {}).await
+}
+
+/// The real application, with `customize` applied to its settings before it starts.
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("a temporary directory");
+    let mut settings = Settings::defaults();
+    settings.listen = "127.0.0.1:0".to_owned();
+    settings.data_dir = data_dir.path().join("data");
+    settings.sandbox_dir = data_dir.path().join("sandbox");
+    let mut entry = |name: &str, role: Role| {
+        let (key, sha256) = new_key();
+        settings.api_keys.push(ApiKeyEntry {
+            name: name.to_owned(),
+            role,
+            sha256,
+        });
+        key
+    };
+    let keys = Keys {
+        viewer: entry("test-viewer", Role::Viewer),
+        operator: entry("test-operator", Role::Operator),
+        admin: entry("test-admin", Role::Admin),
+    };
+    if backend == Backend::Redis {
+        // Fail early, with the reason, when Redis is missing.
+        drop(redis_store().await);
+        settings.secrets.redis_url = Some(SecretString::from(redis_url()));
+        settings.store.redis_prefix = unique_prefix();
+    }
+    customize(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the application builds");
+    let addr = app.local_addr();
+    let sentinel = app.sentinel();
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run());
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        keys,
+        store: Arc::clone(&sentinel.store),
+        sentinel,
+        shutdown,
+        server: Some(server),
+        _data_dir: data_dir,
+    }
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{path} answered {status} with non-JSON {text:?}"))
+        };
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        self.request(reqwest::Method::GET, path, key, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &str) -> Reply {
+        self.request(reqwest::Method::POST, path, key, Some(body))
+            .await
+    }
+
+    /// Injects a test alert as an admin and returns the incident.
+    pub async fn trigger(&self, scenario: &str) -> Incident {
+        let reply = self
+            .post(
+                "/api/trigger-alert",
+                Some(&self.keys.admin),
+                &format!(r#"{{"scenario":"{scenario}"}}"#),
+            )
+            .await;
+        assert!(
+            reply.status == 201 || reply.status == 200,
+            "trigger {scenario}: {reply:?}"
+        );
+        serde_json::from_value(reply.body).expect("an incident")
+    }
+
+    /// Puts an incident in `awaiting_approval` with the given risk, as analysis and policy
+    /// will once they exist.
+    pub async fn await_approval(&self, id: &IncidentId, risk: Risk) -> Incident {
+        let mut incident = self.store.get_incident(id).await.unwrap().unwrap();
+        let now = sentinel::domain::Timestamp::now();
+        incident
+            .transition(Status::Analyzing, "sentinel", "analyzing", now)
+            .unwrap();
+        incident.risk = Some(risk);
+        incident.proposed_action = Some(sentinel::domain::ProposedAction {
+            action: sentinel::domain::ActionId::ContainerRestart,
+            params: Default::default(),
+        });
+        incident
+            .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)
+            .unwrap();
+        self.store.update_incident(&incident).await.unwrap()
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
