@@ -1,5 +1,147 @@
-//! Runtime: Sentinel's hands and eyes on the outside world.
+//! Runtime: Sentinel's eyes (and, later, hands) on the outside world.
 //!
-//! `docker` (bollard), `prometheus` (reqwest), `host` (the local fallback for host signals)
-//! and `sandbox` (no-follow, descriptor-relative file operations) arrive with the monitoring
-//! and remediation work. Everything here does I/O; nothing here decides anything.
+//! - [`prometheus`]: host signals from node-exporter (and container memory from cAdvisor)
+//!   through PromQL instant queries.
+//! - [`host`]: the same host signals read from this machine when Prometheus is not
+//!   configured or does not answer.
+//! - [`docker`]: containers, their state, health, restarts and memory (bollard).
+//! - [`sandbox`]: the sandbox's size, without following symbolic links.
+//!
+//! Everything here does I/O and returns plain samples; nothing here decides whether a value
+//! is a breach (that is `pipeline::detect`).
+
+pub mod docker;
+pub mod host;
+pub mod prometheus;
+pub mod sandbox;
+
+use std::collections::BTreeMap;
+
+/// Host-wide readings, from Prometheus or from this machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSample {
+    /// Percent of all CPUs busy. `None` until a rate can be computed (two samples).
+    pub cpu_percent: Option<f64>,
+    /// Percent of memory in use: `100 × (1 − available / total)`.
+    pub memory_percent: Option<f64>,
+    /// Percent used of each watched mount point that exists, by mount point.
+    pub disks: BTreeMap<String, f64>,
+    /// Network traffic in and out, all interfaces but loopback, in megabytes (10⁶) per second.
+    pub network_mb_per_s: Option<f64>,
+    /// Network errors in and out per second, all interfaces but loopback.
+    pub network_errors_per_s: Option<f64>,
+}
+
+/// One container as Sentinel sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSample {
+    /// The name without Docker's leading `/`.
+    pub name: String,
+    pub id: String,
+    /// Docker's state: `running`, `exited`, `dead`, `restarting`, `paused`, `created`, …
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or `None` without a health check.
+    pub health: Option<String>,
+    pub restart_count: i64,
+    pub exit_code: Option<i64>,
+    /// `no`, `always`, `unless-stopped`, `on-failure`.
+    pub restart_policy: String,
+    pub labels: BTreeMap<String, String>,
+    /// Bytes in use as `docker stats` counts them: usage minus inactive file cache.
+    pub memory_used_bytes: Option<u64>,
+    /// The memory limit in bytes (the host's memory when the container has no limit).
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl ContainerSample {
+    /// `memory_used / memory_limit` in percent, for running containers with stats.
+    pub fn memory_percent(&self) -> Option<f64> {
+        match (self.memory_used_bytes, self.memory_limit_bytes) {
+            (Some(used), Some(limit)) if limit > 0 => Some(100.0 * used as f64 / limit as f64),
+            _ => None,
+        }
+    }
+
+    /// Why this container counts as down (SPEC §2), or `None` when it does not.
+    ///
+    /// Down: dead; unhealthy; restarting; or exited when it was meant to keep running (a
+    /// restart policy other than `no`) or exited with a non-zero code (a crash, or a stop).
+    /// A one-off container that finished its work with code 0 is not down. Containers
+    /// labelled `sentinel.ignore=true` are never down.
+    pub fn down_reason(&self) -> Option<String> {
+        if self.labels.get("sentinel.ignore").map(String::as_str) == Some("true") {
+            return None;
+        }
+        match self.state.as_str() {
+            "dead" => return Some("dead".to_owned()),
+            "restarting" => {
+                return Some(format!(
+                    "restarting in a loop ({} restarts)",
+                    self.restart_count
+                ))
+            }
+            "exited" => {
+                let code = self.exit_code.unwrap_or(0);
+                if code != 0 || self.restart_policy != "no" && !self.restart_policy.is_empty() {
+                    return Some(format!("exited with code {code}"));
+                }
+                return None;
+            }
+            _ => {}
+        }
+        if self.health.as_deref() == Some("unhealthy") {
+            return Some("unhealthy".to_owned());
+        }
+        None
+    }
+
+    /// `sentinel.protected=true`: any fix to it needs an admin.
+    pub fn protected(&self) -> bool {
+        self.labels.get("sentinel.protected").map(String::as_str) == Some("true")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(state: &str, exit_code: i64, policy: &str) -> ContainerSample {
+        ContainerSample {
+            name: "web-1".into(),
+            id: "abc".into(),
+            state: state.into(),
+            health: None,
+            restart_count: 0,
+            exit_code: Some(exit_code),
+            restart_policy: policy.into(),
+            labels: BTreeMap::new(),
+            memory_used_bytes: None,
+            memory_limit_bytes: None,
+        }
+    }
+
+    #[test]
+    fn which_containers_are_down() {
+        assert_eq!(container("running", 0, "no").down_reason(), None);
+        assert_eq!(container("exited", 0, "no").down_reason(), None, "a finished one-off job");
+        assert!(container("exited", 137, "no").down_reason().is_some());
+        assert!(container("exited", 0, "always").down_reason().is_some());
+        assert!(container("dead", 0, "no").down_reason().is_some());
+        assert!(container("restarting", 1, "always").down_reason().is_some());
+        let mut unhealthy = container("running", 0, "no");
+        unhealthy.health = Some("unhealthy".into());
+        assert_eq!(unhealthy.down_reason().as_deref(), Some("unhealthy"));
+        let mut ignored = container("exited", 1, "always");
+        ignored.labels.insert("sentinel.ignore".into(), "true".into());
+        assert_eq!(ignored.down_reason(), None);
+    }
+
+    #[test]
+    fn memory_percent_is_used_over_limit() {
+        let mut c = container("running", 0, "no");
+        assert_eq!(c.memory_percent(), None);
+        c.memory_used_bytes = Some(48 << 20);
+        c.memory_limit_bytes = Some(64 << 20);
+        assert_eq!(c.memory_percent(), Some(75.0));
+    }
+}
