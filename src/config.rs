@@ -124,6 +124,22 @@ pub struct MonitorSettings {
     pub docker_concurrency: usize,
 }
 
+/// PromQL instant queries for host signals (`[prometheus]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusQueries {
+    pub host_cpu: String,
+    pub host_memory: String,
+    /// `$mount` is replaced by each watched mount point.
+    pub disk: String,
+    /// Bytes per second in and out.
+    pub network_bytes: String,
+    /// Errors per second in and out.
+    pub network_errors: String,
+    /// Percent of the limit, one series per container `name`.
+    pub container_memory: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
@@ -278,6 +294,7 @@ pub struct Settings {
     pub approval_timeout: HumanDuration,
     pub thresholds: Thresholds,
     pub monitor: MonitorSettings,
+    pub prometheus: PrometheusQueries,
     pub actions: ActionSettings,
     pub analyzer: AnalyzerSettings,
     pub llm: LlmSettings,

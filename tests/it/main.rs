@@ -2,6 +2,8 @@
 
 mod api;
 mod cli;
+mod collectors;
+mod docker;
 mod durability;
 mod helpers;
 mod rbac;
