@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::pipeline::monitor::Monitor;
 use crate::service::Sentinel;
 use crate::store;
 use crate::web::{self, auth::ApiKeys, AppContext};
@@ -19,6 +20,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     sentinel: Arc<Sentinel>,
+    monitor: Arc<Monitor>,
     /// Cancelled by Ctrl-C, SIGTERM or a test; every task watches it.
     shutdown: CancellationToken,
 }
@@ -28,6 +30,7 @@ impl Application {
         let settings = Arc::new(settings);
         let store = store::open(&settings).await?;
         let sentinel = Arc::new(Sentinel::new(Arc::clone(&settings), store));
+        let monitor = Arc::new(Monitor::new(Arc::clone(&sentinel)));
         let state = Arc::new(AppContext {
             sentinel: Arc::clone(&sentinel),
             keys: ApiKeys::from_config(&settings.api_keys),
@@ -41,6 +44,7 @@ impl Application {
             listener,
             router: web::router(state),
             sentinel,
+            monitor,
             shutdown: CancellationToken::new(),
         })
     }
@@ -51,6 +55,11 @@ impl Application {
 
     pub fn sentinel(&self) -> Arc<Sentinel> {
         Arc::clone(&self.sentinel)
+    }
+
+    /// The monitor; tests run its cycles with `tick` instead of waiting for the loop.
+    pub fn monitor(&self) -> Arc<Monitor> {
+        Arc::clone(&self.monitor)
     }
 
     /// The token that stops the application when cancelled.
@@ -72,11 +81,26 @@ impl Application {
             mode = settings.mode.as_str(),
             "sentinel ready"
         );
+        let monitor = settings
+            .monitor
+            .enabled
+            .then(|| tokio::spawn(Arc::clone(&self.monitor).run(self.shutdown.clone())));
+        if monitor.is_none() {
+            tracing::info!("the monitor loop is off on this replica ([monitor] enabled = false)");
+        }
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
-            .context("http server failed")?;
+            .context("http server failed");
+        // The server stopped (shutdown, or it failed): stop the loop too and let it finish.
+        self.shutdown.cancel();
+        if let Some(monitor) = monitor {
+            if let Err(e) = monitor.await {
+                tracing::error!(error = %e, "the monitor loop panicked");
+            }
+        }
+        served?;
         tracing::info!("sentinel stopped");
         Ok(())
     }

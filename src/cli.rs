@@ -128,7 +128,12 @@ pub fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { role, name },
         } => keys_new(role, name),
-        Command::Check { .. } => not_yet("sentinel check", "monitoring"),
+        Command::Check { json } => {
+            let Some(settings) = load(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            check(settings, json)
+        }
         Command::Blocks {
             command: BlocksCommand::Render { .. },
         } => not_yet("sentinel blocks render", "the Slack"),
@@ -173,6 +178,63 @@ fn serve(settings: Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One monitoring cycle, printed; writes nothing anywhere.
+fn check(settings: Settings, json: bool) -> ExitCode {
+    crate::telemetry::init(settings.telemetry.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sentinel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let collected = runtime.block_on(async {
+        crate::pipeline::monitor::Collectors::new(std::sync::Arc::new(settings))
+            .collect()
+            .await
+    });
+    let elapsed = crate::pipeline::monitor::elapsed_ms(started);
+    if json {
+        match serde_json::to_string_pretty(&collected.readings) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("sentinel: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<18} {:<28} {:>10} {:>10}  {:<12} SOURCE",
+        "SIGNAL", "RESOURCE", "VALUE", "THRESHOLD", "STATE"
+    );
+    let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    for reading in &collected.readings {
+        let mut resource = reading.resource.clone();
+        if resource.chars().count() > 28 {
+            resource = resource.chars().take(27).collect::<String>() + "…";
+        }
+        println!(
+            "{:<18} {:<28} {:>10} {:>10}  {:<12} {}",
+            reading.signal,
+            resource,
+            number(reading.value),
+            number(reading.threshold),
+            reading.state,
+            reading.source
+        );
+    }
+    for (signal, why) in &collected.unavailable {
+        println!("unavailable: {signal}: {why}");
+    }
+    println!("cycle took {elapsed:.0} ms; nothing was changed");
+    ExitCode::SUCCESS
 }
 
 fn keys_new(role: Role, name: Option<String>) -> ExitCode {

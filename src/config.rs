@@ -114,6 +114,8 @@ impl Thresholds {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorSettings {
+    pub enabled: bool,
+    pub lease_ttl: HumanDuration,
     #[serde(rename = "for")]
     pub for_samples: u32,
     pub clear_for: u32,
@@ -512,6 +514,12 @@ impl Settings {
             }
         }
 
+        if self.monitor.lease_ttl.0 <= self.interval.0 {
+            return Err(ConfigError::new(
+                "monitor.lease_ttl",
+                "must be longer than interval, or the lease lapses between cycles",
+            ));
+        }
         if self.monitor.for_samples == 0 {
             return Err(ConfigError::new("monitor.for", "must be at least 1"));
         }

@@ -11,16 +11,21 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::domain::{verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Timestamp};
+use crate::domain::{
+    verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Silence, SilenceTarget,
+    Timestamp,
+};
 use crate::pipeline::approve::{self, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent};
 use crate::pipeline::detect::{self, Scenario};
 use crate::pipeline::intake::{self, Intake};
+use crate::pipeline::monitor::CycleReport;
 use crate::store::{IncidentQuery, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("incident {0} not found")]
+    /// What was not found: `incident inc-…`, `silence sil-…`.
+    #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
     Forbidden(String),
@@ -61,6 +66,8 @@ pub struct StatusReport {
     pub store: &'static str,
     pub signals: Vec<SignalReading>,
     pub incidents: Vec<Incident>,
+    /// The latest monitor cycle on the replica that answered; `null` before the first.
+    pub monitor: Option<CycleReport>,
 }
 
 /// The body of `GET /api/audit`.
@@ -70,6 +77,20 @@ pub struct AuditReport {
     pub entries: Vec<AuditEntry>,
 }
 
+/// What a batch of external alerts did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AlertsOutcome {
+    pub opened: usize,
+    pub updated: usize,
+    pub resolved: usize,
+    pub silenced: usize,
+    /// Resolved alerts that had no open incident.
+    pub ignored: usize,
+}
+
+/// The longest silence anyone can set.
+pub const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Shared by every request handler and background task.
 pub struct Sentinel {
     pub settings: Arc<Settings>,
@@ -77,6 +98,8 @@ pub struct Sentinel {
     /// The monitor's latest readings. Written by the monitor loop once per cycle, read by
     /// status requests; empty until the first cycle.
     signals: RwLock<Vec<SignalReading>>,
+    /// The latest monitor cycle on this replica, for `/api/status`.
+    last_cycle: RwLock<Option<CycleReport>>,
 }
 
 impl Sentinel {
@@ -85,7 +108,19 @@ impl Sentinel {
             settings,
             store,
             signals: RwLock::new(Vec::new()),
+            last_cycle: RwLock::new(None),
         }
+    }
+
+    pub fn set_cycle(&self, report: CycleReport) {
+        *self.last_cycle.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    }
+
+    pub fn last_cycle(&self) -> Option<CycleReport> {
+        self.last_cycle
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_signals(&self, readings: Vec<SignalReading>) {
@@ -111,6 +146,7 @@ impl Sentinel {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             incidents,
+            monitor: self.last_cycle(),
         })
     }
 
@@ -119,11 +155,9 @@ impl Sentinel {
     }
 
     pub async fn incident(&self, id: &str) -> Result<Incident, ServiceError> {
-        let parsed = IncidentId::parse(id).map_err(|_| ServiceError::NotFound(id.to_owned()))?;
-        self.store
-            .get_incident(&parsed)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(id.to_owned()))
+        let missing = || ServiceError::NotFound(format!("incident {id}"));
+        let parsed = IncidentId::parse(id).map_err(|_| missing())?;
+        self.store.get_incident(&parsed).await?.ok_or_else(missing)
     }
 
     /// Injects a test alert through the same intake as monitoring.
@@ -200,6 +234,118 @@ impl Sentinel {
             chain: verify_chain(&entries),
             entries,
         })
+    }
+
+    /// Applies external alerts, already parsed and checked as a whole.
+    pub async fn apply_alerts(
+        &self,
+        updates: Vec<crate::web::alerts::AlertUpdate>,
+    ) -> Result<AlertsOutcome, ServiceError> {
+        use crate::web::alerts::AlertUpdate;
+        let mut outcome = AlertsOutcome::default();
+        for update in updates {
+            let now = Timestamp::now();
+            match update {
+                AlertUpdate::Firing(detection) => {
+                    match intake::open_or_update(self.store.as_ref(), &detection, now).await? {
+                        Intake::Opened(_) => outcome.opened += 1,
+                        Intake::Updated(_) => outcome.updated += 1,
+                        Intake::Silenced(_) => outcome.silenced += 1,
+                    }
+                }
+                AlertUpdate::Resolved {
+                    fingerprint,
+                    summary,
+                } => {
+                    let message = format!("resolved by its source: {summary}");
+                    let resolved = intake::resolve(
+                        self.store.as_ref(),
+                        &fingerprint,
+                        &Actor::Sentinel,
+                        &message,
+                        now,
+                    )
+                    .await?;
+                    match resolved {
+                        Some(_) => outcome.resolved += 1,
+                        None => outcome.ignored += 1,
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Silences a fingerprint (`signal:resource`) or every signal of a resource.
+    pub async fn silence(
+        &self,
+        target: &str,
+        duration: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Silence, ServiceError> {
+        let target = target.trim();
+        if target.is_empty() || target.chars().count() > 200 || target.contains(char::is_control) {
+            return Err(ServiceError::Invalid(
+                "the target must be a fingerprint (signal:resource) or a resource".to_owned(),
+            ));
+        }
+        let length = humantime::parse_duration(duration.trim()).map_err(|_| {
+            ServiceError::Invalid(format!(
+                "{duration:?} is not a duration; write it like \"1h\" or \"30m\""
+            ))
+        })?;
+        if length.is_zero() || length > MAX_SILENCE {
+            return Err(ServiceError::Invalid(
+                "a silence lasts between 1 second and 30 days".to_owned(),
+            ));
+        }
+        if reason.chars().count() > 500 {
+            return Err(ServiceError::Invalid(
+                "the reason is longer than 500 characters".to_owned(),
+            ));
+        }
+        let now = Timestamp::now();
+        let silence = Silence {
+            id: format!(
+                "sil-{}",
+                IncidentId::generate().as_str().trim_start_matches("inc-")
+            ),
+            target: SilenceTarget::parse(target),
+            created_by: actor.id(),
+            created_at: now,
+            ends_at: now.saturating_add(length),
+            reason: reason.to_owned(),
+        };
+        self.store.add_silence(&silence).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::SilenceCreated { silence: &silence },
+            now,
+        )
+        .await?;
+        Ok(silence)
+    }
+
+    pub async fn silences(&self) -> Result<Vec<Silence>, ServiceError> {
+        Ok(self.store.active_silences(Timestamp::now()).await?)
+    }
+
+    /// Ends a silence now.
+    pub async fn unsilence(&self, id: &str, actor: &Actor) -> Result<(), ServiceError> {
+        let now = Timestamp::now();
+        if !self.store.expire_silence(id, now).await? {
+            return Err(ServiceError::NotFound(format!("silence {id}")));
+        }
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::SilenceExpired { id },
+            now,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Stores a decision with compare-and-set: if anyone changed the incident since it was

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::domain::{Actor, AuditEntry, AuditRecord, Incident, Timestamp};
+use crate::domain::{Actor, AuditEntry, AuditRecord, Incident, Silence, Timestamp};
 use crate::store::{Store, StoreResult};
 
 /// Something worth a line in the audit log.
@@ -14,6 +14,16 @@ use crate::store::{Store, StoreResult};
 pub enum AuditEvent<'a> {
     IncidentOpened {
         incident: &'a Incident,
+    },
+    IncidentResolved {
+        incident: &'a Incident,
+        message: &'a str,
+    },
+    SilenceCreated {
+        silence: &'a Silence,
+    },
+    SilenceExpired {
+        id: &'a str,
     },
     ApprovalGranted {
         incident: &'a Incident,
@@ -35,6 +45,9 @@ impl AuditEvent<'_> {
     pub fn name(&self) -> &'static str {
         match self {
             AuditEvent::IncidentOpened { .. } => "IncidentOpened",
+            AuditEvent::IncidentResolved { .. } => "IncidentResolved",
+            AuditEvent::SilenceCreated { .. } => "SilenceCreated",
+            AuditEvent::SilenceExpired { .. } => "SilenceExpired",
             AuditEvent::ApprovalGranted { .. } => "ApprovalGranted",
             AuditEvent::ApprovalRejected { .. } => "ApprovalRejected",
             AuditEvent::DecisionRefused { .. } => "DecisionRefused",
@@ -46,10 +59,14 @@ impl AuditEvent<'_> {
     fn incident(&self) -> Option<&Incident> {
         match self {
             AuditEvent::IncidentOpened { incident }
+            | AuditEvent::IncidentResolved { incident, .. }
             | AuditEvent::ApprovalGranted { incident }
             | AuditEvent::ApprovalRejected { incident, .. }
             | AuditEvent::DecisionRefused { incident, .. } => Some(incident),
-            AuditEvent::AutomationPaused | AuditEvent::AutomationResumed => None,
+            AuditEvent::SilenceCreated { .. }
+            | AuditEvent::SilenceExpired { .. }
+            | AuditEvent::AutomationPaused
+            | AuditEvent::AutomationResumed => None,
         }
     }
 
@@ -63,6 +80,14 @@ impl AuditEvent<'_> {
                 "source": incident.source,
                 "summary": incident.summary,
             }),
+            AuditEvent::IncidentResolved { message, .. } => json!({ "message": message }),
+            AuditEvent::SilenceCreated { silence } => json!({
+                "id": silence.id,
+                "target": silence.target,
+                "ends_at": silence.ends_at,
+                "reason": silence.reason,
+            }),
+            AuditEvent::SilenceExpired { id } => json!({ "id": id }),
             AuditEvent::ApprovalGranted { incident } => json!({
                 "proposed_action": incident.proposed_action,
                 "risk": incident.risk,

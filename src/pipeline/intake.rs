@@ -6,7 +6,9 @@
 //! In: a detection and `now`. Out: a new incident, an updated one, or the silence that
 //! suppressed it. Writes the store and the audit log.
 
-use crate::domain::{Actor, Detection, Incident, IncidentId, Silence, Timestamp};
+use crate::domain::{
+    Actor, Detection, Fingerprint, Incident, IncidentId, Silence, Status, Timestamp,
+};
 use crate::pipeline::audit::{self, AuditEvent};
 use crate::store::{Store, StoreError, StoreResult};
 
@@ -62,6 +64,47 @@ pub async fn open_or_update(
             }
             // Another replica or request opened it first: update that one instead.
             Err(StoreError::DuplicateOpen { .. }) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Resolves the open incident of `fingerprint` because its signal recovered (or its source
+/// said so). `None` when there is no open incident, or when it cannot resolve now: while a
+/// fix is executing or being verified, verification decides.
+pub async fn resolve(
+    store: &dyn Store,
+    fingerprint: &Fingerprint,
+    actor: &Actor,
+    message: &str,
+    now: Timestamp,
+) -> StoreResult<Option<Incident>> {
+    loop {
+        let Some(mut incident) = store.open_incident_for(fingerprint).await? else {
+            return Ok(None);
+        };
+        if incident
+            .transition(Status::Resolved, &actor.to_string(), message, now)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        match store.update_incident(&incident).await {
+            Ok(stored) => {
+                audit::emit(
+                    store,
+                    actor,
+                    AuditEvent::IncidentResolved {
+                        incident: &stored,
+                        message,
+                    },
+                    now,
+                )
+                .await?;
+                return Ok(Some(stored));
+            }
+            Err(StoreError::VersionConflict { .. }) => continue,
+            Err(StoreError::NotFound(_)) => return Ok(None),
             Err(other) => return Err(other),
         }
     }

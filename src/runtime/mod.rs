@@ -123,7 +123,11 @@ mod tests {
     #[test]
     fn which_containers_are_down() {
         assert_eq!(container("running", 0, "no").down_reason(), None);
-        assert_eq!(container("exited", 0, "no").down_reason(), None, "a finished one-off job");
+        assert_eq!(
+            container("exited", 0, "no").down_reason(),
+            None,
+            "a finished one-off job"
+        );
         assert!(container("exited", 137, "no").down_reason().is_some());
         assert!(container("exited", 0, "always").down_reason().is_some());
         assert!(container("dead", 0, "no").down_reason().is_some());
@@ -132,7 +136,9 @@ mod tests {
         unhealthy.health = Some("unhealthy".into());
         assert_eq!(unhealthy.down_reason().as_deref(), Some("unhealthy"));
         let mut ignored = container("exited", 1, "always");
-        ignored.labels.insert("sentinel.ignore".into(), "true".into());
+        ignored
+            .labels
+            .insert("sentinel.ignore".into(), "true".into());
         assert_eq!(ignored.down_reason(), None);
     }
 

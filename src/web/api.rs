@@ -17,6 +17,7 @@ use crate::domain::Actor;
 use crate::pipeline::detect::Scenario;
 use crate::pipeline::intake::Intake;
 use crate::store::IncidentQuery;
+use crate::web::alerts;
 use crate::web::error::ApiError;
 use crate::web::AppState;
 
@@ -180,4 +181,58 @@ pub async fn trigger_alert(
 
 pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(state.sentinel.audit().await?).into_response())
+}
+
+pub async fn list_silences(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.silences().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceBody {
+    /// A fingerprint (`host_cpu:host`) or a resource (`web-1`).
+    target: String,
+    /// Like `"1h"` or `"30m"`.
+    duration: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn create_silence(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(body): ApiJson<SilenceBody>,
+) -> Result<Response, ApiError> {
+    let silence = state
+        .sentinel
+        .silence(&body.target, &body.duration, &body.reason, &actor)
+        .await?;
+    Ok((StatusCode::CREATED, Json(silence)).into_response())
+}
+
+pub async fn delete_silence(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.sentinel.unsilence(&id, &actor).await?;
+    Ok(Json(json!({ "expired": id })).into_response())
+}
+
+/// Alertmanager's webhook: the whole payload is checked before any alert is applied.
+pub async fn alertmanager(
+    State(state): State<AppState>,
+    ApiJson(payload): ApiJson<alerts::AlertmanagerPayload>,
+) -> Result<Response, ApiError> {
+    let updates = alerts::parse_alertmanager(&payload).map_err(ApiError::bad_request)?;
+    Ok(Json(state.sentinel.apply_alerts(updates).await?).into_response())
+}
+
+/// A small generic alert: `{"name", "resource", "status", "severity", "summary", "labels"}`.
+pub async fn generic_alert(
+    State(state): State<AppState>,
+    ApiJson(alert): ApiJson<alerts::GenericAlert>,
+) -> Result<Response, ApiError> {
+    let update = alerts::parse_generic(&alert).map_err(ApiError::bad_request)?;
+    Ok(Json(state.sentinel.apply_alerts(vec![update]).await?).into_response())
 }

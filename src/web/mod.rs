@@ -5,6 +5,7 @@
 //! call it; [`router`] builds the server from that table, so access rules cannot drift from
 //! the routes, and the RBAC sweep in `tests/it/rbac.rs` checks the table is complete.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -42,6 +43,9 @@ pub enum Access {
     Public,
     /// An `X-API-Key` whose role is at least this.
     AtLeast(Role),
+    /// `Authorization: Bearer` with `[alertmanager] bearer_token`; always 401 while none is
+    /// configured.
+    AlertToken,
 }
 
 /// One route of the server.
@@ -118,6 +122,36 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             api::trigger_alert,
         ),
         route(Method::GET, "/api/audit", AtLeast(Role::Admin), api::audit),
+        route(
+            Method::GET,
+            "/api/silences",
+            AtLeast(Role::Viewer),
+            api::list_silences,
+        ),
+        route(
+            Method::POST,
+            "/api/silences",
+            AtLeast(Role::Operator),
+            api::create_silence,
+        ),
+        route(
+            Method::DELETE,
+            "/api/silences/{id}",
+            AtLeast(Role::Operator),
+            api::delete_silence,
+        ),
+        route(
+            Method::POST,
+            "/api/alertmanager",
+            Access::AlertToken,
+            api::alertmanager,
+        ),
+        route(
+            Method::POST,
+            "/api/alerts",
+            Access::AlertToken,
+            api::generic_alert,
+        ),
     ]
 }
 
@@ -128,7 +162,8 @@ pub fn routes() -> Vec<RouteSpec> {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new();
+    // Routes sharing a path (GET and POST /api/silences) share one method router.
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for (spec, handler) in route_handlers() {
         let handler = match spec.access {
             Access::Public => handler,
@@ -136,8 +171,19 @@ pub fn router(state: AppState) -> Router {
                 (state.clone(), role),
                 require_role,
             )),
+            Access::AlertToken => handler.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_alert_token,
+            )),
         };
-        router = router.route(spec.path, handler);
+        match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
+            None => by_path.push((spec.path, handler)),
+        }
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
     }
     let body_limit = state.body_limit;
     router
@@ -191,6 +237,36 @@ async fn require_role(
         )));
     }
     request.extensions_mut().insert(actor);
+    Ok(next.run(request).await)
+}
+
+/// Checks `Authorization: Bearer <token>` against `[alertmanager] bearer_token`, comparing
+/// SHA-256 digests in constant time so neither content nor length leaks.
+async fn require_alert_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    use secrecy::ExposeSecret;
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let settings = &state.sentinel.settings;
+    let Some(expected) = settings.alertmanager.bearer_token() else {
+        return Err(ApiError::unauthorized(
+            "no [alertmanager] bearer_token is configured, so alerts are refused",
+        ));
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    let presented = Sha256::digest(presented.trim().as_bytes());
+    let expected = Sha256::digest(expected.expose_secret().as_bytes());
+    if !bool::from(presented.ct_eq(&expected)) {
+        return Err(ApiError::unauthorized("invalid bearer token"));
+    }
     Ok(next.run(request).await)
 }
 

@@ -128,7 +128,6 @@ fn help_explains_every_command() {
 #[test]
 fn commands_of_later_work_say_they_are_not_available_yet() {
     for args in [
-        &["check"][..],
         &["manifest"][..],
         &["blocks", "render", "incident_card"][..],
     ] {

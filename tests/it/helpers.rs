@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use sentinel::app::Application;
 use sentinel::config::{ApiKeyEntry, Settings};
 use sentinel::domain::{Incident, IncidentId, Risk, Role, Status};
+use sentinel::pipeline::monitor::{CycleReport, Monitor};
 use sentinel::service::Sentinel;
 use sentinel::store::{embedded::EmbeddedStore, redis::RedisStore, SharedStore};
 use sentinel::web::auth::new_key;
@@ -61,6 +62,9 @@ pub struct TestApp {
     pub keys: Keys,
     pub sentinel: Arc<Sentinel>,
     pub store: SharedStore,
+    pub monitor: Arc<Monitor>,
+    /// The sandbox directory of this app (inside its temporary directory).
+    pub sandbox: std::path::PathBuf,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _data_dir: tempfile::TempDir,
@@ -77,6 +81,9 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     settings.listen = "127.0.0.1:0".to_owned();
     settings.data_dir = data_dir.path().join("data");
     settings.sandbox_dir = data_dir.path().join("sandbox");
+    std::fs::create_dir_all(&settings.sandbox_dir).unwrap();
+    // Tests run monitor cycles themselves with `tick_monitor`, never on a timer.
+    settings.monitor.enabled = false;
     let mut entry = |name: &str, role: Role| {
         let (key, sha256) = new_key();
         settings.api_keys.push(ApiKeyEntry {
@@ -103,6 +110,7 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
         .expect("the application builds");
     let addr = app.local_addr();
     let sentinel = app.sentinel();
+    let monitor = app.monitor();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run());
     TestApp {
@@ -113,6 +121,8 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
             .unwrap(),
         keys,
         store: Arc::clone(&sentinel.store),
+        monitor,
+        sandbox: sentinel.settings.sandbox_dir.clone(),
         sentinel,
         shutdown,
         server: Some(server),
@@ -198,6 +208,11 @@ impl TestApp {
             .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)
             .unwrap();
         self.store.update_incident(&incident).await.unwrap()
+    }
+
+    /// Runs one monitor cycle now.
+    pub async fn tick_monitor(&self) -> CycleReport {
+        self.monitor.tick(None).await
     }
 
     /// Stops the server and waits for it to finish.

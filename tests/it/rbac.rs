@@ -34,11 +34,20 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     ),
     ("POST", "/api/trigger-alert", [401, 401, 403, 403, 201]),
     ("GET", "/api/audit", [401, 401, 403, 403, 200]),
+    ("GET", "/api/silences", [401, 401, 200, 200, 200]),
+    ("POST", "/api/silences", [401, 401, 403, 201, 201]),
+    ("DELETE", "/api/silences/{id}", [401, 401, 403, 404, 404]),
+    // Bearer-token routes ignore API keys; with no token configured they always refuse.
+    ("POST", "/api/alertmanager", [401, 401, 401, 401, 401]),
+    ("POST", "/api/alerts", [401, 401, 401, 401, 401]),
 ];
 
 fn body_for(path: &str) -> Option<&'static str> {
     match path {
         "/api/trigger-alert" => Some(r#"{"scenario":"cpu"}"#),
+        "/api/silences" => Some(r#"{"target":"web-1","duration":"1h"}"#),
+        "/api/alerts" => Some(r#"{"name":"X","resource":"y"}"#),
+        "/api/alertmanager" => Some(r#"{"version":"4","groupKey":"g","alerts":[]}"#),
         p if p.ends_with("/reject") => Some(r#"{"reason":"sweep"}"#),
         _ => None,
     }
