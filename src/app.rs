@@ -21,6 +21,8 @@ pub struct Application {
     router: axum::Router,
     sentinel: Arc<Sentinel>,
     monitor: Arc<Monitor>,
+    /// The remediation queue's receiving end, handed to the worker by `run`.
+    jobs: tokio::sync::mpsc::UnboundedReceiver<crate::pipeline::remediate::Job>,
     /// Cancelled by Ctrl-C, SIGTERM or a test; every task watches it.
     shutdown: CancellationToken,
 }
@@ -29,7 +31,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let store = store::open(&settings).await?;
-        let sentinel = Arc::new(Sentinel::new(Arc::clone(&settings), store));
+        let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), store);
+        let sentinel = Arc::new(sentinel);
         let monitor = Arc::new(Monitor::new(Arc::clone(&sentinel)));
         let state = Arc::new(AppContext {
             sentinel: Arc::clone(&sentinel),
@@ -45,6 +48,7 @@ impl Application {
             router: web::router(state),
             sentinel,
             monitor,
+            jobs,
             shutdown: CancellationToken::new(),
         })
     }
@@ -81,6 +85,16 @@ impl Application {
             mode = settings.mode.as_str(),
             "sentinel ready"
         );
+        let worker = if settings.actions.enabled {
+            tokio::spawn(crate::pipeline::remediate::run_worker(
+                Arc::clone(&self.sentinel),
+                self.jobs,
+                self.shutdown.clone(),
+            ))
+        } else {
+            tracing::info!("remediation is off on this replica ([actions] enabled = false)");
+            tokio::spawn(async {})
+        };
         let monitor = settings
             .monitor
             .enabled
@@ -99,6 +113,9 @@ impl Application {
             if let Err(e) = monitor.await {
                 tracing::error!(error = %e, "the monitor loop panicked");
             }
+        }
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "the remediation worker panicked");
         }
         served?;
         tracing::info!("sentinel stopped");

@@ -145,6 +145,7 @@ pub struct PrometheusQueries {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
+    pub enabled: bool,
     pub auto_budget_per_hour: u32,
     pub quarantine_retention: HumanDuration,
     pub memory_limit_max_factor: f64,

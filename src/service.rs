@@ -9,17 +9,21 @@
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::domain::{
     verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Silence, SilenceTarget,
     Timestamp,
 };
+use crate::pipeline::analyze::llm::LlmAnalyzer;
 use crate::pipeline::approve::{self, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent};
 use crate::pipeline::detect::{self, Scenario};
+use crate::pipeline::execute::Executor;
 use crate::pipeline::intake::{self, Intake};
-use crate::pipeline::monitor::CycleReport;
+use crate::pipeline::monitor::{Collectors, CycleReport};
+use crate::pipeline::remediate::{self, Job};
 use crate::store::{IncidentQuery, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,14 @@ pub const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(30 *
 pub struct Sentinel {
     pub settings: Arc<Settings>,
     pub store: SharedStore,
+    /// The collectors, shared by the monitor loop, analysis (evidence) and verification.
+    pub collectors: Arc<Collectors>,
+    /// Sentinel's hands: Docker and the sandbox.
+    pub executor: Executor,
+    /// The LLM analyzer, when `[analyzer] kind = "llm"` and an API key is set.
+    pub llm: Option<LlmAnalyzer>,
+    /// Remediation work for the worker task (analysis, execution, verification).
+    jobs: mpsc::UnboundedSender<Job>,
     /// The monitor's latest readings. Written by the monitor loop once per cycle, read by
     /// status requests; empty until the first cycle.
     signals: RwLock<Vec<SignalReading>>,
@@ -103,13 +115,37 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    pub fn new(settings: Arc<Settings>, store: SharedStore) -> Self {
-        Sentinel {
+    /// The service, and the receiving end of its job queue for `remediate::run_worker`.
+    pub fn new(
+        settings: Arc<Settings>,
+        store: SharedStore,
+    ) -> (Self, mpsc::UnboundedReceiver<Job>) {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let llm = build_llm(&settings);
+        let sentinel = Sentinel {
+            collectors: Arc::new(Collectors::new(Arc::clone(&settings))),
+            executor: Executor::new(&settings),
+            llm,
+            jobs,
             settings,
             store,
             signals: RwLock::new(Vec::new()),
             last_cycle: RwLock::new(None),
+        };
+        (sentinel, receiver)
+    }
+
+    /// Queues remediation work. Never blocks; if the worker is gone (shutting down), the
+    /// work is picked up again from the incident's status on the next start.
+    pub fn enqueue(&self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            tracing::debug!("the remediation worker has stopped; the job resumes on restart");
         }
+    }
+
+    /// Queues analysis of a newly opened incident.
+    pub fn opened(&self, incident: &Incident) {
+        self.enqueue(Job::Analyze(incident.id.clone()));
     }
 
     pub fn set_cycle(&self, report: CycleReport) {
@@ -165,26 +201,36 @@ impl Sentinel {
         let detection = detect::test_alert(scenario, &self.settings.thresholds);
         let intake =
             intake::open_or_update(self.store.as_ref(), &detection, Timestamp::now()).await?;
+        if let Intake::Opened(incident) = &intake {
+            self.opened(incident);
+        }
         tracing::info!(%scenario, actor = %actor, "test alert injected");
         Ok(intake)
     }
 
-    /// Approves an incident's proposed fix.
+    /// Approves an incident's proposed fix; once approved, the fix is executed in the
+    /// background and its progress shows on the timeline.
     pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
         let incident = self.incident(id).await?;
         let now = Timestamp::now();
-        let next = match approve::approve(&incident, actor, now) {
-            Ok(next) => next,
-            Err(e) => return Err(self.refused(&incident, actor, "approve", e).await),
+        let approval =
+            match approve::approve(&incident, actor, self.settings.actions.two_person_rule, now) {
+                Ok(approval) => approval,
+                Err(e) => return Err(self.refused(&incident, actor, "approve", e).await),
+            };
+        let stored = self.store_decision(&approval.incident).await?;
+        let event = match approval.action {
+            Some(_) => AuditEvent::ApprovalGranted { incident: &stored },
+            None => AuditEvent::Step {
+                name: "ApprovalRecorded",
+                incident: &stored,
+                details: serde_json::json!({ "waiting_for": "a second admin" }),
+            },
         };
-        let stored = self.store_decision(&next).await?;
-        audit::emit(
-            self.store.as_ref(),
-            actor,
-            AuditEvent::ApprovalGranted { incident: &stored },
-            now,
-        )
-        .await?;
+        audit::emit(self.store.as_ref(), actor, event, now).await?;
+        if let Some(action) = approval.action {
+            self.enqueue(Job::Execute(action));
+        }
         Ok(stored)
     }
 
@@ -215,17 +261,20 @@ impl Sentinel {
         Ok(stored)
     }
 
-    /// Rolls back an executed fix. Checked fully; the executors that undo a fix arrive with
-    /// the remediation work, and until then no incident has an executed fix to undo.
+    /// Rolls back an executed fix (admins): restores the memory limit, stops the started
+    /// container, or brings quarantined files back.
     pub async fn rollback(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
         let incident = self.incident(id).await?;
         if let Err(e) = approve::check_rollback(&incident, actor) {
             return Err(self.refused(&incident, actor, "rollback", e).await);
         }
-        Err(ServiceError::Conflict(format!(
-            "cannot roll back incident {}: this build has no executor to undo its fix",
-            incident.id
-        )))
+        match remediate::roll_back(self, &incident, actor).await? {
+            Some(rolled) => Ok(rolled),
+            None => Err(ServiceError::Conflict(format!(
+                "incident {} was not rolled back: see its timeline",
+                incident.id
+            ))),
+        }
     }
 
     pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
@@ -248,7 +297,10 @@ impl Sentinel {
             match update {
                 AlertUpdate::Firing(detection) => {
                     match intake::open_or_update(self.store.as_ref(), &detection, now).await? {
-                        Intake::Opened(_) => outcome.opened += 1,
+                        Intake::Opened(incident) => {
+                            self.opened(&incident);
+                            outcome.opened += 1
+                        }
                         Intake::Updated(_) => outcome.updated += 1,
                         Intake::Silenced(_) => outcome.silenced += 1,
                     }
@@ -379,4 +431,19 @@ impl Sentinel {
         }
         error.into()
     }
+}
+
+/// The LLM analyzer when configured; `None` (rules only) otherwise.
+fn build_llm(settings: &Settings) -> Option<LlmAnalyzer> {
+    if settings.analyzer.kind != crate::config::AnalyzerKind::Llm {
+        return None;
+    }
+    let key = settings.secrets.llm_api_key.clone();
+    if key.is_none() {
+        tracing::warn!("[analyzer] kind = \"llm\" but no SENTINEL_LLM_API_KEY or OPENROUTER_API_KEY: using the rules");
+        return None;
+    }
+    LlmAnalyzer::new(&settings.llm, key)
+        .map_err(|e| tracing::warn!(error = %e, "cannot build the LLM analyzer: using the rules"))
+        .ok()
 }

@@ -143,3 +143,256 @@ mod tests {
         assert!(serde_json::from_str::<ProposedAction>(json).is_err());
     }
 }
+
+/// The directories of the sandbox that cleanup may touch (SPEC §5). Nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupDir {
+    Logs,
+    Tmp,
+    Cache,
+}
+
+impl CleanupDir {
+    pub const ALL: [CleanupDir; 3] = [CleanupDir::Logs, CleanupDir::Tmp, CleanupDir::Cache];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupDir::Logs => "logs",
+            CleanupDir::Tmp => "tmp",
+            CleanupDir::Cache => "cache",
+        }
+    }
+}
+
+/// A proposed action with its parameters checked: what an executor can be asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionPlan {
+    SandboxCleanup {
+        dirs: Vec<CleanupDir>,
+    },
+    ContainerStart {
+        container: String,
+    },
+    ContainerRestart {
+        container: String,
+    },
+    /// Multiply the container's memory limit by `factor` (> 1).
+    ContainerMemoryLimit {
+        container: String,
+        factor: f64,
+    },
+    NotifyOnly,
+}
+
+impl ActionPlan {
+    pub fn action(&self) -> ActionId {
+        match self {
+            ActionPlan::SandboxCleanup { .. } => ActionId::SandboxCleanup,
+            ActionPlan::ContainerStart { .. } => ActionId::ContainerStart,
+            ActionPlan::ContainerRestart { .. } => ActionId::ContainerRestart,
+            ActionPlan::ContainerMemoryLimit { .. } => ActionId::ContainerMemoryLimit,
+            ActionPlan::NotifyOnly => ActionId::NotifyOnly,
+        }
+    }
+
+    /// The container this acts on, if any.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            ActionPlan::ContainerStart { container }
+            | ActionPlan::ContainerRestart { container }
+            | ActionPlan::ContainerMemoryLimit { container, .. } => Some(container),
+            ActionPlan::SandboxCleanup { .. } | ActionPlan::NotifyOnly => None,
+        }
+    }
+
+    /// What the budget and the circuit breaker count against: `action:target`.
+    pub fn key(&self) -> String {
+        let target = self.container().unwrap_or("sandbox");
+        format!("{}:{target}", self.action())
+    }
+
+    /// Back to the JSON form incidents show.
+    pub fn to_proposed(&self) -> ProposedAction {
+        let mut params = BTreeMap::new();
+        match self {
+            ActionPlan::SandboxCleanup { dirs } => {
+                let dirs: Vec<&str> = dirs.iter().map(|d| d.as_str()).collect();
+                params.insert("dirs".to_owned(), serde_json::json!(dirs));
+            }
+            ActionPlan::ContainerStart { container }
+            | ActionPlan::ContainerRestart { container } => {
+                params.insert("container".to_owned(), serde_json::json!(container));
+            }
+            ActionPlan::ContainerMemoryLimit { container, factor } => {
+                params.insert("container".to_owned(), serde_json::json!(container));
+                params.insert("factor".to_owned(), serde_json::json!(factor));
+            }
+            ActionPlan::NotifyOnly => {}
+        }
+        ProposedAction {
+            action: self.action(),
+            params,
+        }
+    }
+}
+
+/// Why a proposal's parameters are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidParams(pub String);
+
+impl ProposedAction {
+    /// Checks the parameters of the action's schema: no unknown keys, the right types.
+    /// Whether the container exists is checked against the inventory by the analyzer.
+    pub fn plan(&self) -> Result<ActionPlan, InvalidParams> {
+        let allowed: &[&str] = match self.action {
+            ActionId::SandboxCleanup => &["dirs"],
+            ActionId::ContainerStart | ActionId::ContainerRestart => &["container"],
+            ActionId::ContainerMemoryLimit => &["container", "factor"],
+            ActionId::NotifyOnly => &[],
+        };
+        if let Some(unknown) = self.params.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(InvalidParams(format!(
+                "{} takes no parameter {unknown:?}",
+                self.action
+            )));
+        }
+        let container = || -> Result<String, InvalidParams> {
+            let name = self
+                .params
+                .get("container")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| InvalidParams(format!("{} needs a container name", self.action)))?;
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if valid {
+                Ok(name.to_owned())
+            } else {
+                Err(InvalidParams(format!("{name:?} is not a container name")))
+            }
+        };
+        Ok(match self.action {
+            ActionId::SandboxCleanup => {
+                let dirs = match self.params.get("dirs") {
+                    None => CleanupDir::ALL.to_vec(),
+                    Some(value) => {
+                        let list = value.as_array().ok_or_else(|| {
+                            InvalidParams("dirs must be a list of logs, tmp, cache".to_owned())
+                        })?;
+                        let mut dirs = Vec::new();
+                        for item in list {
+                            let dir = CleanupDir::ALL
+                                .into_iter()
+                                .find(|d| item.as_str() == Some(d.as_str()))
+                                .ok_or_else(|| {
+                                    InvalidParams(format!(
+                                        "{item} is not one of logs, tmp, cache: cleanup touches nothing else"
+                                    ))
+                                })?;
+                            if !dirs.contains(&dir) {
+                                dirs.push(dir);
+                            }
+                        }
+                        if dirs.is_empty() {
+                            return Err(InvalidParams("dirs is empty".to_owned()));
+                        }
+                        dirs
+                    }
+                };
+                ActionPlan::SandboxCleanup { dirs }
+            }
+            ActionId::ContainerStart => ActionPlan::ContainerStart {
+                container: container()?,
+            },
+            ActionId::ContainerRestart => ActionPlan::ContainerRestart {
+                container: container()?,
+            },
+            ActionId::ContainerMemoryLimit => {
+                let factor = self
+                    .params
+                    .get("factor")
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| {
+                        InvalidParams("container_memory_limit needs a numeric factor".to_owned())
+                    })?;
+                if !(factor.is_finite() && factor > 1.0 && factor <= 8.0) {
+                    return Err(InvalidParams(format!(
+                        "factor {factor} must be above 1 and at most 8"
+                    )));
+                }
+                ActionPlan::ContainerMemoryLimit {
+                    container: container()?,
+                    factor,
+                }
+            }
+            ActionId::NotifyOnly => ActionPlan::NotifyOnly,
+        })
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn proposed(json: serde_json::Value) -> Result<ActionPlan, String> {
+        let proposed: ProposedAction = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        proposed.plan().map_err(|e| e.0)
+    }
+
+    #[test]
+    fn parameters_are_checked_against_each_actions_schema() {
+        assert_eq!(
+            proposed(serde_json::json!({"action": "sandbox_cleanup", "params": {}})).unwrap(),
+            ActionPlan::SandboxCleanup {
+                dirs: CleanupDir::ALL.to_vec()
+            }
+        );
+        assert_eq!(
+            proposed(serde_json::json!({"action": "container_memory_limit",
+                "params": {"container": "web-1", "factor": 1.5}}))
+            .unwrap()
+            .key(),
+            "container_memory_limit:web-1"
+        );
+        for bad in [
+            serde_json::json!({"action": "sandbox_cleanup", "params": {"dirs": ["data"]}}),
+            serde_json::json!({"action": "sandbox_cleanup", "params": {"dirs": ["../etc"]}}),
+            serde_json::json!({"action": "sandbox_cleanup", "params": {"path": "/"}}),
+            serde_json::json!({"action": "container_restart", "params": {}}),
+            serde_json::json!({"action": "container_restart", "params": {"container": "a; rm -rf /"}}),
+            serde_json::json!({"action": "container_restart", "params": {"container": "web", "command": "sh"}}),
+            serde_json::json!({"action": "container_memory_limit", "params": {"container": "web", "factor": 0.5}}),
+            serde_json::json!({"action": "container_memory_limit", "params": {"container": "web", "factor": "2"}}),
+            serde_json::json!({"action": "notify_only", "params": {"x": 1}}),
+            serde_json::json!({"action": "shell", "params": {"cmd": "reboot"}}),
+        ] {
+            assert!(proposed(bad.clone()).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn plans_round_trip_through_their_json_form() {
+        for plan in [
+            ActionPlan::SandboxCleanup {
+                dirs: vec![CleanupDir::Logs, CleanupDir::Cache],
+            },
+            ActionPlan::ContainerStart {
+                container: "web-1".into(),
+            },
+            ActionPlan::ContainerRestart {
+                container: "web-1".into(),
+            },
+            ActionPlan::ContainerMemoryLimit {
+                container: "web-1".into(),
+                factor: 2.0,
+            },
+            ActionPlan::NotifyOnly,
+        ] {
+            assert_eq!(plan.to_proposed().plan().unwrap(), plan);
+        }
+    }
+}

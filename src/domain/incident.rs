@@ -186,6 +186,36 @@ pub struct Incident {
     pub resolved_at: Option<Timestamp>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The facts the analyzer used.
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// What the proposed action would change, captured when it was proposed; an approval
+    /// applies to this state only.
+    #[serde(default)]
+    pub snapshot: Option<serde_json::Value>,
+    /// People who approved the current proposal (`api:ci-bot (operator)`), in order.
+    #[serde(default)]
+    pub approvals: Vec<String>,
+    /// The fix that ran, with what it changed.
+    #[serde(default)]
+    pub execution: Option<Execution>,
+}
+
+/// A fix that ran: what, who allowed it, and the state before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub action: ProposedAction,
+    /// `policy (auto, low risk)` or the people who approved.
+    pub approved_by: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
+    /// Whether a rollback can undo it.
+    pub reversible: bool,
+    /// Set once rolled back.
+    #[serde(default)]
+    pub rolled_back_at: Option<Timestamp>,
 }
 
 impl Incident {
@@ -220,6 +250,10 @@ impl Incident {
             last_seen_at: now,
             resolved_at: None,
             labels: detection.labels.clone(),
+            evidence: Vec::new(),
+            snapshot: None,
+            approvals: Vec::new(),
+            execution: None,
         }
     }
 

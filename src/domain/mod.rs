@@ -14,11 +14,15 @@ mod signal;
 mod silence;
 mod time;
 
-pub use action::{ActionId, ProposedAction, Risk, UnknownAction};
+pub use action::{
+    ActionId, ActionPlan, CleanupDir, InvalidParams, ProposedAction, Risk, UnknownAction,
+};
 pub use actor::Actor;
 pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, GENESIS_HASH};
 pub use ids::{Fingerprint, IdError, IncidentId, Resource};
-pub use incident::{Detection, IllegalTransition, Incident, Status, TimelineEntry, UnknownStatus};
+pub use incident::{
+    Detection, Execution, IllegalTransition, Incident, Status, TimelineEntry, UnknownStatus,
+};
 pub use observation::Observation;
 pub use role::{Role, UnknownRole};
 pub use signal::{Severity, Signal, Source, UnknownSignal};

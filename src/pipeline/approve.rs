@@ -5,8 +5,55 @@
 //! In: the incident, the actor, `now`. Out: the incident as it should be stored, or why the
 //! decision is refused. Pure: the caller stores the result with compare-and-set.
 
-use crate::domain::{Actor, Incident, Role, Status, Timestamp};
-use crate::pipeline::policy;
+use crate::domain::{ActionPlan, Actor, Incident, IncidentId, Risk, Role, Status, Timestamp};
+use crate::pipeline::policy::{self, AutoApproval};
+
+/// Permission to execute one plan for one incident: the only thing `execute` accepts. Made
+/// here only, from the policy's [`AutoApproval`] or from a person's approval with the right
+/// role; its fields are private, so nothing else can forge one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovedAction {
+    incident: IncidentId,
+    plan: ActionPlan,
+    risk: Risk,
+    approved_by: String,
+}
+
+impl ApprovedAction {
+    /// The policy allowed it to run on its own.
+    pub fn automatic(incident: &Incident, approval: AutoApproval) -> Self {
+        ApprovedAction {
+            incident: incident.id.clone(),
+            approved_by: format!("policy ({} risk, automatic)", approval.risk),
+            plan: approval.plan,
+            risk: approval.risk,
+        }
+    }
+
+    pub fn incident(&self) -> &IncidentId {
+        &self.incident
+    }
+
+    pub fn plan(&self) -> &ActionPlan {
+        &self.plan
+    }
+
+    pub fn risk(&self) -> Risk {
+        self.risk
+    }
+
+    pub fn approved_by(&self) -> &str {
+        &self.approved_by
+    }
+}
+
+/// What a person's approval did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    pub incident: Incident,
+    /// `None` while a second admin's approval is still needed (two-person rule).
+    pub action: Option<ApprovedAction>,
+}
 
 /// Why a decision was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,27 +89,68 @@ fn check_awaiting(incident: &Incident, verb: &str) -> Result<(), DecisionError> 
     }
 }
 
-/// Approves the proposed fix.
+/// Approves the proposed fix. With the two-person rule, a high-risk fix needs two different
+/// admins: the first approval is recorded and the incident keeps waiting.
 pub fn approve(
     incident: &Incident,
     actor: &Actor,
+    two_person_rule: bool,
     now: Timestamp,
-) -> Result<Incident, DecisionError> {
+) -> Result<Approval, DecisionError> {
     check_role(incident, actor)?;
     check_awaiting(incident, "approve")?;
-    let mut next = incident.clone();
-    let action = next
+    let plan = incident
         .proposed_action
         .as_ref()
-        .map_or("the proposed fix".to_owned(), |a| a.action.to_string());
+        .ok_or_else(|| {
+            DecisionError::Conflict(format!("incident {} has no proposed fix", incident.id))
+        })?
+        .plan()
+        .map_err(|e| DecisionError::Conflict(format!("the proposed fix is invalid: {e}")))?;
+    let risk = incident.risk.unwrap_or(Risk::High);
+    let who = actor.to_string();
+    let mut next = incident.clone();
+    if two_person_rule && risk == Risk::High {
+        if next.approvals.iter().any(|a| a == &who) {
+            return Err(DecisionError::Conflict(format!(
+                "{who} already approved; the two-person rule needs a different admin"
+            )));
+        }
+        if next.approvals.is_empty() {
+            next.approvals.push(who.clone());
+            next.record(
+                "approval_recorded",
+                &who,
+                format!(
+                    "first of two approvals for {}; a second admin must approve",
+                    plan.action()
+                ),
+                now,
+            );
+            return Ok(Approval {
+                incident: next,
+                action: None,
+            });
+        }
+    }
+    next.approvals.push(who.clone());
     next.transition(
         Status::Approved,
-        &actor.to_string(),
-        format!("approved {action}"),
+        &who,
+        format!("approved {}", plan.action()),
         now,
     )
     .map_err(|e| DecisionError::Conflict(e.to_string()))?;
-    Ok(next)
+    let action = ApprovedAction {
+        incident: next.id.clone(),
+        plan,
+        risk,
+        approved_by: next.approvals.join(" and "),
+    };
+    Ok(Approval {
+        incident: next,
+        action: Some(action),
+    })
 }
 
 /// Rejects the proposed fix, with an optional reason.
@@ -94,14 +182,22 @@ pub fn check_rollback(incident: &Incident, actor: &Actor) -> Result<(), Decision
             });
         }
     }
-    let executed = incident
-        .timeline
-        .iter()
-        .any(|entry| entry.step == Status::Executing.as_str());
-    if !executed {
+    let Some(execution) = &incident.execution else {
         return Err(DecisionError::Conflict(format!(
             "cannot roll back incident {}: no fix was executed for it",
             incident.id
+        )));
+    };
+    if execution.rolled_back_at.is_some() {
+        return Err(DecisionError::Conflict(format!(
+            "incident {}'s fix was already rolled back",
+            incident.id
+        )));
+    }
+    if !execution.reversible {
+        return Err(DecisionError::Conflict(format!(
+            "{} cannot be rolled back",
+            execution.action.action
         )));
     }
     if !incident.status.can_transition_to(Status::RolledBack) {
@@ -125,6 +221,13 @@ mod tests {
         let detection = test_alert(Scenario::Memory, &Settings::defaults().thresholds);
         let mut incident = Incident::open(IncidentId::generate(), &detection, t0);
         incident.risk = Some(risk);
+        incident.proposed_action = Some(crate::domain::ProposedAction {
+            action: crate::domain::ActionId::ContainerRestart,
+            params: std::collections::BTreeMap::from([(
+                "container".to_owned(),
+                serde_json::json!("web-1"),
+            )]),
+        });
         incident.status = Status::AwaitingApproval;
         incident
     }
@@ -153,12 +256,16 @@ mod tests {
         let now = Timestamp::from_unix_millis(1);
         for (risk, role, allowed) in table {
             let incident = awaiting(risk);
-            let approved = approve(&incident, &person(role), now);
+            let approved = approve(&incident, &person(role), false, now);
             let rejected = reject(&incident, &person(role), Some("no"), now);
             assert_eq!(approved.is_ok(), allowed, "approve {risk} as {role}");
             assert_eq!(rejected.is_ok(), allowed, "reject {risk} as {role}");
             if allowed {
-                assert_eq!(approved.unwrap().status, Status::Approved);
+                let approval = approved.unwrap();
+                assert_eq!(approval.incident.status, Status::Approved);
+                let action = approval.action.expect("an approved action");
+                assert_eq!(action.plan().container(), Some("web-1"));
+                assert_eq!(action.approved_by(), format!("api:k ({role})"));
                 let rejected = rejected.unwrap();
                 assert_eq!(rejected.status, Status::Rejected);
                 assert_eq!(rejected.timeline.last().unwrap().message, "rejected: no");
@@ -175,9 +282,11 @@ mod tests {
     #[test]
     fn deciding_twice_or_on_a_resolved_incident_is_a_conflict() {
         let now = Timestamp::from_unix_millis(1);
-        let approved = approve(&awaiting(Risk::Medium), &person(Role::Admin), now).unwrap();
+        let approved = approve(&awaiting(Risk::Medium), &person(Role::Admin), false, now)
+            .unwrap()
+            .incident;
         assert!(matches!(
-            approve(&approved, &person(Role::Admin), now),
+            approve(&approved, &person(Role::Admin), false, now),
             Err(DecisionError::Conflict(_))
         ));
         assert!(matches!(
@@ -187,9 +296,41 @@ mod tests {
         let mut resolved = awaiting(Risk::Medium);
         resolved.status = Status::Resolved;
         assert!(matches!(
-            approve(&resolved, &person(Role::Admin), now),
+            approve(&resolved, &person(Role::Admin), false, now),
             Err(DecisionError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn the_two_person_rule_needs_two_different_admins_for_high_risk() {
+        let now = Timestamp::from_unix_millis(1);
+        let alice = Actor::SlackUser {
+            user_id: "UALICE".into(),
+            role: Role::Admin,
+        };
+        let bob = Actor::SlackUser {
+            user_id: "UBOB".into(),
+            role: Role::Admin,
+        };
+        let first = approve(&awaiting(Risk::High), &alice, true, now).unwrap();
+        assert!(first.action.is_none());
+        assert_eq!(first.incident.status, Status::AwaitingApproval);
+        assert!(matches!(
+            approve(&first.incident, &alice, true, now),
+            Err(DecisionError::Conflict(_))
+        ));
+        let second = approve(&first.incident, &bob, true, now).unwrap();
+        assert_eq!(second.incident.status, Status::Approved);
+        let action = second.action.unwrap();
+        assert_eq!(
+            action.approved_by(),
+            "slack:UALICE (admin) and slack:UBOB (admin)"
+        );
+        // Medium risk needs one approval even with the rule on.
+        assert!(approve(&awaiting(Risk::Medium), &alice, true, now)
+            .unwrap()
+            .action
+            .is_some());
     }
 
     #[test]
@@ -212,6 +353,36 @@ mod tests {
         executed
             .transition(Status::Verifying, "sentinel", "wait", now)
             .unwrap();
+        // Executing without an execution record is not enough.
+        assert!(check_rollback(&executed, &person(Role::Admin)).is_err());
+        let execution = crate::domain::Execution {
+            action: crate::domain::ProposedAction {
+                action: crate::domain::ActionId::ContainerMemoryLimit,
+                params: Default::default(),
+            },
+            approved_by: "x".into(),
+            started_at: now,
+            finished_at: Some(now),
+            before: serde_json::json!({}),
+            after: serde_json::json!({}),
+            reversible: true,
+            rolled_back_at: None,
+        };
+        executed.execution = Some(execution.clone());
         assert_eq!(check_rollback(&executed, &person(Role::Admin)), Ok(()));
+        let mut rolled = executed.clone();
+        rolled.execution = Some(crate::domain::Execution {
+            rolled_back_at: Some(now),
+            ..execution.clone()
+        });
+        assert!(check_rollback(&rolled, &person(Role::Admin)).is_err());
+        executed.execution = Some(crate::domain::Execution {
+            reversible: false,
+            ..execution
+        });
+        assert!(matches!(
+            check_rollback(&executed, &person(Role::Admin)),
+            Err(DecisionError::Conflict(_))
+        ));
     }
 }

@@ -39,6 +39,14 @@ pub enum AuditEvent<'a> {
     },
     AutomationPaused,
     AutomationResumed,
+    /// A step of remediation: `ActionProposed`, `ApprovalRequested`, `ActionExecuted`,
+    /// `ActionFailed`, `VerificationSucceeded`, `VerificationFailed`, `ActionRolledBack`,
+    /// `ProposalRefused`, `AnalyzerFellBack`, `IncidentEscalated`.
+    Step {
+        name: &'static str,
+        incident: &'a Incident,
+        details: serde_json::Value,
+    },
 }
 
 impl AuditEvent<'_> {
@@ -53,6 +61,7 @@ impl AuditEvent<'_> {
             AuditEvent::DecisionRefused { .. } => "DecisionRefused",
             AuditEvent::AutomationPaused => "AutomationPaused",
             AuditEvent::AutomationResumed => "AutomationResumed",
+            AuditEvent::Step { name, .. } => name,
         }
     }
 
@@ -62,7 +71,8 @@ impl AuditEvent<'_> {
             | AuditEvent::IncidentResolved { incident, .. }
             | AuditEvent::ApprovalGranted { incident }
             | AuditEvent::ApprovalRejected { incident, .. }
-            | AuditEvent::DecisionRefused { incident, .. } => Some(incident),
+            | AuditEvent::DecisionRefused { incident, .. }
+            | AuditEvent::Step { incident, .. } => Some(incident),
             AuditEvent::SilenceCreated { .. }
             | AuditEvent::SilenceExpired { .. }
             | AuditEvent::AutomationPaused
@@ -103,6 +113,7 @@ impl AuditEvent<'_> {
                 "why": why,
             }),
             AuditEvent::AutomationPaused | AuditEvent::AutomationResumed => json!({}),
+            AuditEvent::Step { details, .. } => details.clone(),
         }
     }
 }

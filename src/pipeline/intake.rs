@@ -83,6 +83,13 @@ pub async fn resolve(
         let Some(mut incident) = store.open_incident_for(fingerprint).await? else {
             return Ok(None);
         };
+        // A fix is being decided on or running: verification, not the monitor, closes it.
+        if matches!(
+            incident.status,
+            Status::Analyzing | Status::Approved | Status::Executing | Status::Verifying
+        ) {
+            return Ok(None);
+        }
         if incident
             .transition(Status::Resolved, &actor.to_string(), message, now)
             .is_err()

@@ -15,4 +15,5 @@ pub mod execute;
 pub mod intake;
 pub mod monitor;
 pub mod policy;
+pub mod remediate;
 pub mod verify;

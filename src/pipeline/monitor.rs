@@ -114,7 +114,8 @@ impl Collectors {
         }
     }
 
-    async fn containers(&self) -> Result<Vec<ContainerSample>, String> {
+    /// The containers Docker reports, or why it cannot be asked.
+    pub async fn containers(&self) -> Result<Vec<ContainerSample>, String> {
         let monitor = &self.settings.monitor;
         let timeout = monitor.collector_timeout.0;
         let mut docker = self.docker.lock().await;
@@ -422,7 +423,7 @@ pub struct CycleReport {
 /// The monitor loop: collectors, the detector's memory and the service to write through.
 pub struct Monitor {
     sentinel: Arc<Sentinel>,
-    collectors: Collectors,
+    collectors: Arc<Collectors>,
     detector: tokio::sync::Mutex<DetectorState>,
     /// This replica's name in the lease.
     holder: String,
@@ -439,7 +440,7 @@ impl Monitor {
                 .trim_start_matches("inc-")
         );
         Monitor {
-            collectors: Collectors::new(Arc::clone(&sentinel.settings)),
+            collectors: Arc::clone(&sentinel.collectors),
             sentinel,
             detector: tokio::sync::Mutex::new(DetectorState::default()),
             holder,
@@ -530,6 +531,7 @@ impl Monitor {
                 Decision::Breach(detection) => {
                     match intake::open_or_update(store, &detection, now).await {
                         Ok(Intake::Opened(incident)) => {
+                            self.sentinel.opened(&incident);
                             tracing::info!(incident = %incident.id, fingerprint = %incident.fingerprint, "incident opened");
                             report.opened += 1;
                         }
@@ -556,6 +558,28 @@ impl Monitor {
             }
         }
         self.finish(report, started)
+    }
+
+    /// Drops cleanup quarantines older than `quarantine_retention`.
+    async fn purge_quarantine(&self) {
+        let settings = &self.sentinel.settings;
+        let sandbox = settings.sandbox_dir.clone();
+        let retention = settings.actions.quarantine_retention.0;
+        let purged = tokio::task::spawn_blocking(move || {
+            crate::runtime::cleanup::purge_quarantine(
+                &sandbox,
+                retention,
+                std::time::SystemTime::now(),
+            )
+        })
+        .await;
+        match purged {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(quarantines = n, "purged expired cleanup quarantines"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot purge the cleanup quarantine"),
+            Err(e) => tracing::warn!(error = %e, "purging the quarantine panicked"),
+        }
     }
 
     fn finish(&self, mut report: CycleReport, started: Instant) -> CycleReport {
@@ -602,6 +626,7 @@ impl Monitor {
                         _ = self.tick(Some(token)) => {}
                         () = shutdown.cancelled() => break,
                     }
+                    self.purge_quarantine().await;
                 }
                 Ok(None) => {
                     if held.take().is_some() {

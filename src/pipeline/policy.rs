@@ -1,21 +1,77 @@
-//! Policy: decide the final risk of a proposed fix and who must approve it (SPEC §4).
+//! Policy: decide the final risk of a proposed fix, and whether it runs on its own, waits for
+//! a person (and which role), or is only described (SPEC §4).
 //!
-//! In: the proposed action, the analyzer's risk, the target's labels, the mode, the budget.
-//! Out: a risk and the role needed to approve. Pure: no clock, no store.
+//! In: a [`PolicyInput`] (the checked plan, the analyzer's risk, whether the target is
+//! protected, the mode, the pause switch, the budget already used). Out: a [`Decision`].
+//! Pure: the caller reads the budget and the pause switch from the store.
+//!
+//! The analyzer may raise risk, never lower it below the action's floor. Only this module
+//! can produce an [`AutoApproval`], the policy's half of the only way to an executed action
+//! (`approve::ApprovedAction`).
 
-use crate::domain::{ActionId, Risk, Role};
+use crate::config::Mode;
+use crate::domain::{ActionId, ActionPlan, Risk, Role};
+
+/// Everything the policy looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyInput<'a> {
+    pub plan: &'a ActionPlan,
+    pub assessed: Risk,
+    /// `sentinel.protected=true` on the target container.
+    pub protected: bool,
+    pub mode: Mode,
+    /// `/sentinel pause` is in force.
+    pub paused: bool,
+    /// Automatic actions on the same `action:target` in the last hour.
+    pub recent_automatic: u64,
+    /// `[actions] auto_budget_per_hour`.
+    pub budget_per_hour: u32,
+    /// `[actions] memory_limit_max_factor`: above it, raising a limit is high risk.
+    pub max_memory_factor: f64,
+}
+
+/// The policy's permission to run a low-risk fix without a person. Only [`decide`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoApproval {
+    pub(super) plan: ActionPlan,
+    pub(super) risk: Risk,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Low risk, automation on, budget left: run it now.
+    Automatic(AutoApproval),
+    /// A person with at least `role` must approve; `why` says why it did not run on its own.
+    NeedsApproval { role: Role, why: String },
+    /// Nothing to run: tell people (`notify_only`).
+    NotifyOnly,
+    /// Dry-run mode: say what would happen, run nothing.
+    DryRun { would: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub risk: Risk,
+    pub verdict: Verdict,
+}
 
 /// The final risk: the action's floor, raised by the analyzer's assessment, raised to high
-/// for protected targets. The analyzer can raise risk, never lower it.
-pub fn final_risk(action: ActionId, assessed: Risk, protected: bool) -> Risk {
+/// for protected targets and for memory limits raised beyond the allowed factor.
+pub fn final_risk(plan: &ActionPlan, assessed: Risk, protected: bool, max_factor: f64) -> Risk {
     if protected {
         return Risk::High;
     }
-    action.risk_floor().max(assessed)
+    let mut risk = plan.action().risk_floor().max(assessed);
+    if let ActionPlan::ContainerMemoryLimit { factor, .. } = plan {
+        if *factor > max_factor {
+            risk = Risk::High;
+        }
+    }
+    risk
 }
 
 /// Who may approve a fix of this risk. Low-risk fixes normally run on their own; when one
-/// does wait (approve-all mode, a spent budget), an operator may approve it.
+/// does wait (approve-all mode, a spent budget, a pause), an operator may approve it.
 pub fn approver_role(risk: Risk) -> Role {
     match risk {
         Risk::Low | Risk::Medium => Role::Operator,
@@ -23,34 +79,215 @@ pub fn approver_role(risk: Risk) -> Role {
     }
 }
 
+pub fn decide(input: &PolicyInput<'_>) -> Decision {
+    let risk = final_risk(
+        input.plan,
+        input.assessed,
+        input.protected,
+        input.max_memory_factor,
+    );
+    let role = approver_role(risk);
+    let verdict = if input.plan.action() == ActionId::NotifyOnly {
+        Verdict::NotifyOnly
+    } else if input.mode == Mode::DryRun {
+        Verdict::DryRun {
+            would: format!(
+                "dry-run: would run {} ({risk} risk{}); nothing was executed",
+                input.plan.action(),
+                if risk == Risk::Low {
+                    ", automatically"
+                } else {
+                    ", after approval"
+                }
+            ),
+        }
+    } else if risk > Risk::Low {
+        Verdict::NeedsApproval {
+            role,
+            why: format!("{risk} risk needs an {role}'s approval"),
+        }
+    } else if input.mode == Mode::ApproveAll {
+        Verdict::NeedsApproval {
+            role,
+            why: "mode approve-all: every fix waits for approval".to_owned(),
+        }
+    } else if input.paused {
+        Verdict::NeedsApproval {
+            role,
+            why: "automatic execution is paused".to_owned(),
+        }
+    } else if input.recent_automatic >= u64::from(input.budget_per_hour) {
+        Verdict::NeedsApproval {
+            role,
+            why: format!(
+                "circuit breaker open: {} automatic {} in the last hour for {} (budget {})",
+                input.recent_automatic,
+                if input.recent_automatic == 1 {
+                    "action"
+                } else {
+                    "actions"
+                },
+                input.plan.key(),
+                input.budget_per_hour
+            ),
+        }
+    } else {
+        Verdict::Automatic(AutoApproval {
+            plan: input.plan.clone(),
+            risk,
+        })
+    };
+    Decision { risk, verdict }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CleanupDir;
 
-    #[test]
-    fn the_analyzer_may_raise_risk_but_never_lower_it() {
-        assert_eq!(
-            final_risk(ActionId::ContainerRestart, Risk::Low, false),
-            Risk::Medium
-        );
-        assert_eq!(
-            final_risk(ActionId::SandboxCleanup, Risk::High, false),
-            Risk::High
-        );
-        assert_eq!(
-            final_risk(ActionId::SandboxCleanup, Risk::Low, false),
-            Risk::Low
-        );
-        assert_eq!(
-            final_risk(ActionId::NotifyOnly, Risk::Low, true),
-            Risk::High
-        );
+    fn cleanup() -> ActionPlan {
+        ActionPlan::SandboxCleanup {
+            dirs: CleanupDir::ALL.to_vec(),
+        }
+    }
+
+    fn input(plan: &ActionPlan) -> PolicyInput<'_> {
+        PolicyInput {
+            plan,
+            assessed: Risk::Low,
+            protected: false,
+            mode: Mode::Auto,
+            paused: false,
+            recent_automatic: 0,
+            budget_per_hour: 3,
+            max_memory_factor: 2.0,
+        }
+    }
+
+    fn kind(decision: &Decision) -> &'static str {
+        match decision.verdict {
+            Verdict::Automatic(_) => "auto",
+            Verdict::NeedsApproval {
+                role: Role::Operator,
+                ..
+            } => "operator",
+            Verdict::NeedsApproval {
+                role: Role::Admin, ..
+            } => "admin",
+            Verdict::NeedsApproval { .. } => "viewer?",
+            Verdict::NotifyOnly => "notify",
+            Verdict::DryRun { .. } => "dry-run",
+        }
     }
 
     #[test]
-    fn high_risk_needs_an_admin() {
-        assert_eq!(approver_role(Risk::Low), Role::Operator);
-        assert_eq!(approver_role(Risk::Medium), Role::Operator);
-        assert_eq!(approver_role(Risk::High), Role::Admin);
+    fn the_analyzer_may_raise_risk_but_never_lower_it() {
+        let restart = ActionPlan::ContainerRestart {
+            container: "web".into(),
+        };
+        assert_eq!(final_risk(&restart, Risk::Low, false, 2.0), Risk::Medium);
+        assert_eq!(final_risk(&cleanup(), Risk::High, false, 2.0), Risk::High);
+        assert_eq!(final_risk(&cleanup(), Risk::Low, false, 2.0), Risk::Low);
+        assert_eq!(
+            final_risk(&ActionPlan::NotifyOnly, Risk::Low, true, 2.0),
+            Risk::High
+        );
+        let big = ActionPlan::ContainerMemoryLimit {
+            container: "web".into(),
+            factor: 3.0,
+        };
+        assert_eq!(final_risk(&big, Risk::Low, false, 2.0), Risk::High);
+        let small = ActionPlan::ContainerMemoryLimit {
+            container: "web".into(),
+            factor: 1.5,
+        };
+        assert_eq!(final_risk(&small, Risk::Low, false, 2.0), Risk::Medium);
+    }
+
+    /// (what changes from the default input, expected verdict) for a low-risk cleanup.
+    #[test]
+    fn low_risk_runs_on_its_own_unless_something_says_wait() {
+        let plan = cleanup();
+        let table: Vec<(&str, PolicyInput, &str)> = vec![
+            ("default", input(&plan), "auto"),
+            (
+                "approve-all",
+                PolicyInput {
+                    mode: Mode::ApproveAll,
+                    ..input(&plan)
+                },
+                "operator",
+            ),
+            (
+                "dry-run",
+                PolicyInput {
+                    mode: Mode::DryRun,
+                    ..input(&plan)
+                },
+                "dry-run",
+            ),
+            (
+                "paused",
+                PolicyInput {
+                    paused: true,
+                    ..input(&plan)
+                },
+                "operator",
+            ),
+            (
+                "budget 2 of 3",
+                PolicyInput {
+                    recent_automatic: 2,
+                    ..input(&plan)
+                },
+                "auto",
+            ),
+            (
+                "budget spent",
+                PolicyInput {
+                    recent_automatic: 3,
+                    ..input(&plan)
+                },
+                "operator",
+            ),
+            (
+                "assessed high",
+                PolicyInput {
+                    assessed: Risk::High,
+                    ..input(&plan)
+                },
+                "admin",
+            ),
+            (
+                "protected",
+                PolicyInput {
+                    protected: true,
+                    ..input(&plan)
+                },
+                "admin",
+            ),
+        ];
+        for (case, input, expected) in table {
+            assert_eq!(kind(&decide(&input)), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn medium_and_high_always_wait_and_notify_only_never_runs() {
+        let restart = ActionPlan::ContainerRestart {
+            container: "web".into(),
+        };
+        assert_eq!(kind(&decide(&input(&restart))), "operator");
+        let protected = PolicyInput {
+            protected: true,
+            ..input(&restart)
+        };
+        assert_eq!(kind(&decide(&protected)), "admin");
+        assert_eq!(kind(&decide(&input(&ActionPlan::NotifyOnly))), "notify");
+        let dry = PolicyInput {
+            mode: Mode::DryRun,
+            ..input(&restart)
+        };
+        assert_eq!(kind(&decide(&dry)), "dry-run");
     }
 }

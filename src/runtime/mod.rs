@@ -6,10 +6,14 @@
 //!   configured or does not answer.
 //! - [`docker`]: containers, their state, health, restarts and memory (bollard).
 //! - [`sandbox`]: the sandbox's size, without following symbolic links.
+//! - [`cleanup`]: Sentinel's only file deletion: moves files out of the sandbox's logs/,
+//!   tmp/ and cache/ into a quarantine, with descriptor-relative, no-follow operations, and
+//!   restores them on rollback.
 //!
 //! Everything here does I/O and returns plain samples; nothing here decides whether a value
 //! is a breach (that is `pipeline::detect`).
 
+pub mod cleanup;
 pub mod docker;
 pub mod host;
 pub mod prometheus;

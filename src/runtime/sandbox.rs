@@ -11,12 +11,17 @@
 //!   is configuration, not content: if it is a link to a directory, that directory is walked;
 //! - the walk stays on the root's filesystem (another filesystem mounted inside is skipped);
 //! - a file with several hard links inside the measured tree counts once;
+//! - the quarantine, `<root>/.sentinel-quarantine` ([`QUARANTINE_DIR`], where
+//!   `runtime::cleanup` moves what it removes until the retention has passed), is not
+//!   measured and not listed when it is a real directory: a cleanup must shrink the measured
+//!   size, and what it quarantined is gone from the sandbox's point of view. (A link or a file
+//!   by that name is an ordinary entry);
 //! - a subdirectory that cannot be read (or a file that vanishes during the walk) is skipped;
 //!   a root that is missing, is not a directory, or cannot be read is an error, which the
 //!   caller reports as "unavailable".
 //!
-//! It only reads metadata: it must never open, write or delete anything (deleting is
-//! `pipeline::execute`'s job). It is synchronous and may take a while on a big tree: callers
+//! It only reads metadata: it must never open, write or delete anything (removing files is
+//! `runtime::cleanup`'s job). It is synchronous and may take a while on a big tree: callers
 //! run it in `spawn_blocking`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,6 +31,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use walkdir::{DirEntry, WalkDir};
+
+use super::cleanup::QUARANTINE_DIR;
 
 /// Total length in bytes of the regular files under `root`.
 pub fn sandbox_size(root: &Path) -> io::Result<u64> {
@@ -77,6 +84,11 @@ fn counts_once(linked: &mut HashSet<(u64, u64)>, metadata: &fs::Metadata) -> boo
     metadata.nlink() <= 1 || linked.insert((metadata.dev(), metadata.ino()))
 }
 
+/// The top-level quarantine directory (not a link or a file by that name).
+fn is_quarantine(entry: &DirEntry) -> bool {
+    entry.depth() == 1 && entry.file_type().is_dir() && entry.file_name() == QUARANTINE_DIR
+}
+
 /// Walks `root` under the rules above, calling `visit` with every entry and, for regular
 /// files, their own (not followed) metadata.
 fn walk(root: &Path, mut visit: impl FnMut(&DirEntry, Option<&fs::Metadata>)) -> io::Result<()> {
@@ -91,7 +103,9 @@ fn walk(root: &Path, mut visit: impl FnMut(&DirEntry, Option<&fs::Metadata>)) ->
     let walker = WalkDir::new(root)
         .follow_links(false)
         .follow_root_links(true)
-        .same_file_system(true);
+        .same_file_system(true)
+        .into_iter()
+        .filter_entry(|entry| !is_quarantine(entry));
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,

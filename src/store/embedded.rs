@@ -36,6 +36,8 @@ const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// counter name → value (lease tokens).
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// (action key, at ms, nonce) → (): automatic actions, for the budget.
+const AUTO_ACTIONS: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("auto_actions");
 /// singleton name → JSON (the control flags).
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
 
@@ -70,6 +72,7 @@ impl EmbeddedStore {
             txn.open_table(LEASES).map_err(unavailable)?;
             txn.open_table(COUNTERS).map_err(unavailable)?;
             txn.open_table(SINGLETONS).map_err(unavailable)?;
+            txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -505,6 +508,48 @@ impl Store for EmbeddedStore {
             let leases = txn.open_table(LEASES).map_err(unavailable)?;
             Ok(read_lease(&leases, &name)?
                 .is_some_and(|lease| lease.token == token && lease.expires_at > now))
+        })
+        .await
+    }
+
+    async fn record_auto_action(&self, key: &str, at: Timestamp) -> StoreResult<()> {
+        let key = key.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut table = txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
+                let forget_before = at.unix_millis()
+                    - i64::try_from(super::AUTO_ACTION_MEMORY.as_millis()).unwrap_or(i64::MAX);
+                table
+                    .retain(|(_, when, _), ()| when >= forget_before)
+                    .map_err(unavailable)?;
+                let nonce: u64 = rand::random();
+                table
+                    .insert((key.as_str(), at.unix_millis(), nonce), ())
+                    .map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn auto_actions_since(
+        &self,
+        since: Timestamp,
+    ) -> StoreResult<std::collections::BTreeMap<String, u64>> {
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
+            let mut counts = std::collections::BTreeMap::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (key, _) = row.map_err(unavailable)?;
+                let (name, when, _) = key.value();
+                if when >= since.unix_millis() {
+                    *counts.entry(name.to_owned()).or_insert(0) += 1;
+                }
+            }
+            Ok(counts)
         })
         .await
     }

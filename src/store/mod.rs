@@ -12,6 +12,7 @@
 pub mod embedded;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +147,13 @@ pub trait Store: Send + Sync {
     /// effect that only the holder may cause.
     async fn check_fence(&self, name: &str, token: u64, now: Timestamp) -> StoreResult<bool>;
 
+    /// Counts one automatic action against `key` (`action:target`) for the budget and the
+    /// circuit breaker. Entries older than a day are forgotten.
+    async fn record_auto_action(&self, key: &str, at: Timestamp) -> StoreResult<()>;
+
+    /// How many automatic actions each key had since `since`; keys with none are left out.
+    async fn auto_actions_since(&self, since: Timestamp) -> StoreResult<BTreeMap<String, u64>>;
+
     async fn control(&self) -> StoreResult<Control>;
 
     async fn set_control(&self, control: &Control) -> StoreResult<()>;
@@ -193,6 +201,9 @@ pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<SharedSt
         }
     }
 }
+
+/// How long automatic actions are remembered for the budget.
+pub const AUTO_ACTION_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// Serialises a value for storage.
 fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {

@@ -476,6 +476,53 @@ impl Store for RedisStore {
             .is_some_and(|(live, _)| live == token.to_string()))
     }
 
+    async fn record_auto_action(&self, key: &str, at: Timestamp) -> StoreResult<()> {
+        let forget_before = at.unix_millis()
+            - i64::try_from(super::AUTO_ACTION_MEMORY.as_millis()).unwrap_or(i64::MAX);
+        let member = format!("{}-{}", at.unix_millis(), rand::random::<u64>());
+        let list = self.key(&format!("auto:{key}"));
+        let () = redis::pipe()
+            .atomic()
+            .zadd(&list, member, at.unix_millis())
+            .ignore()
+            .zrembyscore(&list, "-inf", format!("({forget_before}"))
+            .ignore()
+            .sadd(self.key("auto-keys"), key)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn auto_actions_since(
+        &self,
+        since: Timestamp,
+    ) -> StoreResult<std::collections::BTreeMap<String, u64>> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = conn
+            .smembers(self.key("auto-keys"))
+            .await
+            .map_err(unavailable)?;
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.zcount(
+                self.key(&format!("auto:{key}")),
+                since.unix_millis(),
+                "+inf",
+            );
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(keys
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, count)| *count > 0)
+            .collect())
+    }
+
     async fn control(&self) -> StoreResult<Control> {
         let bytes: Option<Vec<u8>> = self
             .conn

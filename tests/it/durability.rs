@@ -164,7 +164,9 @@ impl Setup {
         let config = dir.path().join("sentinel.toml");
         let toml = format!(
             "[[api_keys]]\nname = \"durability-admin\"\nrole = \"admin\"\nsha256 = \"{sha256}\"\n\n\
-             [store]\nredis_prefix = \"{prefix}\"\n"
+             [store]\nredis_prefix = \"{prefix}\"\n\n\
+             # Nothing but the writes under test changes the incidents.\n\
+             [monitor]\nenabled = false\n[actions]\nenabled = false\n"
         );
         std::fs::write(&config, toml).expect("the configuration file is written");
         Setup {

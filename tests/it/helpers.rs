@@ -84,6 +84,8 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     std::fs::create_dir_all(&settings.sandbox_dir).unwrap();
     // Tests run monitor cycles themselves with `tick_monitor`, never on a timer.
     settings.monitor.enabled = false;
+    // Tests that exercise remediation turn it on; the others drive incidents by hand.
+    settings.actions.enabled = false;
     let mut entry = |name: &str, role: Role| {
         let (key, sha256) = new_key();
         settings.api_keys.push(ApiKeyEntry {
@@ -202,7 +204,7 @@ impl TestApp {
         incident.risk = Some(risk);
         incident.proposed_action = Some(sentinel::domain::ProposedAction {
             action: sentinel::domain::ActionId::ContainerRestart,
-            params: Default::default(),
+            params: [("container".to_owned(), serde_json::json!("web-1"))].into(),
         });
         incident
             .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)

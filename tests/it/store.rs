@@ -48,6 +48,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    automatic_actions_are_counted_per_key_within_a_window,
     an_incident_reads_back_exactly_as_written,
     a_closed_incident_never_claims_its_fingerprint,
     incidents_list_newest_first_with_limit_and_open_only,
@@ -1064,4 +1065,52 @@ async fn control_flags_default_to_running_and_round_trip(store: SharedStore) {
     };
     store.set_control(&resumed).await.unwrap();
     assert_eq!(store.control().await.unwrap(), resumed);
+}
+
+async fn automatic_actions_are_counted_per_key_within_a_window(store: SharedStore) {
+    let now = Timestamp::now();
+    let hour_ago = Timestamp::from_unix_millis(now.unix_millis() - 3_600_000);
+    assert!(store.auto_actions_since(hour_ago).await.unwrap().is_empty());
+    // Two hours ago (outside the window), then three within it for one key, one for another.
+    let old = Timestamp::from_unix_millis(now.unix_millis() - 7_200_000);
+    store
+        .record_auto_action("container_restart:web-1", old)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        store
+            .record_auto_action("container_restart:web-1", now)
+            .await
+            .unwrap();
+    }
+    store
+        .record_auto_action("sandbox_cleanup:sandbox", now)
+        .await
+        .unwrap();
+    let counts = store.auto_actions_since(hour_ago).await.unwrap();
+    assert_eq!(
+        counts.get("container_restart:web-1"),
+        Some(&3),
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("sandbox_cleanup:sandbox"), Some(&1));
+    assert_eq!(counts.len(), 2);
+    let all = store.auto_actions_since(old).await.unwrap();
+    assert_eq!(all.get("container_restart:web-1"), Some(&4));
+    // Concurrent records are all counted (the same millisecond included).
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_auto_action("container_start:db", now)
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let counts = store.auto_actions_since(hour_ago).await.unwrap();
+    assert_eq!(counts.get("container_start:db"), Some(&10));
 }

@@ -1,0 +1,316 @@
+//! The rules analyzer: deterministic, no network, always available (SPEC §3).
+//!
+//! In: an incident and its evidence. Out: an [`Analysis`]: per signal, a root cause naming
+//! the facts it rests on (top memory containers, the largest sandbox directories, which
+//! mount, the latency inputs), a catalogue action with parameters, a risk and a confidence.
+//! Pure. `tests/it/decisions.rs` replays a fixture set through it and the policy.
+
+use crate::domain::{ActionPlan, CleanupDir, Incident, Risk, Signal};
+use crate::pipeline::analyze::{Analysis, Evidence};
+use crate::runtime::ContainerSample;
+
+const MB: f64 = 1e6;
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / MB)
+}
+
+fn memory_line(c: &ContainerSample) -> String {
+    match (c.memory_used_bytes, c.memory_percent()) {
+        (Some(used), Some(percent)) => {
+            format!("{} uses {} ({percent:.1} % of its limit)", c.name, mb(used))
+        }
+        _ => format!("{} ({})", c.name, c.state),
+    }
+}
+
+struct Conclusion {
+    root_cause: String,
+    plan: ActionPlan,
+    risk: Risk,
+    confidence: f64,
+    evidence: Vec<String>,
+}
+
+fn notify(root_cause: String, confidence: f64, evidence: Vec<String>) -> Conclusion {
+    Conclusion {
+        root_cause,
+        plan: ActionPlan::NotifyOnly,
+        risk: Risk::Low,
+        confidence,
+        evidence,
+    }
+}
+
+pub fn analyze(incident: &Incident, evidence: &Evidence) -> Analysis {
+    let value = incident.value;
+    let resource = incident.resource.as_str();
+    let conclusion = match incident.signal {
+        Signal::HostMemory => host_memory(value, evidence),
+        Signal::HostCpu => notify(
+            format!(
+                "host CPU at {value:.1} %; no catalogue action lowers CPU safely, so people \
+                 should look at the busiest processes"
+            ),
+            0.4,
+            evidence
+                .top_memory(3)
+                .iter()
+                .map(|c| format!("running: {}", c.name))
+                .collect(),
+        ),
+        Signal::Disk => disk(resource, value, evidence),
+        Signal::NetworkLatency => {
+            let input = |key: &str| {
+                incident
+                    .labels
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| "?".into())
+            };
+            let facts = vec![
+                format!("network {} MB/s", input("network_mb_per_s")),
+                format!("network errors {}/s", input("network_errors_per_s")),
+                "latency = 25 + 2 × MB/s + 100 × errors/s".to_owned(),
+            ];
+            notify(
+                format!(
+                    "network latency estimated at {value:.0} ms from {} MB/s and {} errors/s; \
+                     no catalogue action applies",
+                    input("network_mb_per_s"),
+                    input("network_errors_per_s")
+                ),
+                0.5,
+                facts,
+            )
+        }
+        Signal::ContainerDown => container_down(resource, evidence),
+        Signal::ContainerMemory => container_memory(resource, value, incident, evidence),
+        Signal::SandboxSize => sandbox(value, evidence, None),
+        Signal::External => notify(
+            format!("external alert: {}", incident.summary),
+            0.3,
+            incident
+                .labels
+                .iter()
+                .take(10)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+    };
+    Analysis {
+        root_cause: conclusion.root_cause,
+        proposed_action: conclusion.plan.to_proposed(),
+        risk_assessment: conclusion.risk,
+        confidence: conclusion.confidence,
+        evidence: conclusion.evidence,
+        analyzer: "rules".to_owned(),
+    }
+}
+
+fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
+    let top = evidence.top_memory(3);
+    let facts: Vec<String> = top.iter().map(|c| memory_line(c)).collect();
+    match top.first() {
+        Some(biggest) if biggest.memory_used_bytes.unwrap_or(0) >= 100_000_000 => Conclusion {
+            root_cause: format!(
+                "host memory at {value:.1} %; the largest container is {}",
+                memory_line(biggest)
+            ),
+            plan: ActionPlan::ContainerRestart {
+                container: biggest.name.clone(),
+            },
+            risk: Risk::Medium,
+            confidence: 0.6,
+            evidence: facts,
+        },
+        _ => notify(
+            format!(
+                "host memory at {value:.1} % and no container holds a large share of it; \
+                 the memory is used outside containers"
+            ),
+            0.4,
+            facts,
+        ),
+    }
+}
+
+fn disk(mount: &str, value: f64, evidence: &Evidence) -> Conclusion {
+    let cleanable = cleanable_bytes(evidence);
+    if cleanable >= 10_000_000 {
+        let mut conclusion = sandbox(value, evidence, Some(mount));
+        conclusion.root_cause = format!(
+            "disk {mount} at {value:.1} %; the sandbox's logs/, tmp/ and cache/ hold {} that \
+             can be cleaned",
+            mb(cleanable)
+        );
+        conclusion
+    } else {
+        notify(
+            format!(
+                "disk {mount} at {value:.1} %; the sandbox holds little that can be cleaned, \
+                 so the space is used elsewhere"
+            ),
+            0.4,
+            vec![
+                format!("mount {mount}"),
+                format!("sandbox cleanable: {}", mb(cleanable)),
+            ],
+        )
+    }
+}
+
+fn cleanable_bytes(evidence: &Evidence) -> u64 {
+    evidence
+        .sandbox_dirs
+        .iter()
+        .filter(|(name, _)| CleanupDir::ALL.iter().any(|d| d.as_str() == name))
+        .map(|(_, bytes)| bytes)
+        .sum()
+}
+
+fn sandbox(value: f64, evidence: &Evidence, mount: Option<&str>) -> Conclusion {
+    let mut facts: Vec<String> = evidence
+        .sandbox_dirs
+        .iter()
+        .take(5)
+        .map(|(name, bytes)| format!("{name}/: {}", mb(*bytes)))
+        .collect();
+    if let Some(mount) = mount {
+        facts.push(format!("mount {mount}"));
+    }
+    let dirs: Vec<CleanupDir> = CleanupDir::ALL
+        .into_iter()
+        .filter(|d| {
+            evidence
+                .sandbox_dirs
+                .iter()
+                .any(|(name, bytes)| name == d.as_str() && *bytes > 0)
+        })
+        .collect();
+    if dirs.is_empty() {
+        return notify(
+            format!(
+                "the sandbox holds {value:.1} MB, none of it in logs/, tmp/ or cache/; \
+                 Sentinel never touches data/"
+            ),
+            0.5,
+            facts,
+        );
+    }
+    let largest = evidence
+        .sandbox_dirs
+        .iter()
+        .find(|(name, _)| dirs.iter().any(|d| d.as_str() == name))
+        .map(|(name, bytes)| format!("{name}/ ({})", mb(*bytes)))
+        .unwrap_or_default();
+    Conclusion {
+        root_cause: format!(
+            "the sandbox holds {value:.1} MB; the largest cleanable directory is {largest}"
+        ),
+        plan: ActionPlan::SandboxCleanup { dirs },
+        risk: Risk::Low,
+        confidence: 0.8,
+        evidence: facts,
+    }
+}
+
+fn container_down(name: &str, evidence: &Evidence) -> Conclusion {
+    if !evidence.docker_available {
+        return notify(
+            format!("container {name} is down and Docker cannot be asked about it"),
+            0.2,
+            vec![],
+        );
+    }
+    let Some(container) = evidence.container(name) else {
+        return notify(
+            format!("container {name} is down and no longer exists"),
+            0.5,
+            vec![format!("{name} not in the inventory")],
+        );
+    };
+    let facts = vec![
+        format!("state {}", container.state),
+        format!("restart count {}", container.restart_count),
+        format!("exit code {}", container.exit_code.unwrap_or(0)),
+        format!("restart policy {}", container.restart_policy),
+    ];
+    match container.state.as_str() {
+        "exited" | "created" | "dead" => Conclusion {
+            root_cause: format!(
+                "container {name} is {} (exit code {}) and is not being restarted",
+                container.state,
+                container.exit_code.unwrap_or(0)
+            ),
+            plan: ActionPlan::ContainerStart {
+                container: name.to_owned(),
+            },
+            risk: if container.state == "dead" { Risk::High } else { Risk::Medium },
+            confidence: 0.7,
+            evidence: facts,
+        },
+        "restarting" if container.restart_count >= 5 => notify(
+            format!(
+                "container {name} is crash-looping ({} restarts); restarting it again will not help",
+                container.restart_count
+            ),
+            0.6,
+            facts,
+        ),
+        _ => Conclusion {
+            root_cause: format!(
+                "container {name} is {}{}",
+                container.state,
+                container
+                    .health
+                    .as_deref()
+                    .map(|h| format!(" and {h}"))
+                    .unwrap_or_default()
+            ),
+            plan: ActionPlan::ContainerRestart {
+                container: name.to_owned(),
+            },
+            risk: Risk::Medium,
+            confidence: 0.6,
+            evidence: facts,
+        },
+    }
+}
+
+fn container_memory(
+    name: &str,
+    value: f64,
+    incident: &Incident,
+    evidence: &Evidence,
+) -> Conclusion {
+    let Some(container) = evidence.container(name) else {
+        return notify(
+            format!("container {name} uses {value:.1} % of its memory limit and is gone now"),
+            0.3,
+            vec![],
+        );
+    };
+    let facts = vec![
+        memory_line(container),
+        format!("restart count {}", container.restart_count),
+    ];
+    let factor = if incident.severity >= crate::domain::Severity::Critical {
+        2.0
+    } else {
+        1.5
+    };
+    Conclusion {
+        root_cause: format!(
+            "container {name} uses {value:.1} % of its memory limit; raising the limit \
+             {factor}× gives it room without a restart"
+        ),
+        plan: ActionPlan::ContainerMemoryLimit {
+            container: name.to_owned(),
+            factor,
+        },
+        risk: Risk::Medium,
+        confidence: 0.7,
+        evidence: facts,
+    }
+}

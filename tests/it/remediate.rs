@@ -1,0 +1,485 @@
+//! Remediation end to end, on real Docker and a real sandbox: low risk fixed on its own and
+//! verified; medium risk waiting for an operator; a fix that does not help rolled back and
+//! escalated; an admin's rollback; concurrent approvals running the side effect once; an
+//! approval pinned to the state it saw.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sentinel::domain::{ActionPlan, Incident, IncidentId, Status};
+
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+
+const IMAGE: &str = "sentinel-test/busybox:latest";
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs (Debian package docker.io)");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {} — these tests need a running Docker daemon and the image \
+         {IMAGE}: run `scripts/services.sh start`",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+struct Container(String);
+
+impl Container {
+    fn run(extra: &[&str], command: &[&str]) -> Container {
+        let name = format!("sentinel-fix-{}", &IncidentId::generate().as_str()[4..]);
+        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(command);
+        docker(&args);
+        Container(name)
+    }
+
+    fn memory_limit(&self) -> i64 {
+        docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &self.0])
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// An app with remediation on and a short settle.
+async fn remediating_app(customize: impl FnOnce(&mut sentinel::config::Settings)) -> TestApp {
+    spawn_app_with(Backend::Embedded, |s| {
+        s.actions.enabled = true;
+        s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
+        customize(s);
+    })
+    .await
+}
+
+async fn open_incident(app: &TestApp, fingerprint: &str) -> Option<Incident> {
+    app.store
+        .list_incidents(sentinel::store::IncidentQuery {
+            open_only: true,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.fingerprint.as_str() == fingerprint)
+}
+
+/// Polls until the incident reaches `status` (bounded).
+async fn wait_for(app: &TestApp, id: &IncidentId, status: Status) -> Incident {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let incident = app.store.get_incident(id).await.unwrap().unwrap();
+        if incident.status == status {
+            return incident;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incident never reached {status}; timeline: {:#?}",
+            incident.timeline
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ticks the monitor until the fingerprint has an open incident (bounded).
+async fn detect(app: &TestApp, fingerprint: &str) -> Incident {
+    for _ in 0..20 {
+        app.tick_monitor().await;
+        if let Some(incident) = open_incident(app, fingerprint).await {
+            return incident;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{fingerprint} was never detected");
+}
+
+fn steps(incident: &Incident) -> Vec<&str> {
+    incident.timeline.iter().map(|e| e.step.as_str()).collect()
+}
+
+async fn audit_events(app: &TestApp, id: &IncidentId) -> Vec<String> {
+    let audit = app.get("/api/audit", Some(&app.keys.admin)).await;
+    assert_eq!(audit.body["chain"]["verified"], true);
+    audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["incident"] == id.as_str())
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn low_risk_is_fixed_automatically_and_verified() {
+    let app = remediating_app(|_| {}).await;
+    let logs = app.sandbox.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::create_dir_all(app.sandbox.join("data")).unwrap();
+    std::fs::write(app.sandbox.join("data/keep.db"), b"precious").unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(logs.join("huge.log")).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..101 {
+            file.write_all(&chunk).unwrap();
+        }
+    }
+    let incident = detect(&app, "sandbox_size:sandbox").await;
+    let resolved = wait_for(&app, &incident.id, Status::Resolved).await;
+    assert_eq!(
+        steps(&resolved),
+        [
+            "detected",
+            "analyzing",
+            "analyzed",
+            "approved",
+            "executing",
+            "verifying",
+            "resolved"
+        ]
+    );
+    assert_eq!(resolved.risk, Some(sentinel::domain::Risk::Low));
+    assert_eq!(resolved.analyzer.as_deref(), Some("rules"));
+    let execution = resolved.execution.expect("an execution record");
+    assert_eq!(execution.after["moved_files"], 1, "{execution:?}");
+    assert!(execution.approved_by.starts_with("policy"));
+    assert!(!logs.join("huge.log").exists());
+    assert_eq!(
+        std::fs::read(app.sandbox.join("data/keep.db")).unwrap(),
+        b"precious"
+    );
+    let events = audit_events(&app, &incident.id).await;
+    for event in [
+        "IncidentOpened",
+        "ActionProposed",
+        "ApprovalGranted",
+        "ActionExecuted",
+        "VerificationSucceeded",
+    ] {
+        assert!(
+            events.iter().any(|e| e == event),
+            "{event} missing from {events:?}"
+        );
+    }
+
+    // An admin can roll the cleanup back: the file comes back from quarantine.
+    let rolled = app
+        .post(
+            &format!("/api/incidents/{}/rollback", incident.id),
+            Some(&app.keys.admin),
+            "",
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{rolled:?}");
+    assert_eq!(rolled.body["status"], "rolled_back");
+    assert_eq!(
+        std::fs::metadata(logs.join("huge.log")).unwrap().len(),
+        101 << 20
+    );
+    let again = app
+        .post(
+            &format!("/api/incidents/{}/rollback", incident.id),
+            Some(&app.keys.admin),
+            "",
+        )
+        .await;
+    assert_eq!(again.status, 409, "rolling back twice: {again:?}");
+}
+
+#[tokio::test]
+async fn medium_risk_waits_for_an_operator_then_runs_and_is_verified() {
+    let app = remediating_app(|_| {}).await;
+    let container = Container::run(&[], &["sleep", "3600"]);
+    docker(&["stop", "-t", "1", &container.0]);
+    let incident = detect(&app, &format!("container_down:{}", container.0)).await;
+    let waiting = wait_for(&app, &incident.id, Status::AwaitingApproval).await;
+    assert_eq!(waiting.risk, Some(sentinel::domain::Risk::Medium));
+    let plan = waiting.proposed_action.as_ref().unwrap().plan().unwrap();
+    assert_eq!(
+        plan,
+        ActionPlan::ContainerStart {
+            container: container.0.clone()
+        }
+    );
+    assert_eq!(waiting.snapshot.as_ref().unwrap()["state"], "exited");
+    // Nothing happens on its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &container.0]),
+        "exited"
+    );
+
+    // A viewer cannot approve; an operator can.
+    let path = format!("/api/incidents/{}/approve", incident.id);
+    assert_eq!(
+        app.post(&path, Some(&app.keys.viewer), "").await.status,
+        403
+    );
+    let approved = app.post(&path, Some(&app.keys.operator), "").await;
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let resolved = wait_for(&app, &incident.id, Status::Resolved).await;
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &container.0]),
+        "running"
+    );
+    let execution = resolved.execution.unwrap();
+    assert_eq!(execution.before["state"], "exited");
+    assert_eq!(execution.after["state"], "running");
+    assert_eq!(execution.approved_by, "api:test-operator (operator)");
+    let events = audit_events(&app, &incident.id).await;
+    assert!(
+        events.contains(&"ApprovalRequested".to_owned()),
+        "{events:?}"
+    );
+    assert!(events.contains(&"ActionExecuted".to_owned()));
+}
+
+#[tokio::test]
+async fn a_fix_that_does_not_help_is_rolled_back_and_escalated() {
+    // A low warning level, so a 1.5× larger limit still leaves the container "breached".
+    let app = remediating_app(|s| {
+        s.thresholds.container_memory.warning = Some(30.0);
+    })
+    .await;
+    let container = Container::run(
+        &["--memory", "64m", "--shm-size", "64m"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=48 && sleep 3600",
+        ],
+    );
+    let before = container.memory_limit();
+    assert_eq!(before, 64 << 20);
+    let incident = detect(&app, &format!("container_memory:{}", container.0)).await;
+    wait_for(&app, &incident.id, Status::AwaitingApproval).await;
+    let approved = app
+        .post(
+            &format!("/api/incidents/{}/approve", incident.id),
+            Some(&app.keys.operator),
+            "",
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let escalated = wait_for(&app, &incident.id, Status::Escalated).await;
+    let steps = steps(&escalated);
+    for step in [
+        "executing",
+        "verifying",
+        "verification_failed",
+        "rolled_back",
+        "escalated",
+    ] {
+        assert!(steps.contains(&step), "{step} missing: {steps:?}");
+    }
+    let execution = escalated.execution.unwrap();
+    assert_eq!(execution.before["memory"], 64 << 20);
+    assert_eq!(execution.after["memory"], 96 << 20, "raised 1.5×");
+    assert!(execution.rolled_back_at.is_some());
+    assert_eq!(
+        container.memory_limit(),
+        before,
+        "the limit is back to the recorded value"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_rolls_back_a_raised_memory_limit_to_the_recorded_value() {
+    let app = remediating_app(|_| {}).await;
+    let container = Container::run(
+        &["--memory", "64m", "--shm-size", "64m"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=48 && sleep 3600",
+        ],
+    );
+    let incident = detect(&app, &format!("container_memory:{}", container.0)).await;
+    wait_for(&app, &incident.id, Status::AwaitingApproval).await;
+    let path = format!("/api/incidents/{}", incident.id);
+    let approved = app
+        .post(&format!("{path}/approve"), Some(&app.keys.admin), "")
+        .await;
+    assert_eq!(approved.status, 200);
+    wait_for(&app, &incident.id, Status::Resolved).await;
+    assert_eq!(container.memory_limit(), 96 << 20);
+    // Operators cannot roll back; admins can.
+    let refused = app
+        .post(&format!("{path}/rollback"), Some(&app.keys.operator), "")
+        .await;
+    assert_eq!(refused.status, 403);
+    let rolled = app
+        .post(&format!("{path}/rollback"), Some(&app.keys.admin), "")
+        .await;
+    assert_eq!(rolled.status, 200, "{rolled:?}");
+    assert_eq!(container.memory_limit(), 64 << 20);
+    let last = rolled.body["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["actor"], "api:test-admin (admin)");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
+    let app = remediating_app(|_| {}).await;
+    let container = Container::run(&[], &["sleep", "3600"]);
+    let started = unix_now();
+    // Let the worker finish with an injected alert (an empty sandbox: nothing to clean, so it
+    // is escalated), then turn it into a restart waiting for approval.
+    let id = loop {
+        let incident = app.trigger("sandbox").await;
+        let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
+        if current.status != Status::Analyzing && current.status != Status::Detected {
+            break incident.id;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
+    let plan = ActionPlan::ContainerRestart {
+        container: container.0.clone(),
+    };
+    stored.proposed_action = Some(plan.to_proposed());
+    stored.risk = Some(sentinel::domain::Risk::Medium);
+    stored.snapshot = Some(app.sentinel.executor.snapshot(&plan).await.unwrap());
+    stored.status = Status::AwaitingApproval;
+    stored.approvals.clear();
+    app.store.update_incident(&stored).await.unwrap();
+
+    let url = format!("{}/api/incidents/{id}/approve", app.base);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let key = if i % 2 == 0 {
+            app.keys.operator.clone()
+        } else {
+            app.keys.admin.clone()
+        };
+        let (client, url) = (app.client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 409),
+        "{statuses:?}"
+    );
+    let done = wait_for(&app, &id, Status::Resolved).await;
+    assert!(done.execution.is_some());
+    let until = unix_now() + 1;
+    let events = docker(&[
+        "events",
+        "--since",
+        &started.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("container={}", container.0),
+        "--filter",
+        "event=restart",
+        "--format",
+        "{{.Action}}",
+    ]);
+    let restarts = events.lines().filter(|l| *l == "restart").count();
+    assert_eq!(restarts, 1, "docker events: {events:?}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn an_approval_is_pinned_to_the_state_it_saw() {
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        s.actions.enabled = true;
+        s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let container = Container::run(&["--memory", "64m"], &["sleep", "3600"]);
+    let id = loop {
+        let incident = app.trigger("sandbox").await;
+        let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
+        if current.status != Status::Analyzing && current.status != Status::Detected {
+            break incident.id;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let plan = ActionPlan::ContainerMemoryLimit {
+        container: container.0.clone(),
+        factor: 1.5,
+    };
+    let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
+    stored.proposed_action = Some(plan.to_proposed());
+    stored.risk = Some(sentinel::domain::Risk::Medium);
+    stored.snapshot = Some(app.sentinel.executor.snapshot(&plan).await.unwrap());
+    stored.status = Status::AwaitingApproval;
+    app.store.update_incident(&stored).await.unwrap();
+    // Someone changes the limit by hand after the proposal.
+    docker(&[
+        "update",
+        "--memory",
+        "80m",
+        "--memory-swap",
+        "160m",
+        &container.0,
+    ]);
+    let approved = app
+        .post(
+            &format!("/api/incidents/{id}/approve"),
+            Some(&app.keys.operator),
+            "",
+        )
+        .await;
+    assert_eq!(approved.status, 200);
+    let again = wait_for(&app, &id, Status::AwaitingApproval).await;
+    assert!(again.execution.is_none(), "nothing ran");
+    assert_eq!(
+        container.memory_limit(),
+        80 << 20,
+        "the hand-set limit is untouched"
+    );
+    let last = again.timeline.last().unwrap();
+    assert!(last.message.contains("target changed"), "{last:?}");
+    assert_eq!(again.snapshot.as_ref().unwrap()["memory"], 80 << 20);
+    // Approving the new state runs the fix on it.
+    let approved = app
+        .post(
+            &format!("/api/incidents/{id}/approve"),
+            Some(&app.keys.operator),
+            "",
+        )
+        .await;
+    assert_eq!(approved.status, 200);
+    let verified = wait_for(&app, &id, Status::Resolved).await;
+    assert_eq!(verified.execution.unwrap().after["memory"], 120 << 20);
+}
