@@ -179,6 +179,7 @@ pub struct LlmSettings {
 #[serde(deny_unknown_fields)]
 pub struct SlackSettings {
     pub channel: String,
+    pub app_id: String,
     pub api_url: String,
     pub signing_secret_file: String,
     pub bot_token_file: String,

@@ -107,6 +107,8 @@ pub struct Sentinel {
     pub llm: Option<LlmAnalyzer>,
     /// Remediation work for the worker task (analysis, execution, verification).
     jobs: mpsc::UnboundedSender<Job>,
+    /// Announces incident changes (ids) to the Slack card sync and the live status stream.
+    changes: tokio::sync::broadcast::Sender<IncidentId>,
     /// The monitor's latest readings. Written by the monitor loop once per cycle, read by
     /// status requests; empty until the first cycle.
     signals: RwLock<Vec<SignalReading>>,
@@ -121,12 +123,16 @@ impl Sentinel {
         store: SharedStore,
     ) -> (Self, mpsc::UnboundedReceiver<Job>) {
         let (jobs, receiver) = mpsc::unbounded_channel();
+        let observed = crate::store::observed::Observed::new(store);
+        let changes = observed.changes();
+        let store: SharedStore = Arc::new(observed);
         let llm = build_llm(&settings);
         let sentinel = Sentinel {
             collectors: Arc::new(Collectors::new(Arc::clone(&settings))),
             executor: Executor::new(&settings),
             llm,
             jobs,
+            changes,
             settings,
             store,
             signals: RwLock::new(Vec::new()),
@@ -141,6 +147,11 @@ impl Sentinel {
         if self.jobs.send(job).is_err() {
             tracing::debug!("the remediation worker has stopped; the job resumes on restart");
         }
+    }
+
+    /// Incident ids as they are created or updated (a hint to look; read the store).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<IncidentId> {
+        self.changes.subscribe()
     }
 
     /// Queues analysis of a newly opened incident.

@@ -10,6 +10,7 @@
 //! The store only keeps values; it decides nothing about them.
 
 pub mod embedded;
+pub mod observed;
 pub mod redis;
 
 use std::collections::BTreeMap;
