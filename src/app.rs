@@ -21,6 +21,8 @@ pub struct Application {
     router: axum::Router,
     sentinel: Arc<Sentinel>,
     monitor: Arc<Monitor>,
+    /// Slack's client and outbox, when `SLACK_BOT_TOKEN` is set.
+    slack: Option<Arc<crate::slack::Slack>>,
     /// The remediation queue's receiving end, handed to the worker by `run`.
     jobs: tokio::sync::mpsc::UnboundedReceiver<crate::pipeline::remediate::Job>,
     /// Cancelled by Ctrl-C, SIGTERM or a test; every task watches it.
@@ -34,10 +36,13 @@ impl Application {
         let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), store);
         let sentinel = Arc::new(sentinel);
         let monitor = Arc::new(Monitor::new(Arc::clone(&sentinel)));
+        let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&sentinel.store))?;
         let state = Arc::new(AppContext {
             sentinel: Arc::clone(&sentinel),
             keys: ApiKeys::from_config(&settings.api_keys),
             body_limit: settings.http.body_limit,
+            slack: slack.clone(),
+            monitor: Arc::clone(&monitor),
         });
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -48,6 +53,7 @@ impl Application {
             router: web::router(state),
             sentinel,
             monitor,
+            slack,
             jobs,
             shutdown: CancellationToken::new(),
         })
@@ -64,6 +70,11 @@ impl Application {
     /// The monitor; tests run its cycles with `tick` instead of waiting for the loop.
     pub fn monitor(&self) -> Arc<Monitor> {
         Arc::clone(&self.monitor)
+    }
+
+    /// Slack's client and outbox, when a bot token is set.
+    pub fn slack(&self) -> Option<Arc<crate::slack::Slack>> {
+        self.slack.clone()
     }
 
     /// The token that stops the application when cancelled.
@@ -102,6 +113,10 @@ impl Application {
         if monitor.is_none() {
             tracing::info!("the monitor loop is off on this replica ([monitor] enabled = false)");
         }
+        let slack_tasks = match &self.slack {
+            Some(slack) => slack.spawn_tasks(&self.sentinel, &self.shutdown),
+            None => Vec::new(),
+        };
         let shutdown = self.shutdown.clone();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -112,6 +127,11 @@ impl Application {
         if let Some(monitor) = monitor {
             if let Err(e) = monitor.await {
                 tracing::error!(error = %e, "the monitor loop panicked");
+            }
+        }
+        for task in slack_tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a slack task panicked");
             }
         }
         if let Err(e) = worker.await {

@@ -59,8 +59,13 @@ enum Command {
         #[command(subcommand)]
         command: BlocksCommand,
     },
-    /// Print the Slack app manifest with PUBLIC_URL filled in.
-    Manifest,
+    /// Print the Slack app manifest (manifests/slack-app.yaml) with PUBLIC_URL filled in.
+    Manifest {
+        /// The Socket Mode variant: no public URL needed; events arrive over a WebSocket
+        /// opened with SLACK_APP_TOKEN.
+        #[arg(long)]
+        socket_mode: bool,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -119,10 +124,24 @@ pub fn main() -> ExitCode {
             let Some(settings) = load(cli.config.as_deref()) else {
                 return ExitCode::from(2);
             };
+            // Every Block Kit template must render its sample within Slack's limits.
+            let names = crate::slack::blocks::template_names();
+            for name in names {
+                let context = crate::slack::blocks::sample_context(name);
+                if let Err(e) = crate::slack::blocks::render(name, &context) {
+                    eprintln!("sentinel: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             println!("configuration is valid");
             for (key, value) in settings.summary() {
                 println!("  {key:<22} {value}");
             }
+            println!(
+                "  {:<22} {} render within Slack's limits",
+                "block kit templates",
+                names.len()
+            );
             ExitCode::SUCCESS
         }
         Command::Keys {
@@ -135,9 +154,23 @@ pub fn main() -> ExitCode {
             check(settings, json)
         }
         Command::Blocks {
-            command: BlocksCommand::Render { .. },
-        } => not_yet("sentinel blocks render", "the Slack"),
-        Command::Manifest => not_yet("sentinel manifest", "the Slack"),
+            command: BlocksCommand::Render { template },
+        } => blocks_render(&template),
+        Command::Manifest { socket_mode } => {
+            let Some(settings) = load(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            match manifest(&settings.public_url, socket_mode) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sentinel: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -248,7 +281,66 @@ fn keys_new(role: Role, name: Option<String>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn not_yet(command: &str, work: &str) -> ExitCode {
-    eprintln!("{command}: not available yet (it arrives with {work} work)");
-    ExitCode::from(3)
+/// Prints a template rendered with its sample data: `{"text", "blocks"}` for a message,
+/// `{"text", "view"}` for a modal, as JSON Block Kit Builder accepts.
+fn blocks_render(template: &str) -> ExitCode {
+    use crate::slack::blocks;
+    if !blocks::template_names().contains(&template) {
+        eprintln!(
+            "sentinel: no template named {template:?}; the templates are: {}",
+            blocks::template_names().join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let rendered = match blocks::render(template, &blocks::sample_context(template)) {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            eprintln!("sentinel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let document = if blocks::is_modal(template) {
+        serde_json::json!({ "text": rendered.text, "view": rendered.blocks[0] })
+    } else {
+        serde_json::json!({ "text": rendered.text, "blocks": rendered.blocks })
+    };
+    match serde_json::to_string_pretty(&document) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sentinel: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Slack app manifest, compiled in from manifests/slack-app.yaml.
+const MANIFEST: &str = include_str!("../manifests/slack-app.yaml");
+
+/// The manifest with `PUBLIC_URL` filled in, or its Socket Mode variant (no URLs).
+pub fn manifest(public_url: &str, socket_mode: bool) -> Result<String, String> {
+    if socket_mode {
+        let text = MANIFEST
+            .lines()
+            .filter(|line| !line.contains("PUBLIC_URL/"))
+            .map(|line| {
+                if line.trim_start().starts_with("socket_mode_enabled:") {
+                    line.replace("false", "true")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Ok(text + "\n");
+    }
+    let base = public_url.trim_end_matches('/');
+    if base.is_empty() {
+        return Err(
+            "set PUBLIC_URL to the address Slack can reach (or use --socket-mode)".to_owned(),
+        );
+    }
+    Ok(MANIFEST.replace("PUBLIC_URL/", &format!("{base}/")))
 }

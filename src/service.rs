@@ -72,6 +72,19 @@ pub struct StatusReport {
     pub incidents: Vec<Incident>,
     /// The latest monitor cycle on the replica that answered; `null` before the first.
     pub monitor: Option<CycleReport>,
+    /// Automatic actions per `action:target` in the last hour against the budget; `open`
+    /// means further fixes of that key wait for approval.
+    pub breakers: Vec<BreakerState>,
+}
+
+/// One circuit breaker, as `/api/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakerState {
+    pub key: String,
+    pub automatic_last_hour: u64,
+    pub budget_per_hour: u32,
+    /// `closed` (automation allowed) or `open` (budget spent: approval needed).
+    pub state: &'static str,
 }
 
 /// The body of `GET /api/audit`.
@@ -176,6 +189,24 @@ impl Sentinel {
 
     pub async fn status(&self) -> Result<StatusReport, ServiceError> {
         let control = self.store.control().await?;
+        let budget = self.settings.actions.auto_budget_per_hour;
+        let hour_ago = Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 3_600_000);
+        let breakers = self
+            .store
+            .auto_actions_since(hour_ago)
+            .await?
+            .into_iter()
+            .map(|(key, count)| BreakerState {
+                state: if count >= u64::from(budget) {
+                    "open"
+                } else {
+                    "closed"
+                },
+                key,
+                automatic_last_hour: count,
+                budget_per_hour: budget,
+            })
+            .collect();
         let incidents = self
             .store
             .list_incidents(IncidentQuery {
@@ -194,6 +225,7 @@ impl Sentinel {
                 .clone(),
             incidents,
             monitor: self.last_cycle(),
+            breakers,
         })
     }
 
@@ -219,18 +251,46 @@ impl Sentinel {
         Ok(intake)
     }
 
+    /// Applies a person's decision with compare-and-set. When the incident changed between
+    /// the read and the write (the card sync saving its Slack bookkeeping, a repeat
+    /// observation), the decision is made again on the fresh incident: the rules are checked
+    /// again, so of two racing approvals the second still finds it approved and gets 409.
+    async fn decide<T>(
+        &self,
+        id: &str,
+        actor: &Actor,
+        verb: &str,
+        decision: impl Fn(&Incident) -> Result<(Incident, T), DecisionError>,
+    ) -> Result<(Incident, T), ServiceError> {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let incident = self.incident(id).await?;
+            let (next, outcome) = match decision(&incident) {
+                Ok(decided) => decided,
+                Err(e) => return Err(self.refused(&incident, actor, verb, e).await),
+            };
+            match self.store.update_incident(&next).await {
+                Ok(stored) => return Ok((stored, outcome)),
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ServiceError::Conflict(format!(
+            "incident {id} keeps changing; look again and retry"
+        )))
+    }
+
     /// Approves an incident's proposed fix; once approved, the fix is executed in the
     /// background and its progress shows on the timeline.
     pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
-        let incident = self.incident(id).await?;
         let now = Timestamp::now();
-        let approval =
-            match approve::approve(&incident, actor, self.settings.actions.two_person_rule, now) {
-                Ok(approval) => approval,
-                Err(e) => return Err(self.refused(&incident, actor, "approve", e).await),
-            };
-        let stored = self.store_decision(&approval.incident).await?;
-        let event = match approval.action {
+        let two_person = self.settings.actions.two_person_rule;
+        let (stored, action) = self
+            .decide(id, actor, "approve", |incident| {
+                approve::approve(incident, actor, two_person, now).map(|a| (a.incident, a.action))
+            })
+            .await?;
+        let event = match action {
             Some(_) => AuditEvent::ApprovalGranted { incident: &stored },
             None => AuditEvent::Step {
                 name: "ApprovalRecorded",
@@ -239,7 +299,7 @@ impl Sentinel {
             },
         };
         audit::emit(self.store.as_ref(), actor, event, now).await?;
-        if let Some(action) = approval.action {
+        if let Some(action) = action {
             self.enqueue(Job::Execute(action));
         }
         Ok(stored)
@@ -252,13 +312,12 @@ impl Sentinel {
         actor: &Actor,
         reason: Option<&str>,
     ) -> Result<Incident, ServiceError> {
-        let incident = self.incident(id).await?;
         let now = Timestamp::now();
-        let next = match approve::reject(&incident, actor, reason, now) {
-            Ok(next) => next,
-            Err(e) => return Err(self.refused(&incident, actor, "reject", e).await),
-        };
-        let stored = self.store_decision(&next).await?;
+        let (stored, ()) = self
+            .decide(id, actor, "reject", |incident| {
+                approve::reject(incident, actor, reason, now).map(|next| (next, ()))
+            })
+            .await?;
         audit::emit(
             self.store.as_ref(),
             actor,
@@ -409,18 +468,6 @@ impl Sentinel {
         )
         .await?;
         Ok(())
-    }
-
-    /// Stores a decision with compare-and-set: if anyone changed the incident since it was
-    /// read (another approval racing this one), the decision is refused, never applied twice.
-    async fn store_decision(&self, next: &Incident) -> Result<Incident, ServiceError> {
-        match self.store.update_incident(next).await {
-            Ok(stored) => Ok(stored),
-            Err(StoreError::VersionConflict { id, .. }) => Err(ServiceError::Conflict(format!(
-                "incident {id} changed while you decided; look again and retry"
-            ))),
-            Err(other) => Err(other.into()),
-        }
     }
 
     /// Records a refused decision in the audit log and returns the error to answer with.

@@ -199,6 +199,29 @@ pub struct Incident {
     /// The fix that ran, with what it changed.
     #[serde(default)]
     pub execution: Option<Execution>,
+    /// The incident's Slack card once it is posted (`slack::cards` keeps it in step).
+    #[serde(default)]
+    pub slack: Option<SlackCard>,
+}
+
+/// Where an incident's Slack card is and how far its thread has got. Written only by the
+/// card sync, with compare-and-set, so replicas never post a card or a reply twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlackCard {
+    pub channel: String,
+    /// The card message's `ts`, the thread's parent; `None` when posting it failed for good.
+    pub ts: Option<String>,
+    /// How many timeline entries have their thread reply (or were given up on).
+    pub posted_entries: usize,
+    /// The incident version the card on screen was rendered from (its buttons carry it).
+    #[serde(default)]
+    pub rendered_version: u64,
+    /// A digest of what the card on screen shows; a different digest means `chat.update`.
+    #[serde(default)]
+    pub digest: String,
+    /// The last Slack error for this card (`chat.update: message_not_found`), if any.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A fix that ran: what, who allowed it, and the state before and after.
@@ -254,6 +277,7 @@ impl Incident {
             snapshot: None,
             approvals: Vec::new(),
             execution: None,
+            slack: None,
         }
     }
 

@@ -627,6 +627,16 @@ impl Monitor {
                         () = shutdown.cancelled() => break,
                     }
                     self.purge_quarantine().await;
+                    match crate::pipeline::remediate::expire_approvals(
+                        &self.sentinel,
+                        Timestamp::now(),
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "approval requests expired"),
+                        Err(e) => tracing::warn!(error = %e, "cannot expire approval requests"),
+                    }
                 }
                 Ok(None) => {
                     if held.take().is_some() {

@@ -285,7 +285,12 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
         }
         let now = Timestamp::now();
         for refusal in &refusals {
-            i.record("proposal_refused", "sentinel", refusal.clone(), now);
+            let step = if refusal.starts_with("the LLM") {
+                "analyzer_fell_back"
+            } else {
+                "proposal_refused"
+            };
+            i.record(step, "sentinel", refusal.clone(), now);
         }
         i.root_cause = Some(analysis.root_cause.clone());
         i.proposed_action = Some(proposed.clone());
@@ -759,4 +764,59 @@ pub async fn roll_back(
             Ok(None)
         }
     }
+}
+
+/// Escalates incidents whose request for approval went unanswered for `approval_timeout`.
+/// Returns how many expired. Run by the monitor loop's leader.
+pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usize, StoreError> {
+    let timeout = sentinel.settings.approval_timeout.0;
+    let open = sentinel
+        .store
+        .list_incidents(IncidentQuery {
+            open_only: true,
+            limit: 10_000,
+        })
+        .await?;
+    let mut expired = 0;
+    for incident in open {
+        if incident.status != Status::AwaitingApproval {
+            continue;
+        }
+        let asked_at = waiting_since(&incident);
+        if now.since(asked_at) < timeout {
+            continue;
+        }
+        let message = format!(
+            "the approval request expired after {} without an answer",
+            humantime::format_duration(timeout)
+        );
+        let stored = update_with(sentinel, &incident.id, |i| {
+            i.status == Status::AwaitingApproval
+                && waiting_since(i) == asked_at
+                && i.transition(Status::Escalated, "sentinel", message.clone(), now)
+                    .is_ok()
+        })
+        .await?;
+        if let Some(stored) = stored {
+            emit(
+                sentinel,
+                "ApprovalExpired",
+                &stored,
+                json!({ "waited_seconds": timeout.as_secs() }),
+            )
+            .await;
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// When the incident last started waiting for approval.
+fn waiting_since(incident: &Incident) -> Timestamp {
+    incident
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.step == Status::AwaitingApproval.as_str())
+        .map_or(incident.updated_at, |e| e.at)
 }

@@ -1,1 +1,739 @@
-//! placeholder: being written
+//! Block Kit templates: the minijinja templates in `blocks/` rendered to Slack JSON.
+//!
+//! In: a template name and its context (incident JSON and friends). Out: [`Rendered`], the
+//! notification `text` and the `blocks`, checked before anything reaches Slack.
+//!
+//! The templates are compiled into the binary (`include_str!`), so it needs no files at run
+//! time. Each one writes a JSON object `{"text": …, "blocks": [...]}` (or `{"text": …,
+//! "view": {...}}` for a modal). Four rules keep what they produce valid and safe:
+//!
+//! - **Every `{{ value }}` is written as JSON** (a custom formatter, whatever the value), so
+//!   no text from an incident can break out of its string.
+//! - **Slack's control characters are escaped** by the `esc` filter (`&` `<` `>` become
+//!   `&amp;` `&lt;` `&gt;`), so a container named `<!channel>` cannot mention anyone or make
+//!   a link. After rendering, any `<` or `>` left in a text is an error: a value a template
+//!   forgot to escape is caught here, never shown in the channel.
+//! - **Long values are cut**, not refused: `truncate(n)` keeps at most `n` characters of
+//!   (already escaped) text, ending in `…`, never splitting an entity. Templates escape the
+//!   parts and truncate the whole: `("*Root cause*\n" ~ i.root_cause|esc)|truncate(3000)`.
+//! - **The result is checked**: parsed into slack-morphism's Block Kit types (an unknown
+//!   block type or a misspelt field fails), then measured against Slack's limits
+//!   ([`LIMITS`]). Anything still over a limit is an error, never sent.
+//!
+//! Templates may end list items with a comma; trailing commas are removed before parsing.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use minijinja::value::{Value as JinjaValue, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior};
+use serde_json::{json, Value};
+use slack_morphism::prelude::{SlackBlock, SlackView};
+
+/// A rendered template: what `chat.postMessage`, `chat.update` or a slash-command answer
+/// takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The notification fallback (push notifications, screen readers), mrkdwn-escaped.
+    pub text: String,
+    /// Block Kit blocks. For a modal template (`reject_modal`) this holds exactly one value:
+    /// the whole view (`{"type": "modal", …}`), ready for `views.open`.
+    pub blocks: Vec<Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlocksError {
+    #[error("no template named {0:?}")]
+    UnknownTemplate(String),
+    #[error("template {template}: {message}")]
+    Render { template: String, message: String },
+    #[error("template {template}: not valid Block Kit: {message}")]
+    Invalid { template: String, message: String },
+    #[error("template {template}: {path}: {message}")]
+    Limit {
+        template: String,
+        path: String,
+        message: String,
+    },
+}
+
+/// Slack's Block Kit limits (docs.slack.dev/reference/block-kit), in characters or items.
+pub mod limits {
+    pub const MESSAGE_BLOCKS: usize = 50;
+    pub const MODAL_BLOCKS: usize = 100;
+    pub const TEXT: usize = 3000;
+    pub const HEADER: usize = 150;
+    pub const BUTTON_LABEL: usize = 75;
+    pub const ID: usize = 255;
+    pub const BUTTON_VALUE: usize = 2000;
+    pub const URL: usize = 3000;
+    pub const FIELD: usize = 2000;
+    pub const FIELDS: usize = 10;
+    pub const ACTIONS: usize = 25;
+    pub const CONTEXT_ELEMENTS: usize = 10;
+    /// The top-level `text`: Slack truncates far later, but keeps it readable past 4000.
+    pub const FALLBACK_TEXT: usize = 4000;
+    /// Modal titles and the labels of its submit and close buttons.
+    pub const MODAL_TITLE: usize = 24;
+    pub const INPUT_LABEL: usize = 2000;
+}
+
+/// The limits, as a table for documentation and `config check`.
+pub const LIMITS: &[(&str, usize)] = &[
+    ("blocks per message", limits::MESSAGE_BLOCKS),
+    ("blocks per modal", limits::MODAL_BLOCKS),
+    ("characters per text", limits::TEXT),
+    ("characters per header", limits::HEADER),
+    ("characters per button label", limits::BUTTON_LABEL),
+    ("characters per block_id or action_id", limits::ID),
+    ("characters per button value", limits::BUTTON_VALUE),
+    ("characters per field", limits::FIELD),
+    ("fields per section", limits::FIELDS),
+    ("elements per actions block", limits::ACTIONS),
+    ("elements per context block", limits::CONTEXT_ELEMENTS),
+];
+
+/// The templates, by name, with their source (the files in `blocks/`).
+const TEMPLATES: &[(&str, &str)] = &[
+    ("status", include_str!("../../blocks/status.j2")),
+    ("help", include_str!("../../blocks/help.j2")),
+    ("incidents", include_str!("../../blocks/incidents.j2")),
+    (
+        "incident_detail",
+        include_str!("../../blocks/incident_detail.j2"),
+    ),
+    ("reject_modal", include_str!("../../blocks/reject_modal.j2")),
+    (
+        "incident_card",
+        include_str!("../../blocks/incident_card.j2"),
+    ),
+    (
+        "timeline_reply",
+        include_str!("../../blocks/timeline_reply.j2"),
+    ),
+];
+
+/// A fragment the list templates include (one incident as a section); not renderable alone.
+const INCIDENT_SECTION: &str = include_str!("../../blocks/incident_section.j2");
+
+/// The renderable templates, in documentation order (the names in [`TEMPLATES`]).
+const NAMES: &[&str] = &[
+    "status",
+    "help",
+    "incidents",
+    "incident_detail",
+    "reject_modal",
+    "incident_card",
+    "timeline_reply",
+];
+
+/// The renderable templates, in documentation order.
+pub fn template_names() -> &'static [&'static str] {
+    NAMES
+}
+
+/// Whether a template renders a modal view (`views.open`) rather than message blocks.
+pub fn is_modal(template: &str) -> bool {
+    template == "reject_modal"
+}
+
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(environment);
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A missing value is an error when printed or iterated, so a context without its
+    // incident fails instead of rendering an empty card; `if x` and `x or y` still work.
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    // Every printed value becomes JSON, safe strings included: the templates write JSON.
+    env.set_formatter(|out, _state, value| {
+        let json = if value.is_undefined() {
+            "null".to_owned()
+        } else {
+            serde_json::to_string(value).map_err(|e| {
+                JinjaError::new(ErrorKind::BadSerialization, "cannot write a value as JSON")
+                    .with_source(e)
+            })?
+        };
+        out.write_str(&json).map_err(JinjaError::from)
+    });
+    env.add_filter("esc", |value: JinjaValue| escape(&text_of(&value)));
+    env.add_filter("truncate", |value: JinjaValue, limit: usize| {
+        truncate_escaped(&text_of(&value), limit)
+    });
+    env.add_filter("num", |value: JinjaValue| number(&value));
+    env.add_filter("when", |value: JinjaValue| when(&text_of(&value)));
+    env.add_filter("label", |value: JinjaValue| {
+        text_of(&value).replace('_', " ")
+    });
+    env.add_global("ICONS", JinjaValue::from(minijinja::value::Serde(json!({
+        "critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"
+    }))));
+    env.add_global(
+        "UNITS",
+        JinjaValue::from(minijinja::value::Serde(json!({
+            "host_cpu": " %", "host_memory": " %", "disk": " %", "container_memory": " %",
+            "network_latency": " ms", "sandbox_size": " MB"
+        }))),
+    );
+    env.add_template("incident_section", INCIDENT_SECTION)
+        .expect("blocks/incident_section.j2 compiles");
+    for (name, source) in TEMPLATES {
+        env.add_template(name, source)
+            .unwrap_or_else(|e| panic!("blocks/{name}.j2 does not compile: {e:#}"));
+    }
+    env
+}
+
+/// A value as text: strings as they are, numbers and the rest as minijinja prints them,
+/// nothing for none/undefined.
+fn text_of(value: &JinjaValue) -> String {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => String::new(),
+        _ => match value.as_str() {
+            Some(s) => s.to_owned(),
+            None => value.to_string(),
+        },
+    }
+}
+
+/// Escapes Slack's three control characters (docs.slack.dev "Escaping text").
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Keeps at most `limit` characters of already escaped text, ending in `…` when cut, and
+/// never cutting through an entity (`&amp;`).
+pub fn truncate_escaped(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    if limit == 0 {
+        return String::new();
+    }
+    let mut kept: String = text.chars().take(limit - 1).collect();
+    // An entity is at most 5 characters (`&amp;`): drop a partial one at the end.
+    if let Some(amp) = kept.rfind('&') {
+        if !kept[amp..].contains(';') {
+            kept.truncate(amp);
+        }
+    }
+    kept.push('…');
+    kept
+}
+
+/// A number for people: integers as integers, others with one decimal.
+fn number(value: &JinjaValue) -> String {
+    if let Some(i) = value.as_i64() {
+        return i.to_string();
+    }
+    match f64::try_from(value.clone()) {
+        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+        Ok(f) if f.is_finite() => format!("{f:.1}"),
+        _ => text_of(value),
+    }
+}
+
+/// `2026-11-28T10:00:00.000Z` → `2026-11-28 10:00 UTC`; anything else as it is.
+fn when(text: &str) -> String {
+    let bytes = text.as_bytes();
+    if bytes.len() >= 16 && bytes.get(10) == Some(&b'T') && text.is_char_boundary(16) {
+        format!("{} {} UTC", &text[..10], &text[11..16])
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Renders `template` with `context` and checks the result (see the module comment).
+pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> {
+    if !NAMES.contains(&template) {
+        return Err(BlocksError::UnknownTemplate(template.to_owned()));
+    }
+    let render_error = |message: String| BlocksError::Render {
+        template: template.to_owned(),
+        message,
+    };
+    let invalid = |message: String| BlocksError::Invalid {
+        template: template.to_owned(),
+        message,
+    };
+    let source = ENV
+        .get_template(template)
+        .map_err(|e| render_error(format!("{e:#}")))?;
+    let output = source
+        .render(JinjaValue::from(minijinja::value::Serde(context)))
+        .map_err(|e| render_error(format!("{e:#}")))?;
+    let cleaned = strip_trailing_commas(&output);
+    let document: Value = serde_json::from_str(&cleaned)
+        .map_err(|e| invalid(format!("the template wrote invalid JSON: {e}")))?;
+    let text = document
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("no top-level \"text\" string (the notification fallback)".into()))?
+        .to_owned();
+    let mut checker = Checker {
+        problems: Vec::new(),
+    };
+    checker.text("text", &text, 1, limits::FALLBACK_TEXT);
+    let blocks = if let Some(view) = document.get("view") {
+        let parsed: SlackView =
+            serde_json::from_value(view.clone()).map_err(|e| invalid(format!("view: {e}")))?;
+        same_after_round_trip(template, "view", view, &parsed)?;
+        checker.view(view);
+        vec![view.clone()]
+    } else {
+        let blocks = document
+            .get("blocks")
+            .and_then(Value::as_array)
+            .ok_or_else(|| invalid("no \"blocks\" array and no \"view\"".into()))?;
+        let parsed: Vec<SlackBlock> = serde_json::from_value(Value::Array(blocks.clone()))
+            .map_err(|e| invalid(format!("blocks: {e}")))?;
+        for (index, block) in parsed.iter().enumerate() {
+            if let SlackBlock::Unknown(_) = block {
+                return Err(invalid(format!("blocks[{index}]: unknown block type")));
+            }
+        }
+        same_after_round_trip(template, "blocks", &Value::Array(blocks.clone()), &parsed)?;
+        checker.blocks("blocks", blocks, limits::MESSAGE_BLOCKS);
+        blocks.clone()
+    };
+    match checker.problems.into_iter().next() {
+        Some((path, message)) => Err(BlocksError::Limit {
+            template: template.to_owned(),
+            path,
+            message,
+        }),
+        None => Ok(Rendered { text, blocks }),
+    }
+}
+
+/// The parsed model written back must equal what the template wrote: a field slack-morphism
+/// does not know (a typo such as `acton_id`) would otherwise vanish silently.
+fn same_after_round_trip<T: serde::Serialize>(
+    template: &str,
+    what: &str,
+    written: &Value,
+    parsed: &T,
+) -> Result<(), BlocksError> {
+    let back = serde_json::to_value(parsed).map_err(|e| BlocksError::Invalid {
+        template: template.to_owned(),
+        message: format!("{what}: {e}"),
+    })?;
+    match first_difference(written, &back, what) {
+        None => Ok(()),
+        Some(path) => Err(BlocksError::Invalid {
+            template: template.to_owned(),
+            message: format!("{path}: not part of Block Kit (or not as written)"),
+        }),
+    }
+}
+
+fn first_difference(written: &Value, back: &Value, path: &str) -> Option<String> {
+    match (written, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}.{key}");
+                match b.get(key) {
+                    Some(other) => {
+                        if let Some(found) = first_difference(value, other, &here) {
+                            return Some(found);
+                        }
+                    }
+                    None if value.is_null() => {}
+                    None => return Some(here),
+                }
+            }
+            None
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        (a, b) if a == b => None,
+        _ => Some(path.to_owned()),
+    }
+}
+
+/// Removes commas that directly precede `]` or `}` (outside strings), so templates can end
+/// every list item with a comma.
+fn strip_trailing_commas(json: &str) -> String {
+    let chars: Vec<char> = json.chars().collect();
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &c) in chars.iter().enumerate() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            ',' => {
+                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+                if !matches!(next, Some(']') | Some('}')) {
+                    out.push(c);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Walks rendered Block Kit and collects every broken limit as (path, problem).
+struct Checker {
+    problems: Vec<(String, String)>,
+}
+
+impl Checker {
+    fn problem(&mut self, path: &str, message: String) {
+        self.problems.push((path.to_owned(), message));
+    }
+
+    /// A string with a length range; text that reaches Slack must not carry raw `<`/`>`.
+    fn text(&mut self, path: &str, text: &str, min: usize, max: usize) {
+        let length = text.chars().count();
+        if length < min {
+            self.problem(path, "is empty".to_owned());
+        }
+        if length > max {
+            self.problem(path, format!("{length} characters, the limit is {max}"));
+        }
+        if text.contains(['<', '>']) {
+            self.problem(
+                path,
+                "contains an unescaped < or > (escape the value with |esc)".to_owned(),
+            );
+        }
+    }
+
+    fn id(&mut self, path: &str, value: Option<&Value>) {
+        if let Some(id) = value.and_then(Value::as_str) {
+            let length = id.chars().count();
+            if length == 0 || length > limits::ID {
+                self.problem(
+                    path,
+                    format!("{length} characters, allowed 1 to {}", limits::ID),
+                );
+            }
+        }
+    }
+
+    /// A text object (`{"type": "plain_text"|"mrkdwn", "text": …}`).
+    fn text_object(&mut self, path: &str, object: Option<&Value>, max: usize) {
+        let Some(object) = object else { return };
+        match object.get("text").and_then(Value::as_str) {
+            Some(text) => self.text(&format!("{path}.text"), text, 1, max),
+            None => self.problem(path, "a text object without text".to_owned()),
+        }
+    }
+
+    fn plain_text(&mut self, path: &str, object: Option<&Value>, max: usize) {
+        if let Some(kind) = object.and_then(|o| o.get("type")).and_then(Value::as_str) {
+            if kind != "plain_text" {
+                self.problem(path, format!("must be plain_text, not {kind}"));
+            }
+        }
+        self.text_object(path, object, max);
+    }
+
+    fn blocks(&mut self, path: &str, blocks: &[Value], max: usize) {
+        if blocks.len() > max {
+            self.problem(path, format!("{} blocks, the limit is {max}", blocks.len()));
+        }
+        let mut block_ids = HashSet::new();
+        for (index, block) in blocks.iter().enumerate() {
+            let here = format!("{path}[{index}]");
+            if let Some(id) = block.get("block_id").and_then(Value::as_str) {
+                if !block_ids.insert(id.to_owned()) {
+                    self.problem(&here, format!("block_id {id:?} is used twice"));
+                }
+            }
+            self.id(&format!("{here}.block_id"), block.get("block_id"));
+            self.block(&here, block);
+        }
+    }
+
+    fn block(&mut self, path: &str, block: &Value) {
+        let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "header" => self.plain_text(&format!("{path}.text"), block.get("text"), limits::HEADER),
+            "section" => {
+                self.text_object(&format!("{path}.text"), block.get("text"), limits::TEXT);
+                if let Some(fields) = block.get("fields").and_then(Value::as_array) {
+                    if fields.len() > limits::FIELDS {
+                        self.problem(
+                            &format!("{path}.fields"),
+                            format!("{} fields, the limit is {}", fields.len(), limits::FIELDS),
+                        );
+                    }
+                    for (i, field) in fields.iter().enumerate() {
+                        self.text_object(
+                            &format!("{path}.fields[{i}]"),
+                            Some(field),
+                            limits::FIELD,
+                        );
+                    }
+                }
+                if block.get("text").is_none() && block.get("fields").is_none() {
+                    self.problem(path, "a section needs text or fields".to_owned());
+                }
+                if let Some(accessory) = block.get("accessory") {
+                    self.element(&format!("{path}.accessory"), accessory);
+                }
+            }
+            "context" => {
+                let elements = block.get("elements").and_then(Value::as_array);
+                let elements = elements.map(Vec::as_slice).unwrap_or_default();
+                if elements.is_empty() || elements.len() > limits::CONTEXT_ELEMENTS {
+                    self.problem(
+                        &format!("{path}.elements"),
+                        format!(
+                            "{} elements, allowed 1 to {}",
+                            elements.len(),
+                            limits::CONTEXT_ELEMENTS
+                        ),
+                    );
+                }
+                for (i, element) in elements.iter().enumerate() {
+                    if element.get("text").is_some() {
+                        self.text_object(
+                            &format!("{path}.elements[{i}]"),
+                            Some(element),
+                            limits::TEXT,
+                        );
+                    }
+                }
+            }
+            "actions" => {
+                let elements = block.get("elements").and_then(Value::as_array);
+                let elements = elements.map(Vec::as_slice).unwrap_or_default();
+                if elements.is_empty() || elements.len() > limits::ACTIONS {
+                    self.problem(
+                        &format!("{path}.elements"),
+                        format!(
+                            "{} elements, allowed 1 to {}",
+                            elements.len(),
+                            limits::ACTIONS
+                        ),
+                    );
+                }
+                let mut action_ids = HashSet::new();
+                for (i, element) in elements.iter().enumerate() {
+                    let here = format!("{path}.elements[{i}]");
+                    if let Some(id) = element.get("action_id").and_then(Value::as_str) {
+                        if !action_ids.insert(id.to_owned()) {
+                            self.problem(&here, format!("action_id {id:?} is used twice"));
+                        }
+                    }
+                    self.element(&here, element);
+                }
+            }
+            "input" => {
+                self.plain_text(
+                    &format!("{path}.label"),
+                    block.get("label"),
+                    limits::INPUT_LABEL,
+                );
+                if let Some(element) = block.get("element") {
+                    self.element(&format!("{path}.element"), element);
+                }
+            }
+            "divider" => {}
+            other => self.problem(
+                path,
+                format!("block type {other:?} is not used by Sentinel"),
+            ),
+        }
+    }
+
+    fn element(&mut self, path: &str, element: &Value) {
+        self.id(&format!("{path}.action_id"), element.get("action_id"));
+        if element.get("type").and_then(Value::as_str) == Some("button") {
+            self.plain_text(
+                &format!("{path}.text"),
+                element.get("text"),
+                limits::BUTTON_LABEL,
+            );
+            if let Some(value) = element.get("value").and_then(Value::as_str) {
+                let length = value.chars().count();
+                if length > limits::BUTTON_VALUE {
+                    self.problem(
+                        &format!("{path}.value"),
+                        format!("{length} characters, the limit is {}", limits::BUTTON_VALUE),
+                    );
+                }
+            }
+            if let Some(url) = element.get("url").and_then(Value::as_str) {
+                let length = url.chars().count();
+                if length > limits::URL
+                    || !(url.starts_with("https://") || url.starts_with("http://"))
+                {
+                    self.problem(
+                        &format!("{path}.url"),
+                        "not an http(s) URL within 3000 characters".to_owned(),
+                    );
+                }
+            }
+            if let Some(confirm) = element.get("confirm") {
+                let here = format!("{path}.confirm");
+                self.plain_text(&format!("{here}.title"), confirm.get("title"), 100);
+                self.text_object(&format!("{here}.text"), confirm.get("text"), 300);
+                self.plain_text(&format!("{here}.confirm"), confirm.get("confirm"), 30);
+                self.plain_text(&format!("{here}.deny"), confirm.get("deny"), 30);
+            }
+        }
+    }
+
+    fn view(&mut self, view: &Value) {
+        self.plain_text("view.title", view.get("title"), limits::MODAL_TITLE);
+        self.plain_text("view.submit", view.get("submit"), limits::MODAL_TITLE);
+        self.plain_text("view.close", view.get("close"), limits::MODAL_TITLE);
+        self.id("view.callback_id", view.get("callback_id"));
+        if let Some(metadata) = view.get("private_metadata").and_then(Value::as_str) {
+            if metadata.chars().count() > 3000 {
+                self.problem("view.private_metadata", "over 3000 characters".to_owned());
+            }
+        }
+        let blocks = view.get("blocks").and_then(Value::as_array);
+        self.blocks(
+            "view.blocks",
+            blocks.map(Vec::as_slice).unwrap_or_default(),
+            limits::MODAL_BLOCKS,
+        );
+    }
+}
+
+/// An incident for the sample contexts: awaiting approval, with a proposal and a snapshot.
+fn sample_incident() -> Value {
+    json!({
+        "id": "inc-01jdx3sample", "fingerprint": "container_memory:web-1",
+        "signal": "container_memory", "resource": "web-1", "severity": "warning",
+        "status": "awaiting_approval", "value": 72.4, "threshold": 60.0, "risk": "medium",
+        "proposed_action": {"action": "container_memory_limit",
+                            "params": {"container": "web-1", "memory_mb": 768}},
+        "root_cause": "web-1 grew past its 512 MB limit after the 10:00 deploy; no leak pattern",
+        "confidence": 0.8, "analyzer": "rules",
+        "opened_at": "2026-11-28T10:00:00.000Z", "updated_at": "2026-11-28T10:00:05.000Z",
+        "version": 4,
+        "timeline": [
+            {"at": "2026-11-28T10:00:00.000Z", "step": "detected", "actor": "sentinel",
+             "message": "container memory of web-1 is 72.4 % (threshold 60 %)"},
+            {"at": "2026-11-28T10:00:02.000Z", "step": "analyzing", "actor": "sentinel",
+             "message": "rules analyzer"},
+            {"at": "2026-11-28T10:00:05.000Z", "step": "awaiting_approval", "actor": "sentinel",
+             "message": "medium risk: an operator must approve"}
+        ],
+        "source": "docker", "summary": "container memory of web-1 is 72.4 % (threshold 60 %)",
+        "occurrences": 3, "last_seen_at": "2026-11-28T10:00:05.000Z", "resolved_at": null,
+        "labels": {"team": "web"}, "evidence": ["memory 370 MB of 512 MB"],
+        "snapshot": {"container": "web-1", "memory_mb": 512},
+        "approvals": [], "execution": null
+    })
+}
+
+/// Sample data for a template: what `sentinel blocks render` prints and `config check`
+/// renders. `Null` for an unknown name.
+pub fn sample_context(template: &str) -> Value {
+    let incident = sample_incident();
+    match template {
+        "status" => json!({
+            "mode": "approve", "paused": false,
+            "signals": [
+                {"signal": "host_cpu", "resource": "host", "value": 23.5, "threshold": 85.0,
+                 "state": "ok", "source": "local"},
+                {"signal": "container_memory", "resource": "web-1", "value": 72.4,
+                 "threshold": 60.0, "state": "breached", "source": "docker"},
+                {"signal": "network_latency", "resource": "host", "value": null,
+                 "threshold": 500.0, "state": "unavailable", "source": "prometheus"}
+            ],
+            "incidents": [incident],
+            "public_url": "https://sentinel.example.com"
+        }),
+        "help" => json!({
+            "commands": [
+                {"usage": "/sentinel status", "who": "viewer",
+                 "what": "health of every signal and the open incidents"},
+                {"usage": "/sentinel approve <id>", "who": "operator (medium), admin (high)",
+                 "what": "approve the proposed fix"},
+                {"usage": "/sentinel help", "who": "anyone", "what": "this list"}
+            ]
+        }),
+        "incidents" => json!({ "incidents": [incident] }),
+        "incident_detail" | "reject_modal" => json!({ "incident": incident }),
+        "incident_card" => json!({
+            "incident": incident,
+            "public_url": "https://sentinel.example.com",
+            "dry_run_preview": "would set the memory limit of web-1 from 512 MB to 768 MB"
+        }),
+        "timeline_reply" => json!({
+            "incident": incident,
+            "entry": {"at": "2026-11-28T10:00:05.000Z", "step": "awaiting_approval",
+                      "actor": "sentinel", "message": "medium risk: an operator must approve"}
+        }),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_slacks_three_characters() {
+        assert_eq!(
+            escape("<!channel> & <https://x|y>"),
+            "&lt;!channel&gt; &amp; &lt;https://x|y&gt;"
+        );
+    }
+
+    #[test]
+    fn truncation_never_splits_an_entity() {
+        let text = escape("ab<<<<");
+        assert_eq!(truncate_escaped(&text, 5), "ab…");
+        assert_eq!(truncate_escaped(&text, 7), "ab&lt;…");
+        assert_eq!(truncate_escaped("abc", 3), "abc");
+        assert_eq!(truncate_escaped("abcd", 3).chars().count(), 3);
+    }
+
+    #[test]
+    fn trailing_commas_go_but_commas_in_strings_stay() {
+        assert_eq!(
+            strip_trailing_commas(r#"{"a": [1, 2, ], "b": ",]", }"#),
+            r#"{"a": [1, 2 ], "b": ",]" }"#
+        );
+        assert_eq!(strip_trailing_commas(r#"["\",]",]"#), r#"["\",]"]"#);
+    }
+
+    #[test]
+    fn the_names_are_the_templates() {
+        let names: Vec<&str> = TEMPLATES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, NAMES);
+    }
+
+    #[test]
+    fn every_sample_renders() {
+        for name in template_names() {
+            render(name, &sample_context(name)).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

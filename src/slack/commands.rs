@@ -1,1 +1,821 @@
-//! placeholder: being written
+//! `/sentinel <subcommand>` (SPEC §6), and `@sentinel <subcommand>` mentions, which
+//! [`events`](crate::slack::events) hands here.
+//!
+//! In: the command text and who typed it. Out: a [`Reply`]: ephemeral for questions and
+//! refusals, `in_channel` for changes, Block Kit from `blocks/` where there is a template.
+//! [`SlashCommand::parse`] turns the text into an enum (unknown text is a value too, answered
+//! with usage); one `match` in `dispatch` calls one function per command, and each
+//! function's one-line doc comment is its help text (`usage · who · what`).
+//!
+//! Every change goes through the same [`Sentinel`](crate::service::Sentinel) calls as the
+//! HTTP API, as `Actor::SlackUser`, so the audit log reads `slack:U… (role)`. Nobody without
+//! the role a command needs changes anything. The HTTP answer comes within
+//! [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET): `check` always answers at once and posts
+//! its result later; anything else that runs long is followed up the same way.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::domain::{Actor, IncidentId, Role, SilenceTarget, Status, Timestamp};
+use crate::pipeline::audit::{self, AuditEvent};
+use crate::pipeline::detect::Scenario;
+use crate::pipeline::intake::Intake;
+use crate::service::ServiceError;
+use crate::slack::blocks;
+use crate::slack::blocks::escape;
+use crate::slack::http::{within_budget, Inbound, Reply, Visibility};
+use crate::slack::verify::VerifiedBody;
+use crate::store::{Control, IncidentQuery};
+use crate::web::error::ApiError;
+
+/// A parsed `/sentinel` command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlashCommand {
+    Help,
+    Status,
+    Incidents,
+    Show(IncidentId),
+    Whoami,
+    Approve(IncidentId),
+    Reject(IncidentId, Option<String>),
+    Rollback(IncidentId),
+    Silence {
+        /// A fingerprint (`signal:resource`) or a resource.
+        target: String,
+        duration: Duration,
+        reason: Option<String>,
+    },
+    /// A silence id (`sil-…`), or the target of the silences to end.
+    Unsilence(String),
+    Pause,
+    Resume,
+    Check,
+    Trigger(Scenario),
+    /// Anything else, as typed: answered with usage.
+    Unknown(String),
+}
+
+impl SlashCommand {
+    /// Reads what follows `/sentinel` (or a mention of the bot). Never fails: text that is
+    /// not a command, or a command with the wrong arguments, is `Unknown`.
+    pub fn parse(text: &str) -> SlashCommand {
+        let text = text.trim();
+        parse_known(text).unwrap_or_else(|| SlashCommand::Unknown(text.to_owned()))
+    }
+
+    /// The role a command needs; `None`: anyone, even without a role.
+    pub fn needs(&self) -> Option<Role> {
+        use SlashCommand::*;
+        match self {
+            Help | Whoami | Unknown(_) => None,
+            Status | Incidents | Show(_) => Some(Role::Viewer),
+            // Operators decide on medium risk; the service asks for admin on high risk.
+            Approve(_) | Reject(..) => Some(Role::Operator),
+            Silence { .. } | Unsilence(_) | Check => Some(Role::Operator),
+            Rollback(_) | Pause | Resume | Trigger(_) => Some(Role::Admin),
+        }
+    }
+}
+
+fn parse_known(text: &str) -> Option<SlashCommand> {
+    let mut words = text.split_whitespace();
+    let Some(first) = words.next() else {
+        return Some(SlashCommand::Help);
+    };
+    let args: Vec<&str> = words.collect();
+    let id = |word: &str| IncidentId::parse(&word.to_ascii_lowercase()).ok();
+    let command = match (first.to_ascii_lowercase().as_str(), args.as_slice()) {
+        ("help", []) => SlashCommand::Help,
+        ("status", []) => SlashCommand::Status,
+        ("incidents", []) => SlashCommand::Incidents,
+        ("show", [incident]) => SlashCommand::Show(id(incident)?),
+        ("whoami", []) => SlashCommand::Whoami,
+        ("approve", [incident]) => SlashCommand::Approve(id(incident)?),
+        ("reject", [incident, ..]) => SlashCommand::Reject(id(incident)?, rest_after(text, 2)),
+        ("rollback", [incident]) => SlashCommand::Rollback(id(incident)?),
+        ("silence", [target, duration, ..]) => SlashCommand::Silence {
+            target: (*target).to_owned(),
+            duration: humantime::parse_duration(duration).ok()?,
+            reason: rest_after(text, 3),
+        },
+        ("unsilence", [target]) => SlashCommand::Unsilence((*target).to_owned()),
+        ("pause", []) => SlashCommand::Pause,
+        ("resume", []) => SlashCommand::Resume,
+        ("check", []) => SlashCommand::Check,
+        ("trigger", [scenario]) => {
+            SlashCommand::Trigger(scenario.to_ascii_lowercase().parse().ok()?)
+        }
+        _ => return None,
+    };
+    Some(command)
+}
+
+/// The text after the first `words` words, its own spacing kept; `None` when empty.
+fn rest_after(text: &str, words: usize) -> Option<String> {
+    let mut rest = text;
+    for _ in 0..words {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
+    }
+    Some(rest.trim())
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+}
+
+/// Where a command came from and where its answers go.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub user_id: String,
+    pub channel_id: String,
+    pub reply_to: ReplyTo,
+}
+
+#[derive(Debug, Clone)]
+pub enum ReplyTo {
+    /// A slash command: the HTTP answer now, its `response_url` later.
+    Slash { response_url: Option<String> },
+    /// A mention: replies in the mention's thread, through the outbox.
+    Thread { ts: String },
+}
+
+/// Answers a command line: the reply to give now. Anything that outlasts the acknowledgement
+/// budget (and `check`, always) posts its result later through [`follow_up`].
+pub async fn answer(inbound: &Arc<Inbound>, invocation: Invocation, text: &str) -> Reply {
+    let command = SlashCommand::parse(text);
+    let invocation = Arc::new(invocation);
+    let work = {
+        let inbound = Arc::clone(inbound);
+        let invocation = Arc::clone(&invocation);
+        async move {
+            let role = inbound.roles.role_of(&invocation.user_id).await;
+            let ctx = Ctx {
+                inbound: &inbound,
+                invocation: &invocation,
+                role,
+            };
+            if let Some(refusal) = refusal(&command, &invocation.user_id, role) {
+                return refusal;
+            }
+            dispatch(&ctx, command).await
+        }
+    };
+    let late = {
+        let inbound = Arc::clone(inbound);
+        let invocation = Arc::clone(&invocation);
+        move |reply: Reply| async move { follow_up(&inbound, &invocation, &reply).await }
+    };
+    within_budget(work, late).await.unwrap_or_else(|| {
+        Reply::ephemeral("Still working on that; I will post the result here when it is done.")
+    })
+}
+
+/// Posts a later answer where the command came from.
+pub async fn follow_up(inbound: &Inbound, invocation: &Invocation, reply: &Reply) {
+    match &invocation.reply_to {
+        ReplyTo::Slash {
+            response_url: Some(url),
+        } => {
+            let mut body = reply.to_json();
+            body["replace_original"] = json!(false);
+            inbound.post_to_response_url(url, &body).await;
+        }
+        ReplyTo::Slash { response_url: None } => {
+            tracing::warn!("a slash command without a response_url: the late answer is dropped")
+        }
+        ReplyTo::Thread { ts } => {
+            inbound
+                .post_in_thread(&invocation.channel_id, ts, reply)
+                .await
+        }
+    }
+}
+
+/// The refusal for someone without the role a command needs; `None`: go ahead.
+fn refusal(command: &SlashCommand, user_id: &str, role: Option<Role>) -> Option<Reply> {
+    let needed = command.needs()?;
+    let has = match role {
+        Some(role) if role.allows(needed) => return None,
+        Some(role) => format!("you are {role}"),
+        None => "you have no Sentinel role".to_owned(),
+    };
+    tracing::info!(user = user_id, ?command, %needed, "slack command refused");
+    Some(Reply::ephemeral(format!(
+        "Sorry <@{user_id}>, that needs the {needed} role and {has}. Nothing was changed."
+    )))
+}
+
+/// What a command function sees.
+struct Ctx<'a> {
+    inbound: &'a Arc<Inbound>,
+    invocation: &'a Arc<Invocation>,
+    role: Option<Role>,
+}
+
+impl Ctx<'_> {
+    fn sentinel(&self) -> &crate::service::Sentinel {
+        &self.inbound.app.sentinel
+    }
+
+    /// The acting user. Only commands past [`refusal`] act, so the role is there; a missing
+    /// one would fall back to the least.
+    fn actor(&self) -> Actor {
+        Actor::SlackUser {
+            user_id: self.invocation.user_id.clone(),
+            role: self.role.unwrap_or(Role::Viewer),
+        }
+    }
+
+    fn user(&self) -> String {
+        format!("<@{}>", self.invocation.user_id)
+    }
+}
+
+/// The one dispatch: one function per command.
+async fn dispatch(ctx: &Ctx<'_>, command: SlashCommand) -> Reply {
+    use SlashCommand::*;
+    match command {
+        Help => help(ctx).await,
+        Status => status(ctx).await,
+        Incidents => incidents(ctx).await,
+        Show(id) => show(ctx, id).await,
+        Whoami => whoami(ctx).await,
+        Approve(id) => approve(ctx, id).await,
+        Reject(id, reason) => reject(ctx, id, reason).await,
+        Rollback(id) => rollback(ctx, id).await,
+        Silence {
+            target,
+            duration,
+            reason,
+        } => silence(ctx, target, duration, reason).await,
+        Unsilence(target) => unsilence(ctx, target).await,
+        Pause => pause(ctx).await,
+        Resume => resume(ctx).await,
+        Check => check(ctx).await,
+        Trigger(scenario) => trigger(ctx, scenario).await,
+        Unknown(text) => unknown(ctx, text).await,
+    }
+}
+
+/// Defines the command functions and [`HELP`], their one-line doc comments in order, so the
+/// help text and the code cannot drift apart.
+macro_rules! commands {
+    ($($(#[doc = $doc:literal])+ async fn $name:ident $params:tt -> $ret:ty $body:block)+) => {
+        $($(#[doc = $doc])+ async fn $name $params -> $ret $body)+
+
+        /// Every command's doc comment, its lines joined: `` `usage` · who · what ``.
+        const HELP: &[&str] = &[$(concat!($($doc),+)),+];
+    };
+}
+
+commands! {
+    /// `help` · anyone · this list
+    async fn help(_ctx: &Ctx<'_>) -> Reply {
+        let commands: Vec<Value> = HELP
+            .iter()
+            .filter_map(|line| help_entry(line))
+            .map(|(usage, who, what)| {
+                json!({ "usage": format!("/sentinel {usage}"), "who": who, "what": what })
+            })
+            .collect();
+        let fallback = HELP
+            .iter()
+            .filter_map(|line| help_entry(line))
+            .map(|(usage, who, what)| escape(&format!("`/sentinel {usage}` ({who}): {what}")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        render(Visibility::Ephemeral, "help", &json!({ "commands": commands }), fallback)
+    }
+
+    /// `whoami` · anyone · your Slack id and your Sentinel role
+    async fn whoami(ctx: &Ctx<'_>) -> Reply {
+        let user = &ctx.invocation.user_id;
+        Reply::ephemeral(match ctx.role {
+            Some(role) => format!("You are <@{user}> (`{user}`); your Sentinel role is {role}."),
+            None => format!("You are <@{user}> (`{user}`); you have no Sentinel role."),
+        })
+    }
+
+    /// `status` · viewer · health of every signal and the open incidents
+    async fn status(ctx: &Ctx<'_>) -> Reply {
+        let report = match ctx.sentinel().status().await {
+            Ok(report) => report,
+            Err(e) => return failed(e),
+        };
+        let fallback = format!(
+            "Sentinel is in {} mode{}; {} signals, {} open incidents.",
+            report.mode,
+            if report.paused { ", automation paused" } else { "" },
+            report.signals.len(),
+            report.incidents.len()
+        );
+        let context = json!({
+            "mode": report.mode,
+            "paused": report.paused,
+            "signals": report.signals,
+            "incidents": report.incidents,
+            "public_url": ctx.sentinel().settings.public_url,
+        });
+        render(Visibility::Ephemeral, "status", &context, fallback)
+    }
+
+    /// `incidents` · viewer · the open incidents
+    async fn incidents(ctx: &Ctx<'_>) -> Reply {
+        let query = IncidentQuery { open_only: true, limit: 20 };
+        let incidents = match ctx.sentinel().incidents(query).await {
+            Ok(incidents) => incidents,
+            Err(e) => return failed(e),
+        };
+        let mut fallback = format!("{} open incidents", incidents.len());
+        for incident in &incidents {
+            let summary = escape(&incident.summary);
+            let _ = write!(fallback, "\n• {} {summary} ({})", incident.id, incident.status);
+        }
+        render(Visibility::Ephemeral, "incidents", &json!({ "incidents": incidents }), fallback)
+    }
+
+    /// `show <id>` · viewer · one incident with its timeline
+    async fn show(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
+        let incident = match ctx.sentinel().incident(id.as_str()).await {
+            Ok(incident) => incident,
+            Err(e) => return failed(e),
+        };
+        let summary = escape(&incident.summary);
+        let fallback = format!("{}: {summary} ({})", incident.id, incident.status);
+        render(Visibility::Ephemeral, "incident_detail", &json!({ "incident": incident }), fallback)
+    }
+
+    /// `approve <id>` · operator (medium risk), admin (high risk) · approve the proposed fix,
+    /// like the Approve button
+    async fn approve(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
+        match ctx.sentinel().approve(id.as_str(), &ctx.actor()).await {
+            Ok(incident) if incident.status == Status::Approved => Reply::in_channel(format!(
+                "{} approved {}: {}. Sentinel is applying the fix.",
+                ctx.user(), incident.id, proposal(&incident)
+            )),
+            Ok(incident) => Reply::in_channel(format!(
+                "{} gave the first of two approvals for {}: {}. A second admin must approve.",
+                ctx.user(), incident.id, proposal(&incident)
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `reject <id> [reason]` · operator (medium risk), admin (high risk) · reject the
+    /// proposed fix
+    async fn reject(ctx: &Ctx<'_>, id: IncidentId, reason: Option<String>) -> Reply {
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 2000) {
+            return Reply::ephemeral("The reason is longer than 2000 characters.");
+        }
+        match ctx.sentinel().reject(id.as_str(), &ctx.actor(), reason.as_deref()).await {
+            Ok(incident) => Reply::in_channel(format!(
+                "{} rejected the fix for {}{}",
+                ctx.user(),
+                incident.id,
+                reason.map(|r| format!(": {}", escape(&r))).unwrap_or_default()
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `rollback <id>` · admin · roll back an executed fix
+    async fn rollback(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
+        match ctx.sentinel().rollback(id.as_str(), &ctx.actor()).await {
+            Ok(incident) => Reply::in_channel(format!(
+                "{} rolled back the fix for {} (now {}).",
+                ctx.user(), incident.id, incident.status
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `silence <fingerprint or resource> <duration> [reason]` · operator · no new incidents
+    /// for it until then
+    async fn silence(
+        ctx: &Ctx<'_>,
+        target: String,
+        duration: Duration,
+        reason: Option<String>,
+    ) -> Reply {
+        let length = humantime::format_duration(duration).to_string();
+        let reason = reason.unwrap_or_default();
+        match ctx.sentinel().silence(&target, &length, &reason, &ctx.actor()).await {
+            Ok(silence) => Reply::in_channel(format!(
+                "{} silenced `{}` until {} (`{}`). `/sentinel unsilence {}` ends it.",
+                ctx.user(), escape(&target), silence.ends_at, silence.id, silence.id
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `unsilence <silence id, fingerprint or resource>` · operator · end a silence now
+    async fn unsilence(ctx: &Ctx<'_>, target: String) -> Reply {
+        let sentinel = ctx.sentinel();
+        let ids: Vec<String> = if target.starts_with("sil-") {
+            vec![target.clone()]
+        } else {
+            let wanted = SilenceTarget::parse(&target);
+            match sentinel.silences().await {
+                Ok(silences) => silences
+                    .into_iter()
+                    .filter(|s| s.target == wanted)
+                    .map(|s| s.id)
+                    .collect(),
+                Err(e) => return failed(e),
+            }
+        };
+        if ids.is_empty() {
+            return Reply::ephemeral(format!("No silence in force for `{}`.", escape(&target)));
+        }
+        for id in &ids {
+            if let Err(e) = sentinel.unsilence(id, &ctx.actor()).await {
+                return failed(e);
+            }
+        }
+        Reply::in_channel(format!(
+            "{} ended the silence on `{}` ({}).",
+            ctx.user(),
+            escape(&target),
+            escape(&ids.join(", "))
+        ))
+    }
+
+    /// `pause` · admin · stop all automatic execution
+    async fn pause(ctx: &Ctx<'_>) -> Reply {
+        set_paused(ctx, true).await
+    }
+
+    /// `resume` · admin · restart automatic execution
+    async fn resume(ctx: &Ctx<'_>) -> Reply {
+        set_paused(ctx, false).await
+    }
+
+    /// `check` · operator · run a monitoring cycle now
+    async fn check(ctx: &Ctx<'_>) -> Reply {
+        let inbound = Arc::clone(ctx.inbound);
+        let invocation = Arc::clone(ctx.invocation);
+        let user = ctx.user();
+        tokio::spawn(async move {
+            let report = inbound.monitor.tick(None).await;
+            let reply = Reply::in_channel(format!("{user}'s check: {}", cycle_summary(&report)));
+            follow_up(&inbound, &invocation, &reply).await;
+        });
+        Reply::in_channel(format!(
+            "{} asked for a check: running a monitoring cycle now.",
+            ctx.user()
+        ))
+    }
+
+    /// `trigger <memory|cpu|disk|latency|container|sandbox>` · admin · inject a test alert
+    async fn trigger(ctx: &Ctx<'_>, scenario: Scenario) -> Reply {
+        match ctx.sentinel().trigger(scenario, &ctx.actor()).await {
+            Ok(Intake::Opened(incident)) => Reply::in_channel(format!(
+                "{} injected a {scenario} test alert: opened {}.", ctx.user(), incident.id
+            )),
+            Ok(Intake::Updated(incident)) => Reply::in_channel(format!(
+                "{} injected a {scenario} test alert: {} was already open and is updated.",
+                ctx.user(), incident.id
+            )),
+            Ok(Intake::Silenced(silence)) => Reply::ephemeral(format!(
+                "A silence is in force until {} (`{}`, by {}): no incident was opened.",
+                silence.ends_at, silence.id, silence.created_by
+            )),
+            Err(e) => failed(e),
+        }
+    }
+}
+
+/// Text that is not a command: the usage of the subcommand it starts with, or the help.
+async fn unknown(ctx: &Ctx<'_>, text: String) -> Reply {
+    let first = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let usage = HELP
+        .iter()
+        .filter_map(|line| help_entry(line))
+        .find(|(usage, _, _)| usage.split_whitespace().next() == Some(first.as_str()));
+    match usage {
+        Some((usage, who, _)) => Reply::ephemeral(escape(&format!(
+            "Usage: `/sentinel {usage}` ({who}). See `/sentinel help`."
+        ))),
+        None => {
+            let mut reply = help(ctx).await;
+            reply.text = format!("I don't know `{}`. {}", escape(&text), reply.text);
+            reply
+        }
+    }
+}
+
+/// `(usage, who, what)` from a doc line `` `usage` · who · what ``.
+fn help_entry(line: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = line.trim().splitn(3, " · ");
+    let usage = parts.next()?.strip_prefix('`')?.strip_suffix('`')?;
+    Some((usage, parts.next()?, parts.next()?))
+}
+
+/// Renders a template, or falls back to plain text (logged) if the template fails.
+fn render(visibility: Visibility, template: &str, context: &Value, fallback: String) -> Reply {
+    match blocks::render(template, context) {
+        Ok(rendered) => Reply::rendered(visibility, rendered),
+        Err(e) => {
+            tracing::error!(template, error = %e, "cannot render a slack reply; sending text");
+            Reply {
+                visibility,
+                text: fallback,
+                blocks: Vec::new(),
+            }
+        }
+    }
+}
+
+pub(crate) const STORE_TROUBLE: &str =
+    "Sentinel cannot reach its store right now; nothing was changed. Try again shortly.";
+
+/// A service error as the person sees it.
+fn failed(error: ServiceError) -> Reply {
+    match error {
+        ServiceError::Store(e) => {
+            tracing::error!(error = %e, "slack command failed in the store");
+            Reply::ephemeral(STORE_TROUBLE)
+        }
+        ServiceError::NotFound(what) => Reply::ephemeral(format!("{} not found.", escape(&what))),
+        other => Reply::ephemeral(format!("Refused: {}.", escape(&other.to_string()))),
+    }
+}
+
+fn proposal(incident: &crate::domain::Incident) -> String {
+    match &incident.proposed_action {
+        Some(action) => format!("{} on {}", action.action, incident.resource),
+        None => "no proposed fix".to_owned(),
+    }
+}
+
+async fn set_paused(ctx: &Ctx<'_>, paused: bool) -> Reply {
+    let store = &ctx.sentinel().store;
+    let actor = ctx.actor();
+    let current = match store.control().await {
+        Ok(control) => control,
+        Err(e) => return failed(e.into()),
+    };
+    if current.paused == paused {
+        return Reply::ephemeral(if paused {
+            "Automatic execution is already paused."
+        } else {
+            "Automatic execution is not paused."
+        });
+    }
+    let now = Timestamp::now();
+    let control = Control {
+        paused,
+        changed_by: Some(actor.to_string()),
+        changed_at: Some(now),
+    };
+    if let Err(e) = store.set_control(&control).await {
+        return failed(e.into());
+    }
+    let event = if paused {
+        AuditEvent::AutomationPaused
+    } else {
+        AuditEvent::AutomationResumed
+    };
+    if let Err(e) = audit::emit(store.as_ref(), &actor, event, now).await {
+        return failed(e.into());
+    }
+    Reply::in_channel(if paused {
+        format!(
+            "{} paused all automatic execution. Fixes now wait for approval; \
+             `/sentinel resume` restarts it.",
+            ctx.user()
+        )
+    } else {
+        format!("{} resumed automatic execution.", ctx.user())
+    })
+}
+
+fn cycle_summary(report: &crate::pipeline::monitor::CycleReport) -> String {
+    let mut text = format!(
+        "monitoring cycle {} in {} ms: {} readings, {} opened, {} updated, {} resolved, \
+         {} silenced.",
+        report.outcome,
+        report.duration_ms,
+        report.observations,
+        report.opened,
+        report.updated,
+        report.resolved,
+        report.silenced
+    );
+    for (signal, why) in &report.unavailable {
+        let _ = write!(text, "\n• {signal} unavailable: {why}");
+    }
+    for error in &report.errors {
+        let _ = write!(text, "\n• error: {error}");
+    }
+    text
+}
+
+/// The form Slack posts for a slash command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CommandForm {
+    pub command: String,
+    pub text: String,
+    pub user_id: String,
+    pub channel_id: String,
+    pub response_url: Option<String>,
+    pub trigger_id: Option<String>,
+    pub api_app_id: Option<String>,
+    /// Slack's periodic certificate check for distributed apps: answered 200, nothing else.
+    pub ssl_check: Option<String>,
+}
+
+/// `POST /slack/commands`.
+pub async fn handle(
+    State(inbound): State<Arc<Inbound>>,
+    Extension(_verified): Extension<VerifiedBody>,
+    form: Result<Form<CommandForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    if form.ssl_check.is_some() {
+        return axum::http::StatusCode::OK.into_response();
+    }
+    if !inbound.is_our_app(form.api_app_id.as_deref()) {
+        tracing::warn!(api_app_id = ?form.api_app_id, "ignoring a command for another app");
+        return axum::http::StatusCode::OK.into_response();
+    }
+    if form.user_id.is_empty() {
+        return ApiError::bad_request("a slash command needs user_id").into_response();
+    }
+    let invocation = Invocation {
+        user_id: form.user_id,
+        channel_id: form.channel_id,
+        reply_to: ReplyTo::Slash {
+            response_url: form.response_url,
+        },
+    };
+    let reply = answer(&inbound, invocation, &form.text).await;
+    Json(reply.to_json()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> IncidentId {
+        IncidentId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn every_subcommand_parses() {
+        use SlashCommand::*;
+        let cases: Vec<(&str, SlashCommand)> = vec![
+            ("", Help),
+            ("help", Help),
+            ("  HELP  ", Help),
+            ("status", Status),
+            ("incidents", Incidents),
+            ("show inc-abc123", Show(id("inc-abc123"))),
+            ("whoami", Whoami),
+            ("approve inc-abc123", Approve(id("inc-abc123"))),
+            ("approve INC-ABC123", Approve(id("inc-abc123"))),
+            ("reject inc-abc123", Reject(id("inc-abc123"), None)),
+            (
+                "reject inc-abc123   not  during the freeze ",
+                Reject(id("inc-abc123"), Some("not  during the freeze".into())),
+            ),
+            ("rollback inc-abc123", Rollback(id("inc-abc123"))),
+            (
+                "silence host_cpu:host 1h",
+                Silence {
+                    target: "host_cpu:host".into(),
+                    duration: Duration::from_secs(3600),
+                    reason: None,
+                },
+            ),
+            (
+                "silence web-1 90m load test",
+                Silence {
+                    target: "web-1".into(),
+                    duration: Duration::from_secs(5400),
+                    reason: Some("load test".into()),
+                },
+            ),
+            ("unsilence sil-abc", Unsilence("sil-abc".into())),
+            ("unsilence web-1", Unsilence("web-1".into())),
+            ("pause", Pause),
+            ("resume", Resume),
+            ("check", Check),
+            ("trigger memory", Trigger(Scenario::Memory)),
+            ("trigger CPU", Trigger(Scenario::Cpu)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(SlashCommand::parse(text), expected, "{text:?}");
+        }
+        for scenario in Scenario::ALL {
+            assert_eq!(
+                SlashCommand::parse(&format!("trigger {scenario}")),
+                Trigger(scenario)
+            );
+        }
+    }
+
+    #[test]
+    fn anything_else_is_unknown_as_typed() {
+        for text in [
+            "dance",
+            "status now",
+            "show",
+            "show 42",
+            "approve",
+            "approve inc-x inc-y",
+            "approve ../etc",
+            "reject",
+            "rollback inc-",
+            "silence web-1",
+            "silence web-1 soon",
+            "unsilence",
+            "trigger meteor",
+            "pause everything",
+        ] {
+            assert_eq!(
+                SlashCommand::parse(text),
+                SlashCommand::Unknown(text.to_owned()),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn roles_are_the_specs() {
+        use SlashCommand::*;
+        let table = [
+            (Help, None),
+            (Whoami, None),
+            (Unknown("x".into()), None),
+            (Status, Some(Role::Viewer)),
+            (Incidents, Some(Role::Viewer)),
+            (Show(id("inc-a")), Some(Role::Viewer)),
+            (Approve(id("inc-a")), Some(Role::Operator)),
+            (Reject(id("inc-a"), None), Some(Role::Operator)),
+            (Unsilence("x".into()), Some(Role::Operator)),
+            (Check, Some(Role::Operator)),
+            (Rollback(id("inc-a")), Some(Role::Admin)),
+            (Pause, Some(Role::Admin)),
+            (Resume, Some(Role::Admin)),
+            (Trigger(Scenario::Cpu), Some(Role::Admin)),
+        ];
+        for (command, role) in table {
+            assert_eq!(command.needs(), role, "{command:?}");
+        }
+        let viewer_approves = refusal(&Approve(id("inc-a")), "U1", Some(Role::Viewer)).unwrap();
+        assert_eq!(viewer_approves.visibility, Visibility::Ephemeral);
+        assert!(viewer_approves
+            .text
+            .contains("operator role and you are viewer"));
+        assert!(refusal(&Whoami, "U1", None).is_none());
+        assert!(refusal(&Status, "U1", None)
+            .unwrap()
+            .text
+            .contains("no Sentinel role"));
+        assert!(refusal(&Pause, "U1", Some(Role::Admin)).is_none());
+    }
+
+    #[test]
+    fn every_help_line_has_usage_who_and_what() {
+        assert_eq!(HELP.len(), 14, "one per command but Unknown");
+        for line in HELP {
+            let (usage, who, what) =
+                help_entry(line).unwrap_or_else(|| panic!("malformed help line {line:?}"));
+            assert!(
+                !usage.is_empty() && !who.is_empty() && !what.is_empty(),
+                "{line:?}"
+            );
+        }
+        // Every usage's own example parses to its command (placeholders filled in).
+        for line in HELP {
+            let (usage, _, _) = help_entry(line).unwrap();
+            let example = usage
+                .replace("<id>", "inc-abc")
+                .replace(" [reason]", "")
+                .replace("<fingerprint or resource>", "web-1")
+                .replace("<duration>", "1h")
+                .replace("<silence id, fingerprint or resource>", "web-1")
+                .replace("<memory|cpu|disk|latency|container|sandbox>", "cpu");
+            assert!(
+                !matches!(SlashCommand::parse(&example), SlashCommand::Unknown(_)),
+                "{example:?} from {line:?} does not parse"
+            );
+        }
+    }
+}

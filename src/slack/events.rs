@@ -1,1 +1,218 @@
-//! placeholder: being written
+//! The Events API: `POST /slack/events` (SPEC §6).
+//!
+//! In: a verified JSON envelope. Out: `url_verification` answered with its challenge;
+//! everything else acknowledged with 200 at once, its work done in a spawned task.
+//! An `event_callback` is handled at most once per `event_id`, whichever replica or retry
+//! (`X-Slack-Retry-Num`) delivers it, through [`Store::claim_once`]; callbacks for another
+//! app (`api_app_id` ≠ `[slack] app_id`, when set) are ignored. An `app_mention` ("@sentinel
+//! status") is a command like `/sentinel status`, answered in the mention's thread through
+//! the outbox.
+//!
+//! [`Store::claim_once`]: crate::store::Store::claim_once
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::domain::Timestamp;
+use crate::slack::commands::{self, Invocation, ReplyTo};
+use crate::slack::http::Inbound;
+use crate::slack::verify::VerifiedBody;
+use crate::web::error::ApiError;
+
+/// How long an `event_id` is remembered. Slack retries within minutes (immediately, after
+/// one minute, after five); an hour leaves a wide margin.
+pub const EVENT_DEDUP_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Envelope {
+    UrlVerification {
+        challenge: String,
+    },
+    EventCallback(Callback),
+    /// `app_rate_limited` and whatever Slack adds later: acknowledged, nothing else.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct Callback {
+    event_id: String,
+    #[serde(default)]
+    api_app_id: Option<String>,
+    /// Parsed on its own, so an event of a type Sentinel does not know is still acknowledged.
+    event: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    AppMention(Mention),
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct Mention {
+    #[serde(default)]
+    user: Option<String>,
+    /// Set when a bot (possibly Sentinel itself) wrote the message: never answered.
+    #[serde(default)]
+    bot_id: Option<String>,
+    #[serde(default)]
+    text: String,
+    channel: String,
+    ts: String,
+    /// The parent's ts when the mention is itself in a thread.
+    #[serde(default)]
+    thread_ts: Option<String>,
+}
+
+/// `POST /slack/events`.
+pub async fn handle(
+    State(inbound): State<Arc<Inbound>>,
+    Extension(VerifiedBody(body)): Extension<VerifiedBody>,
+    headers: HeaderMap,
+) -> Response {
+    let envelope: Envelope = match serde_json::from_slice(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return ApiError::bad_request(format!("not an Events API payload: {e}")).into_response()
+        }
+    };
+    match envelope {
+        Envelope::UrlVerification { challenge } => {
+            Json(json!({ "challenge": challenge })).into_response()
+        }
+        Envelope::EventCallback(callback) => {
+            let retry = headers
+                .get("x-slack-retry-num")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let reason = headers
+                .get("x-slack-retry-reason")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(retry) = &retry {
+                let event_id = &callback.event_id;
+                tracing::info!(%event_id, retry, ?reason, "slack redelivered an event");
+            }
+            tokio::spawn(async move { process(&inbound, callback).await });
+            StatusCode::OK.into_response()
+        }
+        Envelope::Other => StatusCode::OK.into_response(),
+    }
+}
+
+/// Handles one callback, once.
+async fn process(inbound: &Arc<Inbound>, callback: Callback) {
+    if !inbound.is_our_app(callback.api_app_id.as_deref()) {
+        let (app, event_id) = (&callback.api_app_id, &callback.event_id);
+        tracing::warn!(api_app_id = ?app, %event_id, "ignoring an event for another app");
+        return;
+    }
+    let key = format!("slack:event:{}", callback.event_id);
+    let store = &inbound.app.sentinel.store;
+    match store
+        .claim_once(&key, EVENT_DEDUP_TTL, Timestamp::now())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(event_id = %callback.event_id, "event already handled");
+            return;
+        }
+        Err(e) => {
+            // Without the claim a retry could run it twice; dropping it is the safe side.
+            let event_id = &callback.event_id;
+            tracing::error!(%event_id, error = %e, "cannot claim a slack event; dropping it");
+            return;
+        }
+    }
+    match serde_json::from_value::<Event>(callback.event) {
+        Ok(Event::AppMention(mention)) => mentioned(inbound, mention).await,
+        Ok(Event::Other) => {}
+        Err(e) => {
+            tracing::warn!(event_id = %callback.event_id, error = %e, "unreadable slack event")
+        }
+    }
+}
+
+/// "@sentinel status": the command, answered in the thread.
+async fn mentioned(inbound: &Arc<Inbound>, mention: Mention) {
+    let Some(user_id) = mention.user.filter(|_| mention.bot_id.is_none()) else {
+        return;
+    };
+    let thread_ts = mention.thread_ts.unwrap_or(mention.ts);
+    let invocation = Invocation {
+        user_id,
+        channel_id: mention.channel.clone(),
+        reply_to: ReplyTo::Thread {
+            ts: thread_ts.clone(),
+        },
+    };
+    let reply = commands::answer(inbound, invocation, command_text(&mention.text)).await;
+    inbound
+        .post_in_thread(&mention.channel, &thread_ts, &reply)
+        .await;
+}
+
+/// The command in a mention: the text after the (first) `<@U…>`.
+fn command_text(text: &str) -> &str {
+    match text.find("<@") {
+        Some(start) => match text[start..].find('>') {
+            Some(end) => text[start + end + 1..].trim(),
+            None => text.trim(),
+        },
+        None => text.trim(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_what_follows_the_mention() {
+        assert_eq!(command_text("<@U0BOT> status"), "status");
+        assert_eq!(
+            command_text("<@U0BOT|sentinel>   approve inc-abc "),
+            "approve inc-abc"
+        );
+        assert_eq!(command_text("hey <@U0BOT> whoami"), "whoami");
+        assert_eq!(command_text("<@U0BOT>"), "");
+        assert_eq!(command_text("status"), "status");
+    }
+
+    #[test]
+    fn envelopes_parse_and_unknown_types_are_values() {
+        let verification: Envelope =
+            serde_json::from_str(r#"{"token":"x","challenge":"abc","type":"url_verification"}"#)
+                .unwrap();
+        assert!(
+            matches!(verification, Envelope::UrlVerification { challenge } if challenge == "abc")
+        );
+        let limited: Envelope =
+            serde_json::from_str(r#"{"type":"app_rate_limited","minute_rate_limited":1}"#).unwrap();
+        assert!(matches!(limited, Envelope::Other));
+        let callback: Envelope = serde_json::from_str(
+            r#"{"type":"event_callback","event_id":"Ev1","api_app_id":"A1",
+                "event":{"type":"reaction_added","user":"U1"}}"#,
+        )
+        .unwrap();
+        let Envelope::EventCallback(callback) = callback else {
+            panic!("not a callback")
+        };
+        assert!(matches!(
+            serde_json::from_value::<Event>(callback.event).unwrap(),
+            Event::Other
+        ));
+    }
+}

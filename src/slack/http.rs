@@ -1,1 +1,323 @@
-//! placeholder: being written
+//! The Slack endpoints: `POST /slack/events`, `/slack/commands` and `/slack/interactions`,
+//! all behind the one verification layer ([`verify::require_signature`]).
+//!
+//! In: verified requests. Out: an acknowledgement within Slack's three seconds, always;
+//! whatever takes longer goes on in a spawned task and answers later (a `response_url`, the
+//! outbox, an ephemeral message). Without a signing secret every route answers 404
+//! `{"error":"slack is not configured"}`.
+//!
+//! [`Inbound`] is what the handlers share: the application, the role mapping (with its user
+//! group cache) and the monitor for `/sentinel check`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Method;
+use axum::middleware;
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::pipeline::monitor::Monitor;
+use crate::slack::blocks::Rendered;
+use crate::slack::roles::Roles;
+use crate::slack::verify::{self, Verifier};
+use crate::slack::{commands, events, interactions};
+use crate::web::{Access, AppState, RouteSpec};
+
+/// How long a handler may work before it must answer Slack anyway: well inside Slack's
+/// three seconds, leaving room for the network.
+pub const ACK_BUDGET: Duration = Duration::from_millis(2000);
+
+/// What the Slack handlers share; built once with the router.
+pub struct Inbound {
+    pub app: AppState,
+    pub roles: Roles,
+    /// Runs `/sentinel check` cycles.
+    pub monitor: Arc<Monitor>,
+    /// Posts follow-ups to `response_url`s.
+    http: reqwest::Client,
+}
+
+impl Inbound {
+    pub fn new(app: AppState, monitor: Arc<Monitor>) -> Arc<Self> {
+        let api = app.slack.as_ref().map(|slack| slack.api.clone());
+        let roles = Roles::new(&app.sentinel.settings.rbac, api);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a reqwest client with a timeout builds");
+        Arc::new(Inbound {
+            app,
+            roles,
+            monitor,
+            http,
+        })
+    }
+
+    /// Whether a payload's `api_app_id` is ours: always when `[slack] app_id` is empty or the
+    /// payload carries none.
+    pub fn is_our_app(&self, api_app_id: Option<&str>) -> bool {
+        let ours = &self.app.sentinel.settings.slack.app_id;
+        match api_app_id {
+            Some(theirs) if !ours.is_empty() => theirs == ours,
+            _ => true,
+        }
+    }
+
+    /// Posts a message to a `response_url`. Only Slack's own hooks (or, for tests and
+    /// proxies, the configured Web API's origin) are ever called.
+    pub async fn post_to_response_url(&self, url: &str, body: &Value) {
+        if !response_url_allowed(url, &self.app.sentinel.settings.slack.api_url) {
+            tracing::warn!(url, "not posting to a response_url outside Slack");
+            return;
+        }
+        match self.http.post(url).json(body).send().await {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), "slack refused a response_url post")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot post to a response_url"),
+        }
+    }
+
+    /// Posts a reply in a thread through the outbox (durable, ordered, rate limited).
+    pub async fn post_in_thread(&self, channel: &str, thread_ts: &str, reply: &Reply) {
+        let Some(slack) = &self.app.slack else {
+            tracing::warn!("no SLACK_BOT_TOKEN: cannot answer in the thread");
+            return;
+        };
+        let rendered = Rendered {
+            text: reply.text.clone(),
+            blocks: reply.blocks.clone(),
+        };
+        if let Err(e) = slack.outbox.post(channel, Some(thread_ts), &rendered).await {
+            tracing::error!(error = %e, "cannot queue a thread reply");
+        }
+    }
+
+    /// Shows `text` to `user` alone in `channel` (chat.postEphemeral), or through
+    /// `response_url` when there is no bot token.
+    pub async fn tell(
+        &self,
+        channel: Option<&str>,
+        user: &str,
+        response_url: Option<&str>,
+        text: &str,
+    ) {
+        if let (Some(slack), Some(channel)) = (&self.app.slack, channel) {
+            match slack.api.post_ephemeral(channel, user, text, &[]).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "chat.postEphemeral failed"),
+            }
+        }
+        if let Some(url) = response_url {
+            let body = json!({
+                "response_type": "ephemeral",
+                "replace_original": false,
+                "text": text,
+            });
+            self.post_to_response_url(url, &body).await;
+        }
+    }
+}
+
+/// Who sees a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Only the person who asked (questions, refusals).
+    Ephemeral,
+    /// Everyone in the channel (changes).
+    InChannel,
+}
+
+/// An answer to a command, before it is sent one way or another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub visibility: Visibility,
+    pub text: String,
+    pub blocks: Vec<Value>,
+}
+
+impl Reply {
+    pub fn ephemeral(text: impl Into<String>) -> Self {
+        Reply {
+            visibility: Visibility::Ephemeral,
+            text: text.into(),
+            blocks: Vec::new(),
+        }
+    }
+
+    pub fn in_channel(text: impl Into<String>) -> Self {
+        Reply {
+            visibility: Visibility::InChannel,
+            text: text.into(),
+            blocks: Vec::new(),
+        }
+    }
+
+    pub fn rendered(visibility: Visibility, rendered: Rendered) -> Self {
+        Reply {
+            visibility,
+            text: rendered.text,
+            blocks: rendered.blocks,
+        }
+    }
+
+    /// The slash-command / `response_url` message body.
+    pub fn to_json(&self) -> Value {
+        let mut body = json!({
+            "response_type": match self.visibility {
+                Visibility::Ephemeral => "ephemeral",
+                Visibility::InChannel => "in_channel",
+            },
+            "text": self.text,
+        });
+        if !self.blocks.is_empty() {
+            body["blocks"] = Value::Array(self.blocks.clone());
+        }
+        body
+    }
+}
+
+/// Runs `work` in its own task and waits for it up to [`ACK_BUDGET`]. `Some(output)` when it
+/// finished in time; otherwise `None`, and the task hands its output to `late` when it is
+/// done, so the caller can acknowledge Slack now and nothing is lost.
+pub async fn within_budget<T, W, L, LF>(work: W, late: L) -> Option<T>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send,
+{
+    within(ACK_BUDGET, work, late).await
+}
+
+async fn within<T, W, L, LF>(budget: Duration, work: W, late: L) -> Option<T>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let output = work.await;
+        // The receiver is gone: the caller answered already; deliver it the slow way.
+        if let Err(output) = done.send(output) {
+            late(output).await;
+        }
+    });
+    match tokio::time::timeout(budget, result).await {
+        Ok(Ok(output)) => Some(output),
+        Ok(Err(_)) => {
+            tracing::error!("a slack handler task panicked");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// `https://hooks.slack.com/…`, or the same origin as `[slack] api_url`.
+pub fn response_url_allowed(url: &str, api_url: &str) -> bool {
+    fn origin(url: &str) -> Option<&str> {
+        let (scheme, rest) = url.split_once("://")?;
+        if scheme != "https" && scheme != "http" {
+            return None;
+        }
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        Some(&url[..scheme.len() + 3 + host_end])
+    }
+    let Some(target) = origin(url) else {
+        return false;
+    };
+    target == "https://hooks.slack.com" || origin(api_url) == Some(target)
+}
+
+/// The Slack routes, for the route table and the RBAC sweep.
+pub fn routes() -> Vec<RouteSpec> {
+    ["/slack/events", "/slack/commands", "/slack/interactions"]
+        .into_iter()
+        .map(|path| RouteSpec {
+            method: Method::POST,
+            path,
+            access: Access::SlackSignature,
+        })
+        .collect()
+}
+
+/// The Slack routes behind the verification layer, ready to merge into the server.
+pub fn router<S>(app: AppState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let verifier = Verifier::new(
+        app.sentinel.settings.secrets.slack_signing_secret.clone(),
+        app.body_limit,
+    );
+    let monitor = Arc::clone(&app.monitor);
+    let inbound = Inbound::new(app, monitor);
+    Router::new()
+        .route("/slack/events", post(events::handle))
+        .route("/slack/commands", post(commands::handle))
+        .route("/slack/interactions", post(interactions::handle))
+        .route_layer(middleware::from_fn_with_state(
+            verifier,
+            verify::require_signature,
+        ))
+        .with_state(inbound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_ups_go_to_slack_or_the_configured_api_only() {
+        let api = "https://slack.com/api/";
+        assert!(response_url_allowed(
+            "https://hooks.slack.com/commands/T1/2/x",
+            api
+        ));
+        assert!(!response_url_allowed(
+            "http://hooks.slack.com/commands/x",
+            api
+        ));
+        assert!(!response_url_allowed(
+            "https://hooks.slack.com.evil.example/x",
+            api
+        ));
+        assert!(!response_url_allowed("https://169.254.169.254/latest", api));
+        assert!(!response_url_allowed("file:///etc/passwd", api));
+        assert!(!response_url_allowed("hooks.slack.com/x", api));
+        let double = "http://127.0.0.1:4567/api/";
+        assert!(response_url_allowed(
+            "http://127.0.0.1:4567/response/1",
+            double
+        ));
+        assert!(!response_url_allowed(
+            "http://127.0.0.1:4568/response/1",
+            double
+        ));
+    }
+
+    #[tokio::test]
+    async fn slow_work_is_handed_over_and_fast_work_answers() {
+        assert_eq!(within_budget(async { 7 }, |_| async {}).await, Some(7));
+
+        let (late_tx, late_rx) = tokio::sync::oneshot::channel();
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "slow"
+        };
+        let started = std::time::Instant::now();
+        let answered = within(Duration::from_millis(20), slow, move |output| async move {
+            let _ = late_tx.send(output);
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_millis(150));
+        assert_eq!(answered, None);
+        assert_eq!(late_rx.await.unwrap(), "slow");
+    }
+}

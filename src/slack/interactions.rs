@@ -1,1 +1,602 @@
-//! placeholder: being written
+//! Buttons and modals: `POST /slack/interactions` (SPEC §6).
+//!
+//! In: the verified form field `payload`, a JSON `block_actions` (a card's Approve, Reject,
+//! Rollback or Silence button) or `view_submission` (the reject dialog). Out: the same
+//! service calls as the HTTP API, as `Actor::SlackUser` with the clicking user's role, so
+//! the audit log reads `slack:U… (role)`; an ephemeral message to the user for every
+//! outcome; the HTTP acknowledgement within [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET).
+//!
+//! Buttons carry `{"incident": "inc-…", "version": N}` ([`CardRef`]), never parameters: what
+//! gets approved is what the store says, and only if the card clicked still shows the
+//! incident as it is ([`card_is_current`]). Someone without the needed role changes nothing
+//! and is told why.
+//! Reject opens the `reject_modal` with `views.open` first thing (its `trigger_id` lives three
+//! seconds); its submission (`callback_id` `reject_reason`) rejects with the typed reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::domain::{Actor, Incident, IncidentId, Role, Status, Timestamp};
+use crate::service::ServiceError;
+use crate::slack::blocks::{self, escape};
+use crate::slack::cards;
+use crate::slack::http::{within_budget, Inbound};
+use crate::slack::verify::VerifiedBody;
+use crate::web::error::ApiError;
+
+/// The modal's `callback_id`.
+pub const REJECT_CALLBACK: &str = "reject_reason";
+
+/// How long the Silence button silences an incident's fingerprint.
+pub const CARD_SILENCE: &str = "1h";
+
+/// What a card's button points at: the incident and the version the card was drawn from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardRef {
+    pub incident: IncidentId,
+    pub version: u64,
+}
+
+/// Whether a click on a card drawn from `card` may act on the incident as it is now.
+///
+/// Every write bumps an incident's version, the card sync's own bookkeeping included, so the
+/// stored version alone would refuse nearly every click. The rule is the card sync's
+/// ([`cards::click_is_current`]): the card on screen was drawn from the clicked version and
+/// nothing it shows (status, proposal, risk, approvals, value, …) has changed since;
+/// incidents without a card on screen need the exact version. A refused click is answered
+/// "look again": the card is redrawn within moments of any visible change. The service's
+/// own checks (status, role, compare-and-set) still apply after this one.
+pub fn card_is_current(card: &CardRef, current: &Incident) -> bool {
+    current.id == card.incident && cards::click_is_current(current, card.version)
+}
+
+/// A card button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Button {
+    Approve,
+    Reject,
+    Rollback,
+    Silence,
+}
+
+impl Button {
+    fn from_action_id(action_id: &str) -> Option<Button> {
+        match action_id {
+            "approve" => Some(Button::Approve),
+            "reject" => Some(Button::Reject),
+            "rollback" => Some(Button::Rollback),
+            "silence" => Some(Button::Silence),
+            _ => None,
+        }
+    }
+
+    /// The least role that may press it; the service asks for admin on high-risk decisions.
+    fn needs(self) -> Role {
+        match self {
+            Button::Approve | Button::Reject | Button::Silence => Role::Operator,
+            Button::Rollback => Role::Admin,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Button::Approve => "approve",
+            Button::Reject => "reject",
+            Button::Rollback => "roll back",
+            Button::Silence => "silence",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InteractionForm {
+    payload: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Payload {
+    BlockActions(BlockActions),
+    ViewSubmission(ViewSubmission),
+    /// `view_closed`, shortcuts, …: acknowledged, nothing else.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct User {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct BlockActions {
+    user: User,
+    #[serde(default)]
+    api_app_id: Option<String>,
+    #[serde(default)]
+    trigger_id: Option<String>,
+    #[serde(default)]
+    container: Option<Container>,
+    #[serde(default)]
+    channel: Option<Channel>,
+    #[serde(default)]
+    response_url: Option<String>,
+    #[serde(default)]
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Container {
+    #[serde(default)]
+    channel_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Channel {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Action {
+    action_id: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ViewSubmission {
+    user: User,
+    #[serde(default)]
+    api_app_id: Option<String>,
+    view: View,
+}
+
+#[derive(Debug, Deserialize)]
+struct View {
+    #[serde(default)]
+    callback_id: String,
+    #[serde(default)]
+    private_metadata: String,
+    #[serde(default)]
+    state: ViewState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ViewState {
+    /// block_id → action_id → the input's state.
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, InputState>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputState {
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// `POST /slack/interactions`.
+pub async fn handle(
+    State(inbound): State<Arc<Inbound>>,
+    Extension(_verified): Extension<VerifiedBody>,
+    form: Result<Form<InteractionForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    let payload: Payload = match serde_json::from_str(&form.payload) {
+        Ok(payload) => payload,
+        Err(e) => {
+            return ApiError::bad_request(format!("not an interaction payload: {e}"))
+                .into_response()
+        }
+    };
+    match payload {
+        Payload::BlockActions(actions) => {
+            if !inbound.is_our_app(actions.api_app_id.as_deref()) {
+                let app = &actions.api_app_id;
+                tracing::warn!(api_app_id = ?app, "ignoring a click for another app");
+                return StatusCode::OK.into_response();
+            }
+            // Everything, the ephemeral answer included, happens in the task; the ack waits
+            // for it only up to the budget.
+            let inbound = Arc::clone(&inbound);
+            within_budget(
+                async move { clicked(&inbound, actions).await },
+                |()| async {},
+            )
+            .await;
+            StatusCode::OK.into_response()
+        }
+        Payload::ViewSubmission(submission) => {
+            if !inbound.is_our_app(submission.api_app_id.as_deref())
+                || submission.view.callback_id != REJECT_CALLBACK
+            {
+                return StatusCode::OK.into_response();
+            }
+            let inbound = Arc::clone(&inbound);
+            let late = |answer: Option<Value>| async move {
+                if let Some(answer) = answer {
+                    tracing::warn!(%answer, "a reject dialog's answer came too late to show");
+                }
+            };
+            let answer = within_budget(async move { submitted(&inbound, submission).await }, late);
+            match answer.await.flatten() {
+                Some(errors) => Json(errors).into_response(),
+                // Empty 200: Slack closes the dialog.
+                None => StatusCode::OK.into_response(),
+            }
+        }
+        Payload::Other => StatusCode::OK.into_response(),
+    }
+}
+
+/// A button click, start to finish, ending with an ephemeral word to the user.
+async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
+    let user = payload.user.id.clone();
+    let channel = payload
+        .container
+        .as_ref()
+        .and_then(|c| c.channel_id.clone())
+        .or_else(|| payload.channel.as_ref().map(|c| c.id.clone()));
+    let tell = |text: String| {
+        let (channel, user, url) = (channel.clone(), user.clone(), payload.response_url.clone());
+        async move {
+            inbound
+                .tell(channel.as_deref(), &user, url.as_deref(), &text)
+                .await
+        }
+    };
+    let Some(action) = payload.actions.first() else {
+        return;
+    };
+    let Some(button) = Button::from_action_id(&action.action_id) else {
+        // The status page link and anything else that is not a decision.
+        return;
+    };
+    let card = action
+        .value
+        .as_deref()
+        .and_then(|value| serde_json::from_str::<CardRef>(value).ok());
+    let Some(card) = card else {
+        let (action_id, value) = (&action.action_id, &action.value);
+        tracing::warn!(%action_id, ?value, "a button without a card reference");
+        return tell("That button does not point at an incident; nothing was changed.".into())
+            .await;
+    };
+    // A delivery seen before (same trigger) is not acted on twice.
+    if let Some(trigger) = &payload.trigger_id {
+        let key = format!("slack:interaction:{trigger}");
+        let ttl = std::time::Duration::from_secs(600);
+        match inbound
+            .app
+            .sentinel
+            .store
+            .claim_once(&key, ttl, Timestamp::now())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim a slack interaction");
+                return tell(store_trouble()).await;
+            }
+        }
+    }
+    let role = inbound.roles.role_of(&user).await;
+    let Some(role) = role.filter(|role| role.allows(button.needs())) else {
+        let has = role.map_or("you have no Sentinel role".to_owned(), |r| {
+            format!("you are {r}")
+        });
+        tracing::info!(user, ?button, incident = %card.incident, "slack click refused");
+        return tell(format!(
+            "Sorry, to {} {} you need the {} role and {has}. Nothing was changed.",
+            button.verb(),
+            card.incident,
+            button.needs()
+        ))
+        .await;
+    };
+    let actor = Actor::SlackUser {
+        user_id: user.clone(),
+        role,
+    };
+    let sentinel = &inbound.app.sentinel;
+    let incident = match sentinel.incident(card.incident.as_str()).await {
+        Ok(incident) => incident,
+        Err(e) => return tell(explain(e)).await,
+    };
+    // Silencing does not depend on what the card showed: the fingerprint is the same.
+    if button != Button::Silence && !card_is_current(&card, &incident) {
+        return tell(format!(
+            "{} changed since this card was drawn (it is {} now); look again at the card, \
+             then decide. Nothing was changed.",
+            incident.id, incident.status
+        ))
+        .await;
+    }
+    let id = incident.id.as_str();
+    let said = match button {
+        Button::Approve => match sentinel.approve(id, &actor).await {
+            Ok(done) if done.status == Status::Approved => {
+                format!(
+                    "You approved the fix for {}; Sentinel is applying it.",
+                    done.id
+                )
+            }
+            Ok(done) => format!(
+                "Your approval of {} is recorded; a second admin must approve too.",
+                done.id
+            ),
+            Err(e) => explain(e),
+        },
+        Button::Reject => {
+            match open_reject_dialog(inbound, payload.trigger_id.as_deref(), &card, &incident).await
+            {
+                Ok(()) => return,
+                Err(why) => why,
+            }
+        }
+        Button::Rollback => match sentinel.rollback(id, &actor).await {
+            Ok(done) => format!(
+                "You rolled back the fix for {} (now {}).",
+                done.id, done.status
+            ),
+            Err(e) => explain(e),
+        },
+        Button::Silence => {
+            let target = incident.fingerprint.as_str();
+            let reason = format!("silenced from the card of {id}");
+            match sentinel
+                .silence(target, CARD_SILENCE, &reason, &actor)
+                .await
+            {
+                Ok(silence) => format!(
+                    "You silenced `{}` until {} (`{}`).",
+                    escape(target),
+                    silence.ends_at,
+                    silence.id
+                ),
+                Err(e) => explain(e),
+            }
+        }
+    };
+    tell(said).await;
+}
+
+/// Opens the reject dialog for `incident`; the card reference rides in `private_metadata`.
+async fn open_reject_dialog(
+    inbound: &Inbound,
+    trigger_id: Option<&str>,
+    card: &CardRef,
+    incident: &Incident,
+) -> Result<(), String> {
+    if incident.status != Status::AwaitingApproval {
+        return Err(format!(
+            "{} is {}, not awaiting approval; nothing to reject.",
+            incident.id, incident.status
+        ));
+    }
+    let (Some(slack), Some(trigger_id)) = (&inbound.app.slack, trigger_id) else {
+        return Err(format!(
+            "Cannot open the reject dialog here; use `/sentinel reject {} &lt;reason&gt;`.",
+            incident.id
+        ));
+    };
+    let rendered =
+        blocks::render("reject_modal", &json!({ "incident": incident })).map_err(|e| {
+            tracing::error!(error = %e, "cannot render the reject dialog");
+            format!(
+                "Cannot draw the reject dialog; use `/sentinel reject {} &lt;reason&gt;`.",
+                incident.id
+            )
+        })?;
+    let Some(mut view) = rendered.blocks.into_iter().next() else {
+        return Err("The reject dialog is empty.".to_owned());
+    };
+    view["callback_id"] = json!(REJECT_CALLBACK);
+    view["private_metadata"] =
+        json!(serde_json::to_string(card).expect("a card reference serializes"));
+    slack.api.views_open(trigger_id, &view).await.map_err(|e| {
+        tracing::warn!(error = %e, "views.open failed");
+        format!(
+            "The reject dialog did not open ({e}); try again or use \
+             `/sentinel reject {} &lt;reason&gt;`.",
+            incident.id
+        )
+    })
+}
+
+/// The reject dialog's submission: `None` closes it; `Some(errors)` keeps it open and shows
+/// why under the reason field.
+async fn submitted(inbound: &Arc<Inbound>, submission: ViewSubmission) -> Option<Value> {
+    let view = &submission.view;
+    let (block_id, reason) = reason_input(&view.state);
+    let errors = |message: String| {
+        Some(json!({ "response_action": "errors", "errors": { block_id.clone(): message } }))
+    };
+    // The card reference Sentinel put there; a bare incident id (the template's own) is
+    // accepted too, without the freshness check.
+    let metadata = view.private_metadata.trim();
+    let card = serde_json::from_str::<CardRef>(metadata).ok();
+    let id = match &card {
+        Some(card) => card.incident.clone(),
+        None => match IncidentId::parse(metadata) {
+            Ok(id) => id,
+            Err(_) => return errors("This dialog does not name an incident.".to_owned()),
+        },
+    };
+    let reason = reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 2000) {
+        return errors("The reason is longer than 2000 characters.".to_owned());
+    }
+    let user = submission.user.id;
+    let role = inbound.roles.role_of(&user).await;
+    let Some(role) = role.filter(|role| role.allows(Role::Operator)) else {
+        let has = role.map_or("you have no Sentinel role".to_owned(), |r| {
+            format!("you are {r}")
+        });
+        return errors(format!(
+            "Rejecting needs the operator role and {has}. Nothing was changed."
+        ));
+    };
+    let sentinel = &inbound.app.sentinel;
+    if let Some(card) = &card {
+        match sentinel.incident(card.incident.as_str()).await {
+            Ok(incident) if !card_is_current(card, &incident) => {
+                return errors(format!(
+                    "{} changed since its card was drawn (it is {} now); look again. \
+                     Nothing was changed.",
+                    incident.id, incident.status
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return errors(explain(e)),
+        }
+    }
+    let actor = Actor::SlackUser {
+        user_id: user,
+        role,
+    };
+    match sentinel
+        .reject(id.as_str(), &actor, reason.as_deref())
+        .await
+    {
+        Ok(_) => None,
+        Err(e) => errors(explain(e)),
+    }
+}
+
+/// The reason field: (its block id, what was typed). The input with action id `reason`,
+/// else the first input there is.
+fn reason_input(state: &ViewState) -> (String, Option<String>) {
+    let mut first = None;
+    for (block, actions) in &state.values {
+        for (action, input) in actions {
+            if action == "reason" {
+                return (block.clone(), input.value.clone());
+            }
+            if first.is_none() {
+                first = Some((block.clone(), input.value.clone()));
+            }
+        }
+    }
+    first.unwrap_or_else(|| ("reason".to_owned(), None))
+}
+
+fn store_trouble() -> String {
+    crate::slack::commands::STORE_TROUBLE.to_owned()
+}
+
+/// A service error as the person sees it.
+fn explain(error: ServiceError) -> String {
+    match error {
+        ServiceError::Store(e) => {
+            tracing::error!(error = %e, "slack interaction failed in the store");
+            store_trouble()
+        }
+        ServiceError::NotFound(what) => format!("{} not found.", escape(&what)),
+        other => format!(
+            "Refused: {}. Nothing was changed.",
+            escape(&other.to_string())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Detection, Resource, Severity, Signal, SlackCard, Source};
+
+    fn incident() -> Incident {
+        let detection = Detection {
+            signal: Signal::HostCpu,
+            resource: Resource::host(),
+            severity: Severity::Warning,
+            value: 97.0,
+            threshold: 95.0,
+            source: Source::Trigger,
+            summary: "cpu".into(),
+            labels: Default::default(),
+        };
+        Incident::open(IncidentId::generate(), &detection, Timestamp::now())
+    }
+
+    fn card(incident: &Incident, version: u64) -> CardRef {
+        CardRef {
+            incident: incident.id.clone(),
+            version,
+        }
+    }
+
+    #[test]
+    fn a_click_is_current_while_the_card_shows_the_incident_as_it_is() {
+        let mut now = incident();
+        now.version = 7;
+        // No card on screen: the exact version only.
+        assert!(card_is_current(&card(&now, 7), &now));
+        assert!(!card_is_current(&card(&now, 6), &now));
+        assert!(!card_is_current(&card(&now, 8), &now));
+        // Another incident's card never acts on this one.
+        let other = CardRef {
+            incident: IncidentId::generate(),
+            version: 7,
+        };
+        assert!(!card_is_current(&other, &now));
+        // A card drawn from version 5, recorded since (bookkeeping bumped the version).
+        now.slack = Some(SlackCard {
+            channel: "C1".into(),
+            ts: Some("1.2".into()),
+            rendered_version: 5,
+            digest: cards::card_digest(&now),
+            ..SlackCard::default()
+        });
+        assert!(card_is_current(&card(&now, 5), &now));
+        assert!(!card_is_current(&card(&now, 4), &now), "a replaced drawing");
+        // Something the card shows changed and it is not redrawn yet: look again.
+        now.record(
+            "approval_recorded",
+            "slack:U1 (admin)",
+            "first of two",
+            Timestamp::now(),
+        );
+        now.approvals.push("slack:U1 (admin)".into());
+        assert!(!card_is_current(&card(&now, 5), &now));
+    }
+
+    #[test]
+    fn button_values_are_card_references() {
+        let value = r#"{"incident":"inc-abc123","version":4}"#;
+        let card: CardRef = serde_json::from_str(value).unwrap();
+        assert_eq!(card.incident.as_str(), "inc-abc123");
+        assert_eq!(card.version, 4);
+        for bad in [
+            r#"{"incident":"../etc","version":4}"#,
+            r#"{"incident":"inc-abc123"}"#,
+            r#"{"incident":"inc-abc123","version":-1}"#,
+            "inc-abc123",
+        ] {
+            assert!(serde_json::from_str::<CardRef>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn buttons_need_the_specs_roles() {
+        assert_eq!(Button::from_action_id("approve"), Some(Button::Approve));
+        assert_eq!(Button::from_action_id("status_page"), None);
+        assert_eq!(Button::Approve.needs(), Role::Operator);
+        assert_eq!(Button::Reject.needs(), Role::Operator);
+        assert_eq!(Button::Silence.needs(), Role::Operator);
+        assert_eq!(Button::Rollback.needs(), Role::Admin);
+    }
+}

@@ -19,3 +19,63 @@ pub mod interactions;
 pub mod outbox;
 pub mod roles;
 pub mod verify;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::SecretString;
+
+use crate::config::Settings;
+use crate::store::SharedStore;
+
+/// What Slack handlers and tasks share: the Web API client and the outbox. Exists only when
+/// `SLACK_BOT_TOKEN` is set (without it nothing can be posted).
+pub struct Slack {
+    pub api: client::SlackApi,
+    /// Every message to a channel goes through here (durable, ordered, paced).
+    pub outbox: outbox::Outbox,
+}
+
+impl Slack {
+    /// Builds the Slack side from the settings; `None` without a bot token. Fails (at
+    /// startup) when `[slack] api_url` cannot be used.
+    pub fn from_settings(
+        settings: &Settings,
+        store: SharedStore,
+    ) -> anyhow::Result<Option<Arc<Slack>>> {
+        let Some(token) = &settings.secrets.slack_bot_token else {
+            return Ok(None);
+        };
+        let api = client::SlackApi::new(&settings.slack.api_url, SecretString::clone(token))
+            .context("[slack] api_url (SLACK_API_URL)")?;
+        Ok(Some(Arc::new(Slack {
+            api,
+            outbox: outbox::Outbox::new(store),
+        })))
+    }
+
+    /// The background tasks: the outbox's sender and, when `[slack] channel` is set, the
+    /// incident cards. They stop when `shutdown` is cancelled.
+    pub fn spawn_tasks(
+        &self,
+        sentinel: &Arc<crate::service::Sentinel>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let settings = &sentinel.settings;
+        let sync = cards::CardSync::new(Arc::clone(&sentinel.store), &settings.public_url);
+        let sender = Arc::new(outbox::Sender::new(
+            self.api.clone(),
+            self.outbox.clone(),
+            sync,
+        ));
+        let mut tasks = vec![tokio::spawn(sender.run(shutdown.clone()))];
+        let channel = settings.slack.channel.trim();
+        if channel.is_empty() {
+            tracing::info!("no [slack] channel (SLACK_CHANNEL): incident cards are not posted");
+        } else {
+            let cards = cards::Cards::new(Arc::clone(sentinel), self.outbox.clone(), channel);
+            tasks.push(tokio::spawn(cards.run(shutdown.clone())));
+        }
+        tasks
+    }
+}

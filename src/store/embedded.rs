@@ -12,7 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{decode, encode, Control, IncidentQuery, Lease, Store, StoreError, StoreResult};
+use super::{
+    decode, encode, Control, IncidentQuery, Lease, OutboxItem, ParkedItem, Store, StoreError,
+    StoreResult, PARKED_PER_CHANNEL,
+};
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
 };
@@ -38,6 +41,10 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// (action key, at ms, nonce) → (): automatic actions, for the budget.
 const AUTO_ACTIONS: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("auto_actions");
+/// (channel, seq) → payload JSON: the Slack outbox, one ordered queue per channel.
+const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
+/// (channel, seq) → parked item JSON: messages the outbox gave up on.
+const OUTBOX_PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox_parked");
 /// singleton name → JSON (the control flags).
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
 
@@ -73,6 +80,8 @@ impl EmbeddedStore {
             txn.open_table(COUNTERS).map_err(unavailable)?;
             txn.open_table(SINGLETONS).map_err(unavailable)?;
             txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
+            txn.open_table(OUTBOX).map_err(unavailable)?;
+            txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -578,6 +587,192 @@ impl Store for EmbeddedStore {
             }
             txn.commit().map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
+        let channel = channel.to_owned();
+        let bytes = encode(payload)?;
+        self.with_db(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let seq = {
+                let mut counters = txn.open_table(COUNTERS).map_err(unavailable)?;
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                let seq = counters
+                    .get("outbox")
+                    .map_err(unavailable)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
+                    + 1;
+                counters.insert("outbox", seq).map_err(unavailable)?;
+                outbox
+                    .insert((channel.as_str(), seq), bytes.as_slice())
+                    .map_err(unavailable)?;
+                seq
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>> {
+        let channel = channel.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+            let mut rows = outbox
+                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                .map_err(unavailable)?;
+            match rows.next() {
+                Some(row) => {
+                    let (key, bytes) = row.map_err(unavailable)?;
+                    Ok(Some(OutboxItem {
+                        seq: key.value().1,
+                        payload: decode(bytes.value())?,
+                    }))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn outbox_ack(&self, channel: &str, seq: u64) -> StoreResult<bool> {
+        let channel = channel.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let removed = {
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                let removed = outbox
+                    .remove((channel.as_str(), seq))
+                    .map_err(unavailable)?
+                    .is_some();
+                removed
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn outbox_park(
+        &self,
+        channel: &str,
+        seq: u64,
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let (channel, error) = (channel.to_owned(), error.to_owned());
+        self.with_db(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let parked = {
+                let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+                let mut parked = txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
+                let payload: Option<serde_json::Value> = match outbox
+                    .remove((channel.as_str(), seq))
+                    .map_err(unavailable)?
+                {
+                    Some(bytes) => Some(decode(bytes.value())?),
+                    None => None,
+                };
+                match payload {
+                    Some(payload) => {
+                        let item = ParkedItem {
+                            seq,
+                            payload,
+                            error,
+                            parked_at: now.unix_millis(),
+                        };
+                        parked
+                            .insert((channel.as_str(), seq), encode(&item)?.as_slice())
+                            .map_err(unavailable)?;
+                        // Keep the newest PARKED_PER_CHANNEL.
+                        let range = (channel.as_str(), 0)..=(channel.as_str(), u64::MAX);
+                        let count = parked.range(range.clone()).map_err(unavailable)?.count();
+                        if count > PARKED_PER_CHANNEL {
+                            let old: Vec<u64> = parked
+                                .range(range)
+                                .map_err(unavailable)?
+                                .take(count - PARKED_PER_CHANNEL)
+                                .map(|row| row.map(|(k, _)| k.value().1))
+                                .collect::<Result<_, _>>()
+                                .map_err(unavailable)?;
+                            for old_seq in old {
+                                parked
+                                    .remove((channel.as_str(), old_seq))
+                                    .map_err(unavailable)?;
+                            }
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(parked)
+        })
+        .await
+    }
+
+    async fn outbox_channels(&self) -> StoreResult<Vec<String>> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+            let mut channels: Vec<String> = Vec::new();
+            // Jump from one channel to the next instead of reading every message.
+            loop {
+                let next = match channels.last() {
+                    None => outbox.iter().map_err(unavailable)?.next(),
+                    Some(last) => outbox
+                        .range::<(&str, u64)>((
+                            std::ops::Bound::Excluded((last.as_str(), u64::MAX)),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .map_err(unavailable)?
+                        .next(),
+                };
+                match next {
+                    Some(row) => {
+                        let (key, _) = row.map_err(unavailable)?;
+                        channels.push(key.value().0.to_owned());
+                    }
+                    None => return Ok(channels),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn outbox_len(&self, channel: &str) -> StoreResult<usize> {
+        let channel = channel.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+            let count = outbox
+                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                .map_err(unavailable)?
+                .count();
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>> {
+        let channel = channel.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let parked = txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
+            let mut items = Vec::new();
+            for row in parked
+                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                .map_err(unavailable)?
+            {
+                let (_, bytes) = row.map_err(unavailable)?;
+                items.push(decode(bytes.value())?);
+            }
+            Ok(items)
         })
         .await
     }

@@ -1,4 +1,5 @@
-//! State: incidents, the audit chain, idempotency keys, silences, leases and control flags.
+//! State: incidents, the audit chain, idempotency keys, silences, leases, control flags and
+//! the Slack outbox (one ordered queue per channel).
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (several replicas share one
 //! workspace) and [`embedded::EmbeddedStore`] (redb on disk, one node, the default). Both pass
@@ -87,6 +88,28 @@ pub struct Control {
     pub changed_at: Option<Timestamp>,
 }
 
+/// A message waiting in a Slack channel's outbox (`slack::outbox`). The store keeps the
+/// payload as it was given and knows nothing of Slack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Its place: larger is later, unique across all channels, never reused.
+    pub seq: u64,
+    pub payload: serde_json::Value,
+}
+
+/// A message the outbox gave up on, kept with the reason for people to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedItem {
+    pub seq: u64,
+    pub payload: serde_json::Value,
+    pub error: String,
+    /// Unix milliseconds.
+    pub parked_at: i64,
+}
+
+/// How many parked messages each channel keeps; older ones are forgotten.
+pub const PARKED_PER_CHANNEL: usize = 1000;
+
 /// Everything Sentinel persists.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -158,6 +181,35 @@ pub trait Store: Send + Sync {
     async fn control(&self) -> StoreResult<Control>;
 
     async fn set_control(&self, control: &Control) -> StoreResult<()>;
+
+    /// Appends a message to the end of `channel`'s outbox queue; returns its `seq`.
+    async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64>;
+
+    /// The oldest message of `channel`'s queue, left in place.
+    async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>>;
+
+    /// Removes message `seq` from `channel`'s queue once it is sent. False when it was not
+    /// there (already removed).
+    async fn outbox_ack(&self, channel: &str, seq: u64) -> StoreResult<bool>;
+
+    /// Moves message `seq` out of the queue into `channel`'s parked messages, with `error`,
+    /// in one atomic step. False when it was not queued.
+    async fn outbox_park(
+        &self,
+        channel: &str,
+        seq: u64,
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// The channels with queued messages, sorted.
+    async fn outbox_channels(&self) -> StoreResult<Vec<String>>;
+
+    /// How many messages `channel` has queued.
+    async fn outbox_len(&self, channel: &str) -> StoreResult<usize>;
+
+    /// `channel`'s parked messages, oldest first (at most [`PARKED_PER_CHANNEL`]).
+    async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>>;
 
     /// Appends one timeline entry, retrying the compare-and-set if the incident moved.
     async fn append_timeline(

@@ -10,8 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Control, IncidentQuery, Lease, SharedStore, Store, StoreResult};
-use crate::domain::{AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp};
+use super::{
+    Control, IncidentQuery, Lease, OutboxItem, ParkedItem, SharedStore, Store, StoreResult,
+};
+use crate::domain::{
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
+};
 
 pub struct Observed {
     inner: SharedStore,
@@ -107,5 +111,32 @@ impl Store for Observed {
     }
     async fn set_control(&self, control: &Control) -> StoreResult<()> {
         self.inner.set_control(control).await
+    }
+    async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
+        self.inner.outbox_push(channel, payload).await
+    }
+    async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>> {
+        self.inner.outbox_head(channel).await
+    }
+    async fn outbox_ack(&self, channel: &str, seq: u64) -> StoreResult<bool> {
+        self.inner.outbox_ack(channel, seq).await
+    }
+    async fn outbox_park(
+        &self,
+        channel: &str,
+        seq: u64,
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        self.inner.outbox_park(channel, seq, error, now).await
+    }
+    async fn outbox_channels(&self) -> StoreResult<Vec<String>> {
+        self.inner.outbox_channels().await
+    }
+    async fn outbox_len(&self, channel: &str) -> StoreResult<usize> {
+        self.inner.outbox_len(channel).await
+    }
+    async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>> {
+        self.inner.outbox_parked(channel).await
     }
 }

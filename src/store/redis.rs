@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{decode, encode, Control, IncidentQuery, Lease, Store, StoreError, StoreResult};
+use super::{
+    decode, encode, Control, IncidentQuery, Lease, OutboxItem, ParkedItem, Store, StoreError,
+    StoreResult, PARKED_PER_CHANNEL,
+};
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
 };
@@ -93,6 +96,47 @@ end
 return 1
 "#;
 
+/// Appends to a channel's outbox. KEYS: seq counter, queue list, messages hash, channel set.
+/// ARGV: payload, channel. Returns the new seq.
+const OUTBOX_PUSH: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[3], seq, ARGV[1])
+redis.call('RPUSH', KEYS[2], seq)
+redis.call('SADD', KEYS[4], ARGV[2])
+return seq
+"#;
+
+/// The oldest message of a queue. KEYS: queue list, messages hash. Returns {seq, payload}
+/// (payload "" if it went missing) or nil.
+const OUTBOX_HEAD: &str = r#"
+local seq = redis.call('LINDEX', KEYS[1], 0)
+if not seq then return false end
+return {seq, redis.call('HGET', KEYS[2], seq) or ''}
+"#;
+
+/// Removes a sent message. KEYS: queue list, messages hash, channel set. ARGV: seq, channel.
+/// Returns how many were removed (0 or 1).
+const OUTBOX_ACK: &str = r#"
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+return n
+"#;
+
+/// Moves a message to the parked list. KEYS: queue list, messages hash, channel set, parked
+/// list. ARGV: seq, channel, parked_at ms, error, how many parked to keep. Returns 1 or 0.
+const OUTBOX_PARK: &str = r#"
+local p = redis.call('HGET', KEYS[2], ARGV[1])
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+if n == 0 or not p then return 0 end
+redis.call('RPUSH', KEYS[4], '{"seq":' .. ARGV[1] .. ',"parked_at":' .. ARGV[3] ..
+  ',"error":' .. cjson.encode(ARGV[4]) .. ',"payload":' .. p .. '}')
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[5]), -1)
+return 1
+"#;
+
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
@@ -102,6 +146,10 @@ pub struct RedisStore {
     acquire_lease: Script,
     release_lease: Script,
     replace_field: Script,
+    outbox_push: Script,
+    outbox_head: Script,
+    outbox_ack: Script,
+    outbox_park: Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -133,6 +181,10 @@ impl RedisStore {
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
             replace_field: Script::new(REPLACE_FIELD),
+            outbox_push: Script::new(OUTBOX_PUSH),
+            outbox_head: Script::new(OUTBOX_HEAD),
+            outbox_ack: Script::new(OUTBOX_ACK),
+            outbox_park: Script::new(OUTBOX_PARK),
         };
         store.ping().await?;
         Ok(store)
@@ -144,6 +196,15 @@ impl RedisStore {
 
     fn incident_key(&self, id: &str) -> String {
         self.key(&format!("incident:{id}"))
+    }
+
+    /// The keys of a channel's outbox: its queue (seqs in order) and its messages (seq →
+    /// payload).
+    fn outbox_keys(&self, channel: &str) -> (String, String) {
+        (
+            self.key(&format!("outbox:q:{channel}")),
+            self.key(&format!("outbox:m:{channel}")),
+        )
     }
 
     async fn read_incidents(&self, ids: &[String]) -> StoreResult<Vec<Incident>> {
@@ -541,5 +602,111 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
+        let (queue, messages) = self.outbox_keys(channel);
+        self.outbox_push
+            .key(self.key("outbox:seq"))
+            .key(queue)
+            .key(messages)
+            .key(self.key("outbox:channels"))
+            .arg(encode(payload)?)
+            .arg(channel)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>> {
+        let (queue, messages) = self.outbox_keys(channel);
+        let head: Option<(String, Vec<u8>)> = self
+            .outbox_head
+            .key(queue)
+            .key(messages)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let Some((seq, payload)) = head else {
+            return Ok(None);
+        };
+        let seq = seq
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("outbox seq {seq:?}")))?;
+        if payload.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "outbox message {seq} of {channel} has no payload"
+            )));
+        }
+        Ok(Some(OutboxItem {
+            seq,
+            payload: decode(&payload)?,
+        }))
+    }
+
+    async fn outbox_ack(&self, channel: &str, seq: u64) -> StoreResult<bool> {
+        let (queue, messages) = self.outbox_keys(channel);
+        let removed: i64 = self
+            .outbox_ack
+            .key(queue)
+            .key(messages)
+            .key(self.key("outbox:channels"))
+            .arg(seq)
+            .arg(channel)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed > 0)
+    }
+
+    async fn outbox_park(
+        &self,
+        channel: &str,
+        seq: u64,
+        error: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let (queue, messages) = self.outbox_keys(channel);
+        let parked: i64 = self
+            .outbox_park
+            .key(queue)
+            .key(messages)
+            .key(self.key("outbox:channels"))
+            .key(self.key(&format!("outbox:parked:{channel}")))
+            .arg(seq)
+            .arg(channel)
+            .arg(now.unix_millis())
+            .arg(error)
+            .arg(PARKED_PER_CHANNEL)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(parked == 1)
+    }
+
+    async fn outbox_channels(&self) -> StoreResult<Vec<String>> {
+        let mut channels: Vec<String> = self
+            .conn
+            .clone()
+            .smembers(self.key("outbox:channels"))
+            .await
+            .map_err(unavailable)?;
+        channels.sort();
+        Ok(channels)
+    }
+
+    async fn outbox_len(&self, channel: &str) -> StoreResult<usize> {
+        let (queue, _) = self.outbox_keys(channel);
+        self.conn.clone().llen(queue).await.map_err(unavailable)
+    }
+
+    async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>> {
+        let rows: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .lrange(self.key(&format!("outbox:parked:{channel}")), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|bytes| decode(bytes)).collect()
     }
 }

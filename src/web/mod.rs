@@ -32,6 +32,11 @@ pub struct AppContext {
     pub sentinel: Arc<Sentinel>,
     pub keys: ApiKeys,
     pub body_limit: usize,
+    /// The Slack client and outbox, when `SLACK_BOT_TOKEN` is set.
+    pub slack: Option<Arc<crate::slack::Slack>>,
+    /// The monitor, shared with the loop so `/sentinel check` runs a cycle with the loop's
+    /// detector memory.
+    pub monitor: Arc<crate::pipeline::monitor::Monitor>,
 }
 
 pub type AppState = Arc<AppContext>;
@@ -46,6 +51,9 @@ pub enum Access {
     /// `Authorization: Bearer` with `[alertmanager] bearer_token`; always 401 while none is
     /// configured.
     AlertToken,
+    /// A valid Slack request signature (`slack::verify`); every Slack route answers 404 while
+    /// no signing secret is configured. These routes come from `slack::http::router`.
+    SlackSignature,
 }
 
 /// One route of the server.
@@ -157,7 +165,8 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
 
 /// The route table, for documentation and the RBAC sweep.
 pub fn routes() -> Vec<RouteSpec> {
-    route_handlers().into_iter().map(|(spec, _)| spec).collect()
+    let api = route_handlers().into_iter().map(|(spec, _)| spec);
+    api.chain(crate::slack::http::routes()).collect()
 }
 
 /// The whole HTTP application.
@@ -175,6 +184,7 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 require_alert_token,
             )),
+            Access::SlackSignature => unreachable!("slack::http::router serves the Slack routes"),
         };
         match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
@@ -187,6 +197,7 @@ pub fn router(state: AppState) -> Router {
     }
     let body_limit = state.body_limit;
     router
+        .merge(crate::slack::http::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

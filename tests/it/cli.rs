@@ -126,15 +126,45 @@ fn help_explains_every_command() {
 }
 
 #[test]
-fn commands_of_later_work_say_they_are_not_available_yet() {
-    for args in [
-        &["manifest"][..],
-        &["blocks", "render", "incident_card"][..],
+fn manifest_fills_in_public_url_or_prints_the_socket_mode_variant() {
+    let output = run(sentinel()
+        .arg("manifest")
+        .env("PUBLIC_URL", "https://sentinel.example.org/"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "url: https://sentinel.example.org/slack/commands",
+        "request_url: https://sentinel.example.org/slack/events",
+        "request_url: https://sentinel.example.org/slack/interactions",
+        "- app_mention",
+        "command: /sentinel",
+        "socket_mode_enabled: false",
     ] {
-        let output = run(sentinel().args(args));
-        assert!(!output.status.success(), "{args:?}");
-        assert!(stderr(&output).contains("not available yet"), "{args:?}");
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
+    assert!(!text.contains("PUBLIC_URL/"), "{text}");
+    // Every scope says why it is needed.
+    for line in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- ") && l.contains(':') && !l.contains("command"))
+    {
+        if line.contains("read") || line.contains("write") || line.contains("commands") {
+            assert!(line.contains('#'), "scope without a reason: {line}");
+        }
+    }
+
+    let socket = run(sentinel().args(["manifest", "--socket-mode"]));
+    assert!(socket.status.success());
+    let socket = String::from_utf8(socket.stdout).unwrap();
+    assert!(socket.contains("socket_mode_enabled: true"));
+    assert!(
+        !socket.contains("request_url") && !socket.contains("PUBLIC_URL/"),
+        "{socket}"
+    );
+
+    let missing = run(sentinel().arg("manifest"));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("PUBLIC_URL"));
 }
 
 /// A `sentinel serve` child that is killed if the test fails.

@@ -2,9 +2,11 @@
 
 mod alerts;
 mod api;
+mod blocks;
 mod cleanup;
 mod cli;
 mod collectors;
+mod containers;
 mod decisions;
 mod docker;
 mod durability;
@@ -15,4 +17,7 @@ mod llm_double;
 mod monitor;
 mod rbac;
 mod remediate;
+mod slack_double;
+mod slack_inbound;
+mod slack_outbound;
 mod store;

@@ -7,49 +7,10 @@ use std::time::Duration;
 use sentinel::domain::Status;
 use serde_json::Value;
 
+use crate::containers::{docker, Container};
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 
-const IMAGE: &str = "sentinel-test/busybox:latest";
 const PROMETHEUS: &str = "http://127.0.0.1:9090";
-
-/// Runs the docker CLI; fails the test, naming Docker, when the daemon is not there.
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs (Debian package docker.io)");
-    assert!(
-        output.status.success(),
-        "docker {args:?} failed: {} — these tests need a running Docker daemon and the image \
-         {IMAGE}: run `scripts/services.sh start`",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A container removed when the test ends, however it ends.
-struct Container(String);
-
-impl Container {
-    fn run(extra: &[&str], command: &[&str]) -> Container {
-        let name = format!(
-            "sentinel-mon-{}",
-            &sentinel::domain::IncidentId::generate().as_str()[4..]
-        );
-        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
-        args.extend_from_slice(extra);
-        args.push(IMAGE);
-        args.extend_from_slice(command);
-        docker(&args);
-        Container(name)
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
-}
 
 async fn status(app: &TestApp) -> Value {
     app.get("/api/status", None).await.body
@@ -165,7 +126,7 @@ async fn host_signals_fall_back_to_the_local_host_when_prometheus_is_absent_or_d
 #[tokio::test]
 async fn a_stopped_container_opens_container_down_within_two_cycles_and_recovers() {
     let app = spawn_app_with(Backend::Embedded, |_| {}).await;
-    let container = Container::run(&[], &["sleep", "3600"]);
+    let container = Container::run("sentinel-mon", &[], &["sleep", "3600"]);
     let fingerprint = format!("container_down:{}", container.0);
     app.tick_monitor().await;
     assert!(open_incident(&app, &fingerprint).await.is_none());
@@ -215,6 +176,7 @@ async fn a_stopped_container_opens_container_down_within_two_cycles_and_recovers
 async fn a_container_filling_its_memory_limit_opens_container_memory() {
     let app = spawn_app_with(Backend::Embedded, |_| {}).await;
     let container = Container::run(
+        "sentinel-mon",
         &["--memory", "64m", "--shm-size", "64m"],
         &[
             "sh",

@@ -40,6 +40,11 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     // Bearer-token routes ignore API keys; with no token configured they always refuse.
     ("POST", "/api/alertmanager", [401, 401, 401, 401, 401]),
     ("POST", "/api/alerts", [401, 401, 401, 401, 401]),
+    // Slack routes take a Slack signature, never an API key; with no signing secret
+    // configured (as here) Slack is off and they answer 404 to everyone.
+    ("POST", "/slack/events", [404, 404, 404, 404, 404]),
+    ("POST", "/slack/commands", [404, 404, 404, 404, 404]),
+    ("POST", "/slack/interactions", [404, 404, 404, 404, 404]),
 ];
 
 fn body_for(path: &str) -> Option<&'static str> {

@@ -3,54 +3,12 @@
 //! escalated; an admin's rollback; concurrent approvals running the side effect once; an
 //! approval pinned to the state it saw.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sentinel::domain::{ActionPlan, Incident, IncidentId, Status};
 
+use crate::containers::{docker, Container};
 use crate::helpers::{spawn_app_with, Backend, TestApp};
-
-const IMAGE: &str = "sentinel-test/busybox:latest";
-
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs (Debian package docker.io)");
-    assert!(
-        output.status.success(),
-        "docker {args:?} failed: {} — these tests need a running Docker daemon and the image \
-         {IMAGE}: run `scripts/services.sh start`",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-struct Container(String);
-
-impl Container {
-    fn run(extra: &[&str], command: &[&str]) -> Container {
-        let name = format!("sentinel-fix-{}", &IncidentId::generate().as_str()[4..]);
-        let mut args = vec!["run", "-d", "--network", "none", "--name", &name];
-        args.extend_from_slice(extra);
-        args.push(IMAGE);
-        args.extend_from_slice(command);
-        docker(&args);
-        Container(name)
-    }
-
-    fn memory_limit(&self) -> i64 {
-        docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &self.0])
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
-}
 
 /// An app with remediation on and a short settle.
 async fn remediating_app(customize: impl FnOnce(&mut sentinel::config::Settings)) -> TestApp {
@@ -199,7 +157,7 @@ async fn low_risk_is_fixed_automatically_and_verified() {
 #[tokio::test]
 async fn medium_risk_waits_for_an_operator_then_runs_and_is_verified() {
     let app = remediating_app(|_| {}).await;
-    let container = Container::run(&[], &["sleep", "3600"]);
+    let container = Container::run("sentinel-fix", &[], &["sleep", "3600"]);
     docker(&["stop", "-t", "1", &container.0]);
     let incident = detect(&app, &format!("container_down:{}", container.0)).await;
     let waiting = wait_for(&app, &incident.id, Status::AwaitingApproval).await;
@@ -252,6 +210,7 @@ async fn a_fix_that_does_not_help_is_rolled_back_and_escalated() {
     })
     .await;
     let container = Container::run(
+        "sentinel-fix",
         &["--memory", "64m", "--shm-size", "64m"],
         &[
             "sh",
@@ -297,6 +256,7 @@ async fn a_fix_that_does_not_help_is_rolled_back_and_escalated() {
 async fn an_admin_rolls_back_a_raised_memory_limit_to_the_recorded_value() {
     let app = remediating_app(|_| {}).await;
     let container = Container::run(
+        "sentinel-fix",
         &["--memory", "64m", "--shm-size", "64m"],
         &[
             "sh",
@@ -335,7 +295,7 @@ async fn an_admin_rolls_back_a_raised_memory_limit_to_the_recorded_value() {
 #[tokio::test]
 async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
     let app = remediating_app(|_| {}).await;
-    let container = Container::run(&[], &["sleep", "3600"]);
+    let container = Container::run("sentinel-fix", &[], &["sleep", "3600"]);
     let started = unix_now();
     // Let the worker finish with an injected alert (an empty sandbox: nothing to clean, so it
     // is escalated), then turn it into a restart waiting for approval.
@@ -425,7 +385,7 @@ async fn an_approval_is_pinned_to_the_state_it_saw() {
         s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
     })
     .await;
-    let container = Container::run(&["--memory", "64m"], &["sleep", "3600"]);
+    let container = Container::run("sentinel-fix", &["--memory", "64m"], &["sleep", "3600"]);
     let id = loop {
         let incident = app.trigger("sandbox").await;
         let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
@@ -482,4 +442,103 @@ async fn an_approval_is_pinned_to_the_state_it_saw() {
     assert_eq!(approved.status, 200);
     let verified = wait_for(&app, &id, Status::Resolved).await;
     assert_eq!(verified.execution.unwrap().after["memory"], 120 << 20);
+}
+
+#[tokio::test]
+async fn an_unanswered_approval_request_expires_and_escalates() {
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        s.approval_timeout = sentinel::config::HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let incident = app.trigger("memory").await;
+    app.await_approval(&incident.id, sentinel::domain::Risk::Medium)
+        .await;
+    let now = sentinel::domain::Timestamp::now();
+    let expired = sentinel::pipeline::remediate::expire_approvals(&app.sentinel, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired, 0,
+        "not yet: the request is younger than the timeout"
+    );
+    let later = now.saturating_add(Duration::from_secs(2));
+    let expired = sentinel::pipeline::remediate::expire_approvals(&app.sentinel, later)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    let escalated = app.store.get_incident(&incident.id).await.unwrap().unwrap();
+    assert_eq!(escalated.status, Status::Escalated);
+    assert!(escalated
+        .timeline
+        .last()
+        .unwrap()
+        .message
+        .contains("expired"));
+    let events = audit_events(&app, &incident.id).await;
+    assert!(events.contains(&"ApprovalExpired".to_owned()), "{events:?}");
+    // An approval after expiry is a conflict and changes nothing.
+    let late = app
+        .post(
+            &format!("/api/incidents/{}/approve", incident.id),
+            Some(&app.keys.operator),
+            "",
+        )
+        .await;
+    assert_eq!(late.status, 409);
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_after_the_budget_and_shows_in_status() {
+    let app = remediating_app(|s| {
+        s.actions.auto_budget_per_hour = 2;
+    })
+    .await;
+    let logs = app.sandbox.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut statuses = Vec::new();
+    for round in 0..3 {
+        std::fs::write(
+            logs.join(format!("round-{round}.log")),
+            vec![b'x'; 120_000_000],
+        )
+        .unwrap();
+        let incident = app.trigger("sandbox").await;
+        let settled = loop {
+            let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
+            if matches!(
+                current.status,
+                Status::Resolved | Status::AwaitingApproval | Status::Escalated
+            ) {
+                break current;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        statuses.push(settled.status);
+    }
+    assert_eq!(
+        statuses,
+        [Status::Resolved, Status::Resolved, Status::AwaitingApproval],
+        "the third automatic cleanup within the hour waits for approval"
+    );
+    let status = app.get("/api/status", None).await.body;
+    let breaker = &status["breakers"][0];
+    assert_eq!(breaker["key"], "sandbox_cleanup:sandbox");
+    assert_eq!(breaker["automatic_last_hour"], 2);
+    assert_eq!(breaker["state"], "open");
+    let waiting = app
+        .get("/api/incidents?status=open", Some(&app.keys.viewer))
+        .await;
+    let last = waiting.body[0]["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open"),
+        "{last}"
+    );
 }

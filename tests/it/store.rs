@@ -18,6 +18,7 @@ use sentinel::domain::{
 };
 use sentinel::pipeline::intake::{open_or_update, Intake};
 use sentinel::store::{Control, IncidentQuery, SharedStore, StoreError};
+use serde_json::json;
 use tokio::sync::Barrier;
 
 /// Generates, for each named test body, one `#[tokio::test]` per backend.
@@ -67,6 +68,10 @@ conformance!(
     concurrent_expiries_of_one_silence_end_it_once,
     leases_fence_out_a_previous_holder,
     control_flags_default_to_running_and_round_trip,
+    outbox_queues_are_first_in_first_out_per_channel,
+    outbox_parks_a_message_with_its_error_atomically,
+    concurrent_outbox_pushes_keep_every_message_in_one_order,
+    an_incident_keeps_its_slack_card,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1113,4 +1118,150 @@ async fn automatic_actions_are_counted_per_key_within_a_window(store: SharedStor
     }
     let counts = store.auto_actions_since(hour_ago).await.unwrap();
     assert_eq!(counts.get("container_start:db"), Some(&10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Slack outbox
+
+async fn outbox_queues_are_first_in_first_out_per_channel(store: SharedStore) {
+    assert_eq!(store.outbox_head("C1").await.unwrap(), None);
+    assert!(store.outbox_channels().await.unwrap().is_empty());
+    let mut seqs = Vec::new();
+    for n in 0..5 {
+        seqs.push(store.outbox_push("C1", &json!({ "n": n })).await.unwrap());
+        store
+            .outbox_push("C2", &json!({ "m": n, "text": "ünïcødé <!channel>" }))
+            .await
+            .unwrap();
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(store.outbox_channels().await.unwrap(), vec!["C1", "C2"]);
+    assert_eq!(store.outbox_len("C1").await.unwrap(), 5);
+    // Reading the head leaves it in place.
+    let head = store.outbox_head("C1").await.unwrap().unwrap();
+    assert_eq!(head.seq, seqs[0]);
+    assert_eq!(head.payload, json!({ "n": 0 }));
+    assert_eq!(store.outbox_head("C1").await.unwrap().unwrap(), head);
+    // Acks remove exactly the message named, once.
+    for (n, seq) in seqs.iter().enumerate() {
+        let head = store.outbox_head("C1").await.unwrap().unwrap();
+        assert_eq!((head.seq, head.payload), (*seq, json!({ "n": n })));
+        assert!(store.outbox_ack("C1", *seq).await.unwrap());
+        assert!(!store.outbox_ack("C1", *seq).await.unwrap(), "acked twice");
+    }
+    assert_eq!(store.outbox_head("C1").await.unwrap(), None);
+    assert_eq!(store.outbox_len("C1").await.unwrap(), 0);
+    // An empty queue is no longer listed; the other channel is untouched.
+    assert_eq!(store.outbox_channels().await.unwrap(), vec!["C2"]);
+    let other = store.outbox_head("C2").await.unwrap().unwrap();
+    assert_eq!(other.payload["text"], "ünïcødé <!channel>");
+    assert_eq!(store.outbox_len("C2").await.unwrap(), 5);
+    // Sequence numbers are never reused, even after the queue emptied.
+    let later = store.outbox_push("C1", &json!({ "n": 99 })).await.unwrap();
+    assert!(later > *seqs.last().unwrap());
+}
+
+async fn outbox_parks_a_message_with_its_error_atomically(store: SharedStore) {
+    let first = store.outbox_push("C9", &json!({ "n": 1 })).await.unwrap();
+    let second = store.outbox_push("C9", &json!({ "n": 2 })).await.unwrap();
+    let error = "chat.postMessage failed: channel_not_found \"quoted\" ✓";
+    assert!(store.outbox_park("C9", first, error, t(5)).await.unwrap());
+    assert!(
+        !store.outbox_park("C9", first, error, t(6)).await.unwrap(),
+        "parked twice"
+    );
+    assert!(
+        !store.outbox_ack("C9", first).await.unwrap(),
+        "a parked message is not queued"
+    );
+    let head = store.outbox_head("C9").await.unwrap().unwrap();
+    assert_eq!(head.seq, second);
+    let parked = store.outbox_parked("C9").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].seq, first);
+    assert_eq!(parked[0].payload, json!({ "n": 1 }));
+    assert_eq!(parked[0].error, error);
+    assert_eq!(parked[0].parked_at, t(5).unix_millis());
+    assert!(store.outbox_parked("C-other").await.unwrap().is_empty());
+    // Parking the last message empties the queue.
+    assert!(store
+        .outbox_park("C9", second, "again", t(7))
+        .await
+        .unwrap());
+    assert!(store.outbox_channels().await.unwrap().is_empty());
+    let parked = store.outbox_parked("C9").await.unwrap();
+    assert_eq!(
+        parked.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![first, second]
+    );
+}
+
+async fn concurrent_outbox_pushes_keep_every_message_in_one_order(store: SharedStore) {
+    let results = race(16, |i| {
+        let store = store.clone();
+        async move {
+            let mut seqs = Vec::new();
+            for j in 0..5 {
+                seqs.push(
+                    store
+                        .outbox_push("C-race", &json!({ "task": i, "j": j }))
+                        .await
+                        .unwrap(),
+                );
+            }
+            seqs
+        }
+    })
+    .await;
+    let mut expected: Vec<u64> = results.iter().flatten().copied().collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(expected.len(), 80, "every push got its own seq");
+    // Drain: heads come out in seq order, and each task's messages in its own order.
+    let mut drained = Vec::new();
+    let mut last_j: BTreeMap<i64, i64> = BTreeMap::new();
+    while let Some(head) = store.outbox_head("C-race").await.unwrap() {
+        let (task, j) = (
+            head.payload["task"].as_i64().unwrap(),
+            head.payload["j"].as_i64().unwrap(),
+        );
+        if let Some(previous) = last_j.insert(task, j) {
+            assert!(j > previous, "task {task}: {j} after {previous}");
+        }
+        drained.push(head.seq);
+        assert!(store.outbox_ack("C-race", head.seq).await.unwrap());
+    }
+    assert_eq!(drained, expected);
+}
+
+async fn an_incident_keeps_its_slack_card(store: SharedStore) {
+    let written = incident("slack-card");
+    store.create_incident(&written).await.unwrap();
+    assert_eq!(
+        store
+            .get_incident(&written.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .slack,
+        None
+    );
+    let mut next = written.clone();
+    next.slack = Some(sentinel::domain::SlackCard {
+        channel: "C123".to_owned(),
+        ts: Some("1700000000.000001".to_owned()),
+        posted_entries: 1,
+        rendered_version: 1,
+        digest: "abc".to_owned(),
+        error: None,
+    });
+    let stored = store.update_incident(&next).await.unwrap();
+    let back = store.get_incident(&written.id).await.unwrap().unwrap();
+    assert_eq!(back, stored);
+    assert_eq!(back.slack.unwrap().ts.as_deref(), Some("1700000000.000001"));
+    // Incidents stored before the field existed still read.
+    let mut old = serde_json::to_value(&written).unwrap();
+    old.as_object_mut().unwrap().remove("slack");
+    let parsed: Incident = serde_json::from_value(old).unwrap();
+    assert_eq!(parsed.slack, None);
 }

@@ -1,0 +1,446 @@
+//! The Block Kit templates in `blocks/`: every template rendered with fixtures, hostile ones
+//! included, is valid Block Kit within Slack's limits, escapes what incidents carry, and
+//! matches its checked-in snapshot (`tests/it/snapshots/blocks__<name>.json`).
+//!
+//! A layout change shows up as a snapshot diff. To accept it, run
+//! `UPDATE_SNAPSHOTS=1 cargo test --test it blocks::` and review the changed files.
+
+use std::path::PathBuf;
+
+use sentinel::slack::blocks::{self, limits, BlocksError};
+use serde_json::{json, Value};
+
+const HOSTILE: &str = "<!channel> <https://evil.example|click> & <@U123> <#C1|general>";
+
+fn long(n: usize) -> String {
+    "x<&>".repeat(n / 4 + 1).chars().take(n).collect()
+}
+
+/// An incident awaiting approval, as the JSON the store and the API use.
+fn incident() -> Value {
+    blocks::sample_context("incident_detail")["incident"].clone()
+}
+
+/// The same incident with every text an attacker can reach made hostile and huge.
+fn hostile_incident() -> Value {
+    let mut i = incident();
+    let huge = format!("{HOSTILE} {}", long(5000));
+    i["resource"] = json!(format!("{HOSTILE}{}", long(300)));
+    i["fingerprint"] = json!(format!("container_memory:{HOSTILE}"));
+    i["summary"] = json!(huge);
+    i["root_cause"] = json!(huge);
+    i["analyzer"] = json!(huge);
+    i["labels"] = json!({ HOSTILE: huge });
+    i["approvals"] = json!([huge, HOSTILE]);
+    i["proposed_action"] = json!({"action": "container_memory_limit",
+                                  "params": {"container": huge, HOSTILE: huge, "memory_mb": 768}});
+    i["snapshot"] = json!({"container": HOSTILE, HOSTILE: 1, "memory_mb": 512});
+    let entry =
+        json!({"at": "2026-11-28T10:00:00.000Z", "step": HOSTILE, "actor": huge, "message": huge});
+    i["timeline"] = Value::Array(vec![entry; 400]);
+    i
+}
+
+/// An incident whose reversible fix ran and was verified.
+fn executed_incident() -> Value {
+    let mut i = incident();
+    i["status"] = json!("resolved");
+    i["resolved_at"] = json!("2026-11-28T10:05:00.000Z");
+    i["approvals"] = json!(["slack:U123 (operator)"]);
+    i["execution"] = json!({
+        "action": i["proposed_action"].clone(),
+        "approved_by": "slack:U123 (operator)",
+        "started_at": "2026-11-28T10:01:00.000Z", "finished_at": "2026-11-28T10:01:02.000Z",
+        "before": {"container": "web-1", "memory_mb": 512},
+        "after": {"container": "web-1", "memory_mb": 768},
+        "reversible": true, "rolled_back_at": null
+    });
+    i
+}
+
+/// Every string anywhere in `value`, with its path.
+fn strings<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a str)>) {
+    match value {
+        Value::String(s) => out.push((path, s)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                strings(item, format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                strings(item, format!("{path}.{key}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// No text in the output can mention anyone or make a link.
+fn assert_no_slack_control_sequences(rendered: &blocks::Rendered) {
+    let mut found = vec![("text".to_owned(), rendered.text.as_str())];
+    let all = Value::Array(rendered.blocks.clone());
+    strings(&all, "blocks".to_owned(), &mut found);
+    for (path, text) in found {
+        if path.ends_with(".url") {
+            continue;
+        }
+        assert!(
+            !text.contains('<') && !text.contains('>'),
+            "{path} carries a raw < or >: {text:.200}"
+        );
+    }
+}
+
+fn buttons(rendered: &blocks::Rendered) -> Vec<Value> {
+    rendered
+        .blocks
+        .iter()
+        .filter(|b| b["type"] == "actions")
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn action_ids(rendered: &blocks::Rendered) -> Vec<String> {
+    buttons(rendered)
+        .iter()
+        .map(|b| b["action_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn card(incident: Value, public_url: &str) -> blocks::Rendered {
+    blocks::render(
+        "incident_card",
+        &json!({ "incident": incident, "public_url": public_url }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_template_renders_its_sample_within_limits() {
+    assert_eq!(blocks::template_names().len(), 7);
+    for name in blocks::template_names() {
+        let rendered = blocks::render(name, &blocks::sample_context(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!rendered.text.is_empty(), "{name}: a fallback text");
+        assert!(!rendered.blocks.is_empty(), "{name}: blocks");
+        assert!(rendered.blocks.len() <= limits::MESSAGE_BLOCKS, "{name}");
+        assert_no_slack_control_sequences(&rendered);
+    }
+}
+
+#[test]
+fn hostile_and_huge_values_are_escaped_and_cut_to_fit() {
+    let i = hostile_incident();
+    let status_signals: Vec<Value> = (0..200)
+        .map(|n| {
+            json!({"signal": "container_memory", "resource": format!("{HOSTILE}-{n}"),
+                        "value": 99.5, "threshold": 60.0, "state": "breached", "source": HOSTILE})
+        })
+        .collect();
+    let many: Vec<Value> = (0..120).map(|_| i.clone()).collect();
+    let mut executed = executed_incident();
+    executed["execution"]["before"] = json!({"memory_mb": HOSTILE, HOSTILE: long(5000)});
+    executed["execution"]["after"] = json!({"memory_mb": long(5000), HOSTILE: 2});
+    executed["execution"]["approved_by"] = json!(HOSTILE);
+    let contexts = [
+        (
+            "incident_card",
+            json!({"incident": i, "public_url": "https://sentinel.example.com/",
+                                 "dry_run_preview": long(5000)}),
+        ),
+        (
+            "incident_card",
+            json!({"incident": executed, "public_url": ""}),
+        ),
+        ("incident_detail", json!({"incident": i})),
+        (
+            "timeline_reply",
+            json!({"incident": i, "entry": i["timeline"][0].clone()}),
+        ),
+        ("reject_modal", json!({"incident": i})),
+        ("incidents", json!({"incidents": many})),
+        (
+            "status",
+            json!({"mode": HOSTILE, "paused": true, "signals": status_signals,
+                          "incidents": many, "public_url": "https://sentinel.example.com"}),
+        ),
+        (
+            "help",
+            json!({"commands": (0..80).map(|_| json!({"usage": long(5000), "who": HOSTILE,
+                                                                "what": long(5000)})).collect::<Vec<_>>()}),
+        ),
+    ];
+    for (name, context) in contexts {
+        let rendered = blocks::render(name, &context).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_no_slack_control_sequences(&rendered);
+        let all = serde_json::to_string(&rendered.blocks).unwrap() + &rendered.text;
+        assert!(
+            all.contains("&lt;!channel&gt;") || name == "help",
+            "{name}: the hostile name shows, escaped"
+        );
+        assert!(rendered.text.chars().count() <= limits::FALLBACK_TEXT);
+        if name != "reject_modal" {
+            assert!(
+                rendered.blocks.len() <= limits::MESSAGE_BLOCKS,
+                "{name}: {} blocks",
+                rendered.blocks.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn truncation_marks_the_cut_and_keeps_entities_whole() {
+    let mut i = incident();
+    i["root_cause"] = json!("&".repeat(5000));
+    let rendered = card(i, "");
+    let root = rendered
+        .blocks
+        .iter()
+        .find_map(|b| {
+            b["text"]["text"]
+                .as_str()
+                .filter(|t| t.starts_with("*Root cause*"))
+        })
+        .expect("a root cause section");
+    assert!(root.chars().count() <= limits::TEXT);
+    assert!(root.ends_with("&amp;…"), "{}", &root[root.len() - 20..]);
+}
+
+#[test]
+fn the_card_offers_approve_and_reject_only_while_awaiting_approval() {
+    let awaiting = card(incident(), "https://sentinel.example.com");
+    assert_eq!(
+        action_ids(&awaiting),
+        ["approve", "reject", "silence", "status_page"]
+    );
+    let approve = &buttons(&awaiting)[0];
+    assert_eq!(approve["style"], "primary");
+    assert!(
+        buttons(&awaiting)[1].get("style").is_none(),
+        "reject has no style"
+    );
+    // Button values name the incident and version only, never action parameters.
+    for button in buttons(&awaiting)
+        .iter()
+        .filter(|b| b.get("value").is_some())
+    {
+        let value: Value = serde_json::from_str(button["value"].as_str().unwrap()).unwrap();
+        assert_eq!(value, json!({"incident": "inc-01jdx3sample", "version": 4}));
+    }
+    assert_eq!(
+        buttons(&awaiting)[3]["url"],
+        "https://sentinel.example.com/#inc-01jdx3sample"
+    );
+    assert!(
+        awaiting.text.contains("approval needed"),
+        "{}",
+        awaiting.text
+    );
+
+    let mut analyzing = incident();
+    analyzing["status"] = json!("analyzing");
+    assert_eq!(action_ids(&card(analyzing, "")), ["silence"]);
+}
+
+#[test]
+fn the_card_offers_rollback_with_a_confirmation_after_a_reversible_fix() {
+    let rendered = card(executed_incident(), "");
+    assert_eq!(action_ids(&rendered), ["rollback"]);
+    let rollback = &buttons(&rendered)[0];
+    assert_eq!(rollback["style"], "danger");
+    assert_eq!(rollback["confirm"]["confirm"]["text"], "Roll back");
+    let all = serde_json::to_string(&rendered.blocks).unwrap();
+    assert!(
+        all.contains("memory_mb: 512 → 768"),
+        "before → after: {all}"
+    );
+    assert!(all.contains("approved by slack:U123 (operator)"), "{all}");
+
+    // Rolled back, or not reversible: no Rollback.
+    let mut rolled = executed_incident();
+    rolled["execution"]["rolled_back_at"] = json!("2026-11-28T10:09:00.000Z");
+    assert!(action_ids(&card(rolled, "")).is_empty());
+    let mut permanent = executed_incident();
+    permanent["execution"]["reversible"] = json!(false);
+    assert!(action_ids(&card(permanent, "")).is_empty());
+    // No actions at all: no actions block.
+    let rendered = card(executed_incident_without_rollback(), "");
+    assert!(rendered.blocks.iter().all(|b| b["type"] != "actions"));
+}
+
+fn executed_incident_without_rollback() -> Value {
+    let mut i = executed_incident();
+    i["execution"]["reversible"] = json!(false);
+    i
+}
+
+#[test]
+fn the_reject_modal_is_a_view_with_one_reason_input() {
+    let rendered = blocks::render("reject_modal", &json!({ "incident": incident() })).unwrap();
+    assert!(blocks::is_modal("reject_modal"));
+    assert_eq!(rendered.blocks.len(), 1, "the view is the one element");
+    let view = &rendered.blocks[0];
+    assert_eq!(view["type"], "modal");
+    assert_eq!(view["callback_id"], "reject_reason");
+    assert_eq!(view["private_metadata"], "inc-01jdx3sample");
+    let inputs: Vec<&Value> = view["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "input")
+        .collect();
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(inputs[0]["block_id"], "reason");
+    assert_eq!(inputs[0]["element"]["type"], "plain_text_input");
+    assert_eq!(inputs[0]["element"]["action_id"], "reason");
+}
+
+#[test]
+fn lists_stay_within_fifty_blocks_and_say_what_they_left_out() {
+    let many: Vec<Value> = (0..100).map(|_| incident()).collect();
+    let rendered = blocks::render("incidents", &json!({ "incidents": many })).unwrap();
+    assert!(rendered.blocks.len() <= 50);
+    let all = serde_json::to_string(&rendered.blocks).unwrap();
+    assert!(all.contains("and 55 more"), "{all:.300}");
+    let empty = blocks::render("incidents", &json!({ "incidents": [] })).unwrap();
+    assert!(serde_json::to_string(&empty.blocks)
+        .unwrap()
+        .contains("No open incidents"));
+}
+
+#[test]
+fn unknown_templates_and_missing_values_are_errors_not_panics() {
+    assert!(matches!(
+        blocks::render("nope", &json!({})),
+        Err(BlocksError::UnknownTemplate(_))
+    ));
+    assert!(blocks::sample_context("nope").is_null());
+    // A card without an incident renders nothing valid: an error, never a broken message.
+    assert!(blocks::render("incident_card", &json!({})).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+
+fn snapshot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/snapshots")
+        .join(format!("blocks__{name}.json"))
+}
+
+/// Compares `actual` with the checked-in snapshot; `UPDATE_SNAPSHOTS=1` rewrites it.
+fn assert_snapshot(name: &str, actual: &Value) {
+    let path = snapshot_path(name);
+    let text = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no snapshot {}; run UPDATE_SNAPSHOTS=1 cargo test --test it blocks:: and review it",
+            path.display()
+        )
+    });
+    if expected != text {
+        let first = expected
+            .lines()
+            .zip(text.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| expected.lines().count().min(text.lines().count()));
+        panic!(
+            "{name} differs from {} at line {}:\n  expected: {}\n  actual:   {}\n\
+             (UPDATE_SNAPSHOTS=1 to accept)",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first).unwrap_or("<end>"),
+            text.lines().nth(first).unwrap_or("<end>"),
+        );
+    }
+}
+
+#[test]
+fn every_template_matches_its_snapshot() {
+    for name in blocks::template_names() {
+        let rendered = blocks::render(name, &blocks::sample_context(name)).unwrap();
+        let document = if blocks::is_modal(name) {
+            json!({ "text": rendered.text, "view": rendered.blocks[0] })
+        } else {
+            json!({ "text": rendered.text, "blocks": rendered.blocks })
+        };
+        assert_snapshot(name, &document);
+    }
+    let rolled = card(executed_incident(), "");
+    assert_snapshot(
+        "incident_card_executed",
+        &json!({ "text": rolled.text, "blocks": rolled.blocks }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line
+
+#[test]
+fn blocks_render_prints_a_template_as_block_kit_json() {
+    let sentinel = env!("CARGO_BIN_EXE_sentinel");
+    let output = std::process::Command::new(sentinel)
+        .args(["blocks", "render", "incident_card"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rendered =
+        blocks::render("incident_card", &blocks::sample_context("incident_card")).unwrap();
+    assert_eq!(
+        printed,
+        json!({ "text": rendered.text, "blocks": rendered.blocks })
+    );
+
+    let modal = std::process::Command::new(sentinel)
+        .args(["blocks", "render", "reject_modal"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let printed: Value = serde_json::from_slice(&modal.stdout).unwrap();
+    assert_eq!(printed["view"]["type"], "modal");
+
+    let unknown = std::process::Command::new(sentinel)
+        .args(["blocks", "render", "nope"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("incident_card"),
+        "lists the names"
+    );
+}
+
+#[test]
+fn config_check_renders_every_template() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(["config", "check"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("7 render within Slack's limits"),
+        "{stdout}"
+    );
+}

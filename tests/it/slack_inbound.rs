@@ -1,0 +1,1178 @@
+//! Slack's inbound side against the real application: signed requests to `/slack/events`,
+//! `/slack/commands` and `/slack/interactions`, and what they may and may not change.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use secrecy::SecretString;
+use sentinel::config::{DefaultRole, Settings};
+use sentinel::domain::{Incident, Risk, Status};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::slack_double::SlackDouble;
+
+const SECRET: &str = "test-signing-secret-0123456789abcdef";
+const ADMIN: &str = "UADMIN1";
+const OPERATOR: &str = "UOPERATOR1";
+const VIEWER: &str = "UVIEWER1";
+const STRANGER: &str = "USTRANGER1";
+const APP_ID: &str = "A0SENTINEL";
+
+// ---------------------------------------------------------------------------------------
+// The test signer and request builders.
+
+/// Signs like Slack: `v0=` + hex HMAC-SHA256(secret, `v0:{timestamp}:{body}`).
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `application/x-www-form-urlencoded`, as Slack writes it.
+fn form(pairs: &[(&str, &str)]) -> String {
+    fn encode(text: &str) -> String {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    out.push(byte as char)
+                }
+                b' ' => out.push('+'),
+                other => out.push_str(&format!("%{other:02X}")),
+            }
+        }
+        out
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// How to sign (or not) one request.
+#[derive(Debug, Clone)]
+enum Signing {
+    Valid,
+    /// Signed at this many seconds from now.
+    At(i64),
+    /// No signature headers at all.
+    Unsigned,
+    /// Signed with another secret.
+    WrongSecret,
+    /// A signature made for an earlier timestamp, sent with a fresh one.
+    Replayed,
+    /// Signed, then one bit of the body flipped.
+    BodyBitFlipped,
+    /// Signed, then one bit of the signature flipped.
+    SignatureBitFlipped,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+    elapsed: Duration,
+}
+
+async fn send(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    signing: Signing,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let mut body = body.as_bytes().to_vec();
+    let now = now_secs();
+    let (timestamp, signature) = match signing {
+        Signing::Valid => (now, sign(SECRET, &now.to_string(), &body)),
+        Signing::At(offset) => {
+            let ts = now + offset;
+            (ts, sign(SECRET, &ts.to_string(), &body))
+        }
+        Signing::Unsigned => (0, String::new()),
+        Signing::WrongSecret => (now, sign("another-secret", &now.to_string(), &body)),
+        Signing::Replayed => (now, sign(SECRET, &(now - 120).to_string(), &body)),
+        Signing::BodyBitFlipped => {
+            let signature = sign(SECRET, &now.to_string(), &body);
+            let middle = body.len() / 2;
+            body[middle] ^= 0x04;
+            (now, signature)
+        }
+        Signing::SignatureBitFlipped => {
+            let mut signature = sign(SECRET, &now.to_string(), &body).into_bytes();
+            let last = signature.len() - 1;
+            signature[last] = if signature[last] == b'0' { b'1' } else { b'0' };
+            (now, String::from_utf8(signature).unwrap())
+        }
+    };
+    let unsigned = matches!(signing, Signing::Unsigned);
+    let mut request = app
+        .client
+        .post(format!("{}{path}", app.base))
+        .header("content-type", content_type)
+        .body(body);
+    if !unsigned {
+        request = request
+            .header("X-Slack-Request-Timestamp", timestamp.to_string())
+            .header("X-Slack-Signature", signature);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let started = Instant::now();
+    let response = request.send().await.expect("the server answers");
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{path} answered {status} with non-JSON {text:?}"))
+    };
+    Answer {
+        status,
+        body,
+        elapsed,
+    }
+}
+
+fn command_body(user: &str, text: &str, response_url: Option<&str>) -> String {
+    let mut pairs = vec![
+        ("token", "deprecated"),
+        ("team_id", "T1"),
+        ("channel_id", "C1"),
+        ("user_id", user),
+        ("command", "/sentinel"),
+        ("text", text),
+        ("api_app_id", APP_ID),
+        ("trigger_id", "1.2.3"),
+    ];
+    if let Some(url) = response_url {
+        pairs.push(("response_url", url));
+    }
+    form(&pairs)
+}
+
+async fn slash(app: &TestApp, user: &str, text: &str) -> Answer {
+    slash_with(app, user, text, None).await
+}
+
+async fn slash_with(app: &TestApp, user: &str, text: &str, response_url: Option<&str>) -> Answer {
+    let body = command_body(user, text, response_url);
+    send(
+        app,
+        "/slack/commands",
+        "application/x-www-form-urlencoded",
+        &body,
+        Signing::Valid,
+        &[],
+    )
+    .await
+}
+
+/// A `block_actions` payload for a card button.
+fn click_body(user: &str, action_id: &str, value: &Value) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": "someone", "team_id": "T1"},
+        "api_app_id": APP_ID,
+        "team": {"id": "T1"},
+        "trigger_id": format!("{}.{}", now_secs(), rand_suffix()),
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C1"},
+        "channel": {"id": "C1", "name": "incidents"},
+        // Not Slack, not the configured API: never called (tests make no outside calls).
+        "response_url": "http://127.0.0.1:9/actions/T1/1/x",
+        "actions": [{
+            "type": "button",
+            "action_id": action_id,
+            "block_id": "incident_actions",
+            "value": value.to_string(),
+            "action_ts": "1700000001.000200",
+        }],
+    });
+    form(&[("payload", &payload.to_string())])
+}
+
+fn card_ref(incident: &Incident) -> Value {
+    json!({"incident": incident.id.as_str(), "version": incident.version})
+}
+
+async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Answer {
+    send(
+        app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click_body(user, action_id, value),
+        Signing::Valid,
+        &[],
+    )
+    .await
+}
+
+fn submission_body(user: &str, private_metadata: &str, reason: &str) -> String {
+    let payload = json!({
+        "type": "view_submission",
+        "user": {"id": user},
+        "api_app_id": APP_ID,
+        "trigger_id": format!("{}.{}", now_secs(), rand_suffix()),
+        "view": {
+            "id": "V1",
+            "type": "modal",
+            "callback_id": "reject_reason",
+            "private_metadata": private_metadata,
+            "state": {"values": {"reason": {
+                "reason": {"type": "plain_text_input", "value": reason},
+            }}},
+        },
+    });
+    form(&[("payload", &payload.to_string())])
+}
+
+async fn submit_reject(app: &TestApp, user: &str, private_metadata: &str, reason: &str) -> Answer {
+    send(
+        app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &submission_body(user, private_metadata, reason),
+        Signing::Valid,
+        &[],
+    )
+    .await
+}
+
+fn event_body(event_id: &str, api_app_id: &str, user: &str, text: &str) -> String {
+    json!({
+        "token": "deprecated",
+        "team_id": "T1",
+        "api_app_id": api_app_id,
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": now_secs(),
+        "event": {
+            "type": "app_mention",
+            "user": user,
+            "text": format!("<@U0SENTINEL> {text}"),
+            "ts": "1700000000.000300",
+            "channel": "C1",
+            "event_ts": "1700000000.000300",
+        },
+    })
+    .to_string()
+}
+
+async fn event(app: &TestApp, body: &str, extra: &[(&str, &str)]) -> Answer {
+    send(
+        app,
+        "/slack/events",
+        "application/json",
+        body,
+        Signing::Valid,
+        extra,
+    )
+    .await
+}
+
+fn rand_suffix() -> String {
+    sentinel::domain::IncidentId::generate()
+        .as_str()
+        .trim_start_matches("inc-")
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// The application under test.
+
+fn slack_settings(settings: &mut Settings) {
+    settings.secrets.slack_signing_secret = Some(SecretString::from(SECRET));
+    settings.slack.app_id = APP_ID.to_owned();
+    settings.rbac.default_role = DefaultRole::None;
+    settings.rbac.admins = vec![ADMIN.to_owned()];
+    settings.rbac.operators = vec![OPERATOR.to_owned()];
+    settings.rbac.viewers = vec![VIEWER.to_owned()];
+}
+
+async fn spawn_slack_app() -> TestApp {
+    spawn_app_with(Backend::Embedded, slack_settings).await
+}
+
+/// An incident awaiting approval of a medium-risk fix.
+async fn awaiting(app: &TestApp, scenario: &str, risk: Risk) -> Incident {
+    let incident = app.trigger(scenario).await;
+    app.await_approval(&incident.id, risk).await
+}
+
+async fn stored(app: &TestApp, incident: &Incident) -> Incident {
+    app.store.get_incident(&incident.id).await.unwrap().unwrap()
+}
+
+/// Waits until `check` holds, for at most five seconds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A tiny HTTP server recording every POST body (a `response_url`), answering 200.
+async fn recorder() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |body: String| {
+        let record = Arc::clone(&record);
+        async move {
+            let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+            record.lock().unwrap().push(value);
+            axum::Json(json!({"ok": true}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// A Prometheus that takes ten seconds to answer anything.
+async fn slow_prometheus() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        "{}"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Verification.
+
+#[test]
+fn the_test_signer_reproduces_slacks_worked_example() {
+    let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    assert_eq!(
+        sign(
+            "8f742231b10e8888abcd99yyyzzz85a5",
+            "1531420618",
+            body.as_bytes()
+        ),
+        "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+    );
+}
+
+#[tokio::test]
+async fn unsigned_forged_stale_future_replayed_and_flipped_requests_get_401_and_change_nothing() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let before = stored(&app, &incident).await;
+    let audit_before = app.store.list_audit().await.unwrap();
+    let silences_before = app.sentinel.silences().await.unwrap().len();
+
+    // Each would change something if it were accepted.
+    let requests: Vec<(&str, &str, String)> = vec![
+        (
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            command_body(ADMIN, &format!("approve {}", incident.id), None),
+        ),
+        (
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            click_body(ADMIN, "approve", &card_ref(&before)),
+        ),
+        (
+            "/slack/events",
+            "application/json",
+            event_body("EvForged1", APP_ID, ADMIN, "silence web-9 1h"),
+        ),
+    ];
+    let attacks = [
+        Signing::Unsigned,
+        Signing::WrongSecret,
+        Signing::At(-301),
+        Signing::At(-3600),
+        Signing::At(301),
+        Signing::At(86_400),
+        Signing::Replayed,
+        Signing::BodyBitFlipped,
+        Signing::SignatureBitFlipped,
+    ];
+    for (path, content_type, body) in &requests {
+        for attack in &attacks {
+            let answer = send(&app, path, content_type, body, attack.clone(), &[]).await;
+            assert_eq!(answer.status, 401, "{path} {attack:?}: {answer:?}");
+            assert_eq!(
+                answer.body,
+                json!({"error": "unauthorized"}),
+                "{path} {attack:?}: the refusal says nothing about why"
+            );
+        }
+    }
+    // Give anything that slipped through into a background task the time to act.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stored(&app, &incident).await,
+        before,
+        "the incident changed"
+    );
+    assert_eq!(app.store.list_audit().await.unwrap(), audit_before);
+    assert_eq!(
+        app.sentinel.silences().await.unwrap().len(),
+        silences_before
+    );
+
+    // The same requests, signed properly, do act: the refusals above were the signature's.
+    let (path, content_type, body) = &requests[0];
+    let answer = send(&app, path, content_type, body, Signing::Valid, &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+    // Just inside the window, both ways.
+    for offset in [-290, 290] {
+        let answer = slash_with(&app, VIEWER, "whoami", None).await;
+        assert_eq!(answer.status, 200);
+        let body = command_body(VIEWER, "whoami", None);
+        let answer = send(
+            &app,
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &body,
+            Signing::At(offset),
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{offset}: {answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_signing_secret_every_slack_route_is_404() {
+    let app = spawn_app_with(Backend::Embedded, |settings| {
+        slack_settings(settings);
+        settings.secrets.slack_signing_secret = None;
+    })
+    .await;
+    for path in ["/slack/events", "/slack/commands", "/slack/interactions"] {
+        let answer = send(&app, path, "application/json", "{}", Signing::Valid, &[]).await;
+        assert_eq!(answer.status, 404, "{path}: {answer:?}");
+        assert_eq!(answer.body, json!({"error": "slack is not configured"}));
+    }
+}
+
+#[tokio::test]
+async fn api_keys_do_not_open_the_slack_routes() {
+    let app = spawn_slack_app().await;
+    for key in [&app.keys.viewer, &app.keys.operator, &app.keys.admin] {
+        let reply = app.post("/slack/commands", Some(key), "{}").await;
+        assert_eq!(reply.status, 401, "{reply:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events.
+
+#[tokio::test]
+async fn url_verification_is_answered_with_the_challenge_once_verified() {
+    let app = spawn_slack_app().await;
+    let body = r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let answer = event(&app, body, &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+    let forged = send(
+        &app,
+        "/slack/events",
+        "application/json",
+        body,
+        Signing::WrongSecret,
+        &[],
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+}
+
+#[tokio::test]
+async fn an_event_delivered_three_times_is_handled_once() {
+    let app = spawn_slack_app().await;
+    let body = event_body("Ev0RETRIED", APP_ID, OPERATOR, "silence web-7 1h");
+    // The first delivery and two retries, the retries concurrently.
+    let first = event(&app, &body, &[]).await;
+    assert_eq!(first.status, 200);
+    let (second, third) = tokio::join!(
+        event(
+            &app,
+            &body,
+            &[
+                ("X-Slack-Retry-Num", "1"),
+                ("X-Slack-Retry-Reason", "http_timeout")
+            ]
+        ),
+        event(
+            &app,
+            &body,
+            &[
+                ("X-Slack-Retry-Num", "2"),
+                ("X-Slack-Retry-Reason", "http_timeout")
+            ]
+        ),
+    );
+    assert_eq!((second.status, third.status), (200, 200));
+    eventually("the silence", || async {
+        !app.sentinel.silences().await.unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let silences = app.sentinel.silences().await.unwrap();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(silences[0].created_by, format!("slack:{OPERATOR}"));
+    let created = app
+        .store
+        .list_audit()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.record.event == "SilenceCreated")
+        .count();
+    assert_eq!(created, 1);
+}
+
+#[tokio::test]
+async fn events_for_another_app_are_acknowledged_and_ignored() {
+    let app = spawn_slack_app().await;
+    let other = event_body("Ev0OTHER", "A0SOMEONEELSE", OPERATOR, "silence other-1 1h");
+    assert_eq!(event(&app, &other, &[]).await.status, 200);
+    let ours = event_body("Ev0OURS", APP_ID, OPERATOR, "silence ours-1 1h");
+    assert_eq!(event(&app, &ours, &[]).await.status, 200);
+    eventually("our event's silence", || async {
+        !app.sentinel.silences().await.unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let targets: Vec<String> = app
+        .sentinel
+        .silences()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| format!("{:?}", s.target))
+        .collect();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert!(targets[0].contains("ours-1"), "{targets:?}");
+}
+
+#[tokio::test]
+async fn a_mention_by_someone_without_the_role_changes_nothing() {
+    let app = spawn_slack_app().await;
+    for (n, user) in [VIEWER, STRANGER].into_iter().enumerate() {
+        let body = event_body(&format!("Ev0VIEW{n}"), APP_ID, user, "silence web-8 1h");
+        assert_eq!(event(&app, &body, &[]).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(app.sentinel.silences().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Slash commands.
+
+#[tokio::test]
+async fn every_subcommand_answers_and_unknown_text_gets_usage() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "cpu", Risk::Medium).await;
+    let id = incident.id.as_str();
+    // (text, response type) as an admin; the changes come last so the questions see the
+    // incident as set up.
+    let table: Vec<(String, &str)> = vec![
+        ("".into(), "ephemeral"),
+        ("help".into(), "ephemeral"),
+        ("status".into(), "ephemeral"),
+        ("incidents".into(), "ephemeral"),
+        (format!("show {id}"), "ephemeral"),
+        ("whoami".into(), "ephemeral"),
+        ("silence web-3 30m load test".into(), "in_channel"),
+        ("unsilence web-3".into(), "in_channel"),
+        ("pause".into(), "in_channel"),
+        ("resume".into(), "in_channel"),
+        ("check".into(), "in_channel"),
+        ("trigger disk".into(), "in_channel"),
+        (format!("reject {id} not now"), "in_channel"),
+        ("dance".into(), "ephemeral"),
+        ("approve".into(), "ephemeral"),
+    ];
+    for (text, response_type) in &table {
+        let answer = slash(&app, ADMIN, text).await;
+        assert_eq!(answer.status, 200, "{text:?}: {answer:?}");
+        assert_eq!(
+            answer.body["response_type"], *response_type,
+            "{text:?}: {answer:?}"
+        );
+        assert!(
+            !answer.body["text"].as_str().unwrap_or_default().is_empty(),
+            "{text:?}: {answer:?}"
+        );
+    }
+    let unknown = slash(&app, ADMIN, "dance").await;
+    assert!(
+        unknown.body["text"].as_str().unwrap().contains("dance"),
+        "{unknown:?}"
+    );
+    assert!(
+        unknown.body["blocks"].is_array(),
+        "unknown text gets the help: {unknown:?}"
+    );
+    let usage = slash(&app, ADMIN, "approve").await;
+    assert!(
+        usage.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("Usage: `/sentinel approve &lt;id&gt;`"),
+        "{usage:?}"
+    );
+    // The changes happened.
+    assert_eq!(stored(&app, &incident).await.status, Status::Rejected);
+    assert!(!app.store.control().await.unwrap().paused);
+    let events: Vec<String> = app
+        .store
+        .list_audit()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.record.actor == format!("slack:{ADMIN}"))
+        .map(|e| e.record.event)
+        .collect();
+    for expected in [
+        "SilenceCreated",
+        "SilenceExpired",
+        "AutomationPaused",
+        "AutomationResumed",
+        "ApprovalRejected",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} missing: {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_is_an_ephemeral_block_kit_reply() {
+    let app = spawn_slack_app().await;
+    awaiting(&app, "memory", Risk::Medium).await;
+    let answer = slash(&app, VIEWER, "status").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["response_type"], "ephemeral");
+    let blocks = answer.body["blocks"].as_array().expect("blocks");
+    assert!(!blocks.is_empty(), "{answer:?}");
+    assert!(blocks.iter().all(|b| b["type"].is_string()), "{blocks:?}");
+    // Someone with no role gets nothing but the refusal.
+    let refused = slash(&app, STRANGER, "status").await;
+    assert_eq!(refused.body["response_type"], "ephemeral");
+    assert!(refused.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("no Sentinel role"));
+    assert!(refused.body.get("blocks").is_none());
+    // whoami works for anyone.
+    let whoami = slash(&app, STRANGER, "whoami").await;
+    assert!(whoami.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("no Sentinel role"));
+    let whoami = slash(&app, OPERATOR, "whoami").await;
+    assert!(whoami.body["text"].as_str().unwrap().contains("operator"));
+}
+
+#[tokio::test]
+async fn an_operator_approves_a_medium_incident_and_a_viewer_cannot() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let audit_before = app.store.list_audit().await.unwrap().len();
+
+    let refused = slash(&app, VIEWER, &format!("approve {}", incident.id)).await;
+    assert_eq!(refused.status, 200);
+    assert_eq!(refused.body["response_type"], "ephemeral", "{refused:?}");
+    assert!(refused.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("needs the operator role"));
+    assert_eq!(
+        stored(&app, &incident).await,
+        incident,
+        "a viewer changed it"
+    );
+    assert_eq!(app.store.list_audit().await.unwrap().len(), audit_before);
+
+    let approved = slash(&app, OPERATOR, &format!("approve {}", incident.id)).await;
+    assert_eq!(approved.body["response_type"], "in_channel", "{approved:?}");
+    let now = stored(&app, &incident).await;
+    assert_eq!(now.status, Status::Approved);
+    let last = now.timeline.last().unwrap();
+    assert_eq!(last.actor, format!("slack:{OPERATOR} (operator)"));
+    let entry = app.store.list_audit().await.unwrap().pop().unwrap();
+    assert_eq!(entry.record.event, "ApprovalGranted");
+    assert_eq!(entry.record.actor, format!("slack:{OPERATOR}"));
+    assert_eq!(entry.record.role.as_deref(), Some("operator"));
+}
+
+#[tokio::test]
+async fn high_risk_needs_an_admin_even_from_slack() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "disk", Risk::High).await;
+    let refused = slash(&app, OPERATOR, &format!("approve {}", incident.id)).await;
+    assert_eq!(refused.body["response_type"], "ephemeral", "{refused:?}");
+    assert!(refused.body["text"].as_str().unwrap().contains("admin"));
+    assert_eq!(
+        stored(&app, &incident).await.status,
+        Status::AwaitingApproval
+    );
+    let approved = slash(&app, ADMIN, &format!("approve {}", incident.id)).await;
+    assert_eq!(approved.body["response_type"], "in_channel", "{approved:?}");
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+}
+
+#[tokio::test]
+async fn check_answers_at_once_and_posts_the_cycle_later() {
+    let (recorder_url, seen) = recorder().await;
+    let prometheus = slow_prometheus().await;
+    let app = spawn_app_with(Backend::Embedded, |settings| {
+        slack_settings(settings);
+        // Follow-ups may only go to Slack or to the configured Web API's origin.
+        settings.slack.api_url = format!("{recorder_url}/api/");
+        settings.monitor.prometheus_url = prometheus;
+        settings.monitor.collector_timeout =
+            sentinel::config::HumanDuration(Duration::from_millis(2500));
+    })
+    .await;
+    let response_url = format!("{recorder_url}/response/1");
+    let answer = slash_with(&app, OPERATOR, "check", Some(&response_url)).await;
+    eprintln!("check acknowledged in {:?}", answer.elapsed);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["response_type"], "in_channel");
+    assert!(answer.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("running a monitoring cycle"));
+    assert!(
+        answer.elapsed < Duration::from_millis(2500),
+        "the ack took {:?}",
+        answer.elapsed
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(posted) = seen.lock().unwrap().first().cloned() {
+            assert!(
+                posted["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("monitoring cycle"),
+                "{posted}"
+            );
+            assert_eq!(posted["replace_original"], false);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no follow-up was posted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A viewer may not run one.
+    let refused = slash(&app, VIEWER, "check").await;
+    assert_eq!(refused.body["response_type"], "ephemeral");
+}
+
+#[tokio::test]
+async fn mentions_and_events_are_acknowledged_at_once() {
+    let app = spawn_slack_app().await;
+    let mut slowest = Duration::ZERO;
+    for n in 0..5 {
+        let body = event_body(&format!("Ev0FAST{n}"), APP_ID, OPERATOR, "check");
+        let answer = event(&app, &body, &[]).await;
+        assert_eq!(answer.status, 200);
+        slowest = slowest.max(answer.elapsed);
+    }
+    eprintln!("slowest event acknowledgement: {slowest:?}");
+    assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Buttons and the reject dialog.
+
+#[tokio::test]
+async fn an_operator_clicks_approve_and_a_viewer_cannot() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let audit_before = app.store.list_audit().await.unwrap().len();
+
+    for user in [VIEWER, STRANGER] {
+        let answer = click(&app, user, "approve", &card_ref(&incident)).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stored(&app, &incident).await,
+        incident,
+        "a viewer changed it"
+    );
+    assert_eq!(app.store.list_audit().await.unwrap().len(), audit_before);
+
+    let answer = click(&app, OPERATOR, "approve", &card_ref(&incident)).await;
+    assert_eq!(answer.status, 200);
+    eprintln!("approve click acknowledged in {:?}", answer.elapsed);
+    let now = stored(&app, &incident).await;
+    assert_eq!(now.status, Status::Approved);
+    let entry = app.store.list_audit().await.unwrap().pop().unwrap();
+    assert_eq!(entry.record.event, "ApprovalGranted");
+    assert_eq!(entry.record.actor, format!("slack:{OPERATOR}"));
+    assert_eq!(entry.record.role.as_deref(), Some("operator"));
+    assert_eq!(
+        now.timeline.last().unwrap().actor,
+        format!("slack:{OPERATOR} (operator)")
+    );
+}
+
+#[tokio::test]
+async fn a_click_on_a_stale_card_changes_nothing() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    // Drawn before the approval was requested: the incident has moved on since.
+    let stale = json!({"incident": incident.id.as_str(), "version": incident.version - 1});
+    let audit_before = app.store.list_audit().await.unwrap().len();
+    click(&app, ADMIN, "approve", &stale).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stored(&app, &incident).await, incident);
+    assert_eq!(
+        app.store.list_audit().await.unwrap().len(),
+        audit_before,
+        "refused before the service was asked"
+    );
+
+    // Without a card on screen only the exact version will do: a repeat observation bumps
+    // it, and a click on the earlier drawing is refused too.
+    let repeated = app.trigger("memory").await;
+    assert!(repeated.version > incident.version);
+    click(&app, OPERATOR, "approve", &card_ref(&incident)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stored(&app, &incident).await.status,
+        Status::AwaitingApproval
+    );
+    click(&app, OPERATOR, "approve", &card_ref(&repeated)).await;
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+}
+
+#[tokio::test]
+async fn rollback_and_silence_buttons_need_their_roles() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "cpu", Risk::Medium).await;
+    // Silence: operators.
+    click(&app, VIEWER, "silence", &card_ref(&incident)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(app.sentinel.silences().await.unwrap().is_empty());
+    click(&app, OPERATOR, "silence", &card_ref(&incident)).await;
+    let silences = app.sentinel.silences().await.unwrap();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+    assert_eq!(silences[0].created_by, format!("slack:{OPERATOR}"));
+    // Rollback: admins only; an operator's click is refused before the service is asked.
+    let audit_before = app.store.list_audit().await.unwrap().len();
+    click(&app, OPERATOR, "rollback", &card_ref(&incident)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(app.store.list_audit().await.unwrap().len(), audit_before);
+    // An admin reaches the service, which refuses: nothing was executed to roll back.
+    click(&app, ADMIN, "rollback", &card_ref(&incident)).await;
+    let last = app.store.list_audit().await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.record.event.as_str(), last.record.actor.as_str()),
+        ("DecisionRefused", "slack:UADMIN1")
+    );
+}
+
+#[tokio::test]
+async fn reject_through_the_dialog_records_the_reason() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let metadata = card_ref(&incident).to_string();
+
+    // A viewer's submission keeps the dialog open with the reason and changes nothing.
+    let refused = submit_reject(&app, VIEWER, &metadata, "nope").await;
+    assert_eq!(refused.status, 200);
+    assert_eq!(refused.body["response_action"], "errors", "{refused:?}");
+    assert!(refused.body["errors"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("operator"));
+    assert_eq!(stored(&app, &incident).await, incident);
+
+    let answer = submit_reject(&app, OPERATOR, &metadata, "  during the release freeze ").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, Value::Null, "an empty 200 closes the dialog");
+    let now = stored(&app, &incident).await;
+    assert_eq!(now.status, Status::Rejected);
+    let last = now.timeline.last().unwrap();
+    assert_eq!(last.message, "rejected: during the release freeze");
+    assert_eq!(last.actor, format!("slack:{OPERATOR} (operator)"));
+    let entry = app.store.list_audit().await.unwrap().pop().unwrap();
+    assert_eq!(entry.record.event, "ApprovalRejected");
+    assert_eq!(entry.record.actor, format!("slack:{OPERATOR}"));
+
+    // Submitting again: the incident is no longer awaiting; the dialog says so.
+    let again = submit_reject(&app, OPERATOR, &now.id.to_string(), "twice").await;
+    assert_eq!(again.body["response_action"], "errors", "{again:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// With Slack's Web API (the double): ephemeral answers, the dialog, threads, user groups.
+
+const GROUP: &str = "S0OPERATORS";
+const GROUPIE: &str = "UGROUPIE1";
+
+async fn spawn_with_double(channel: &str) -> (TestApp, SlackDouble) {
+    let double = SlackDouble::start().await;
+    double.set_usergroup(GROUP, &[GROUPIE]);
+    let api_url = double.api_url();
+    let app = spawn_app_with(Backend::Embedded, |settings| {
+        slack_settings(settings);
+        settings.slack.api_url = api_url;
+        settings.secrets.slack_bot_token = Some(SecretString::from(SlackDouble::TOKEN));
+        settings.slack.channel = channel.to_owned();
+        settings.rbac.operators.push(GROUP.to_owned());
+    })
+    .await;
+    (app, double)
+}
+
+fn ephemerals_to(double: &SlackDouble, user: &str) -> Vec<String> {
+    double
+        .accepted("chat.postEphemeral")
+        .into_iter()
+        .filter(|c| c.str("user") == Some(user))
+        .map(|c| c.text().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn clicks_are_answered_ephemerally_to_the_clicker() {
+    let (app, double) = spawn_with_double("").await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+
+    click(&app, VIEWER, "approve", &card_ref(&incident)).await;
+    let calls = double
+        .wait_until(Duration::from_secs(5), |calls| {
+            calls.iter().any(|c| c.method == "chat.postEphemeral")
+        })
+        .await;
+    let refusal = calls
+        .iter()
+        .find(|c| c.method == "chat.postEphemeral")
+        .unwrap();
+    assert_eq!(refusal.channel(), Some("C1"));
+    assert_eq!(refusal.str("user"), Some(VIEWER));
+    assert!(refusal.text().contains("operator role"), "{refusal:?}");
+    assert_eq!(stored(&app, &incident).await, incident);
+
+    click(&app, OPERATOR, "approve", &card_ref(&incident)).await;
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+    double
+        .wait_until(Duration::from_secs(5), |_| {
+            ephemerals_to(&double, OPERATOR)
+                .iter()
+                .any(|t| t.contains("You approved"))
+        })
+        .await;
+    // Nothing went to the channel for everyone.
+    assert!(double.calls_to("chat.postMessage").is_empty());
+}
+
+#[tokio::test]
+async fn the_reject_button_opens_the_dialog_and_its_submission_rejects() {
+    let (app, double) = spawn_with_double("").await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let body = click_body(OPERATOR, "reject", &card_ref(&incident));
+    let trigger = serde_json::from_str::<Value>(&decode_payload(&body)).unwrap()["trigger_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = send(
+        &app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &body,
+        Signing::Valid,
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let calls = double
+        .wait_until(Duration::from_secs(5), |calls| {
+            calls.iter().any(|c| c.method == "views.open")
+        })
+        .await;
+    let opened = calls.iter().find(|c| c.method == "views.open").unwrap();
+    assert!(opened.ok(), "{opened:?}");
+    assert_eq!(opened.str("trigger_id"), Some(trigger.as_str()));
+    let view = &opened.body["view"];
+    assert_eq!(view["type"], "modal");
+    assert_eq!(view["callback_id"], "reject_reason");
+    let metadata = view["private_metadata"].as_str().unwrap().to_owned();
+    assert_eq!(
+        serde_json::from_str::<Value>(&metadata).unwrap(),
+        card_ref(&incident)
+    );
+    // Opening the dialog changed nothing.
+    assert_eq!(stored(&app, &incident).await, incident);
+
+    let submitted = submit_reject(&app, OPERATOR, &metadata, "not during the freeze").await;
+    assert_eq!(submitted.body, Value::Null, "{submitted:?}");
+    let now = stored(&app, &incident).await;
+    assert_eq!(now.status, Status::Rejected);
+    assert_eq!(
+        now.timeline.last().unwrap().message,
+        "rejected: not during the freeze"
+    );
+}
+
+/// The JSON in a `payload=` form body built by [`form`].
+fn decode_payload(body: &str) -> String {
+    let encoded = body.strip_prefix("payload=").unwrap();
+    let mut out = Vec::new();
+    let bytes = encoded.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                out.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).unwrap());
+                i += 2;
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn a_mention_is_answered_in_its_thread() {
+    let (app, double) = spawn_with_double("").await;
+    let body = event_body("Ev0THREAD", APP_ID, VIEWER, "status");
+    assert_eq!(event(&app, &body, &[]).await.status, 200);
+    let calls = double
+        .wait_until(Duration::from_secs(10), |calls| {
+            calls
+                .iter()
+                .any(|c| c.method == "chat.postMessage" && c.ok())
+        })
+        .await;
+    let reply = calls
+        .iter()
+        .find(|c| c.method == "chat.postMessage")
+        .unwrap();
+    assert_eq!(reply.channel(), Some("C1"));
+    assert_eq!(reply.thread_ts(), Some("1700000000.000300"));
+    assert!(reply.body["blocks"]
+        .as_array()
+        .is_some_and(|b| !b.is_empty()));
+
+    // A mention inside a thread is answered in that thread (its parent), not a new one.
+    let mut in_thread: Value =
+        serde_json::from_str(&event_body("Ev0THREAD2", APP_ID, VIEWER, "whoami")).unwrap();
+    in_thread["event"]["ts"] = json!("1700000000.000900");
+    in_thread["event"]["thread_ts"] = json!("1700000000.000800");
+    assert_eq!(event(&app, &in_thread.to_string(), &[]).await.status, 200);
+    double
+        .wait_until(Duration::from_secs(10), |calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.postMessage"
+                    && c.thread_ts() == Some("1700000000.000800")
+                    && c.text().contains("viewer")
+            })
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn user_group_members_get_the_groups_role() {
+    let (app, double) = spawn_with_double("").await;
+    let whoami = slash(&app, GROUPIE, "whoami").await;
+    assert!(
+        whoami.body["text"].as_str().unwrap().contains("operator"),
+        "{whoami:?}"
+    );
+    let incident = awaiting(&app, "cpu", Risk::Medium).await;
+    let approved = slash(&app, GROUPIE, &format!("approve {}", incident.id)).await;
+    assert_eq!(approved.body["response_type"], "in_channel", "{approved:?}");
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+    // Cached: one look-up for both commands.
+    assert_eq!(double.calls_to("usergroups.users.list").len(), 1);
+    // Someone outside the group has no role (default_role = "none").
+    let outsider = slash(&app, STRANGER, "status").await;
+    assert!(outsider.body["text"]
+        .as_str()
+        .unwrap()
+        .contains("no Sentinel role"));
+}
+
+#[tokio::test]
+async fn a_card_on_screen_stays_clickable_and_a_replaced_one_does_not() {
+    let (app, double) = spawn_with_double("C0CARDS").await;
+    let detected = app.trigger("memory").await;
+    let incident = app.await_approval(&detected.id, Risk::Medium).await;
+    // Wait for the card sync to draw the card as the incident is now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let now = stored(&app, &incident).await;
+        let caught_up = now.slack.as_ref().is_some_and(|card| {
+            card.ts.is_some() && card.digest == sentinel::slack::cards::card_digest(&now)
+        });
+        if caught_up {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the card was not drawn: {:?}",
+            now.slack
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let drawn = shown.slack.as_ref().unwrap().rendered_version;
+    assert!(shown.version > drawn, "bookkeeping writes bump the version");
+
+    // A click on the card as first drawn (before approval was asked): replaced since.
+    click(&app, OPERATOR, "approve", &card_ref(&detected)).await;
+    double
+        .wait_until(Duration::from_secs(5), |_| {
+            ephemerals_to(&double, OPERATOR)
+                .iter()
+                .any(|t| t.contains("changed since this card was drawn"))
+        })
+        .await;
+    assert_eq!(
+        stored(&app, &incident).await.status,
+        Status::AwaitingApproval
+    );
+
+    // A click on the card on screen works although the version moved on.
+    let on_screen = json!({"incident": incident.id.as_str(), "version": drawn});
+    click(&app, OPERATOR, "approve", &on_screen).await;
+    assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+}
