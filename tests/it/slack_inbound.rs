@@ -1176,3 +1176,147 @@ async fn a_card_on_screen_stays_clickable_and_a_replaced_one_does_not() {
     click(&app, OPERATOR, "approve", &on_screen).await;
     assert_eq!(stored(&app, &incident).await.status, Status::Approved);
 }
+
+/// The whole story in Slack: a container goes down, its card is posted, an operator clicks
+/// Approve on it, the fix runs and is verified, the card is updated in place and the thread
+/// carries every timeline step in order.
+#[tokio::test]
+async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_order() {
+    let double = SlackDouble::start().await;
+    let api_url = double.api_url();
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        slack_settings(s);
+        s.slack.api_url = api_url;
+        s.slack.channel = "CINCIDENTS".to_owned();
+        s.secrets.slack_bot_token = Some(SecretString::from(SlackDouble::TOKEN));
+        s.actions.enabled = true;
+        s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let container = crate::containers::Container::run("sentinel-slack", &[], &["sleep", "3600"]);
+    crate::containers::docker(&["stop", "-t", "1", &container.0]);
+    let fingerprint = format!("container_down:{}", container.0);
+    let mut incident = None;
+    for _ in 0..10 {
+        app.tick_monitor().await;
+        let open = app
+            .store
+            .list_incidents(sentinel::store::IncidentQuery {
+                open_only: true,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        incident = open
+            .into_iter()
+            .find(|i| i.fingerprint.as_str() == fingerprint);
+        if incident.is_some() {
+            break;
+        }
+    }
+    let incident = incident.expect("container_down detected");
+    // Wait until it waits for approval and its card is on screen with that state.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let current = stored(&app, &incident).await;
+        if current.status == Status::AwaitingApproval
+            && current.slack.as_ref().is_some_and(|c| {
+                c.ts.is_some()
+                    && sentinel::slack::cards::click_is_current(&current, c.rendered_version)
+            })
+        {
+            break current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no card awaiting approval: {current:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let card = shown.slack.clone().unwrap();
+    let card_ts = card.ts.clone().unwrap();
+    let posted = double.accepted("chat.postMessage");
+    let card_call = posted
+        .iter()
+        .find(|c| c.thread_ts().is_none())
+        .expect("the card");
+    assert_eq!(card_call.channel(), Some("CINCIDENTS"));
+    assert!(!card_call.text().is_empty(), "a text fallback");
+
+    // The operator clicks Approve on the card as it is shown.
+    let value = json!({"incident": shown.id.as_str(), "version": card.rendered_version});
+    let answer = click(&app, OPERATOR, "approve", &value).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resolved = loop {
+        let current = stored(&app, &incident).await;
+        if current.status == Status::Resolved {
+            break current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never resolved: {:#?}",
+            current.timeline
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        crate::containers::docker(&["inspect", "-f", "{{.State.Status}}", &container.0]),
+        "running"
+    );
+    let execution = resolved.execution.as_ref().unwrap();
+    assert_eq!(
+        execution.approved_by,
+        format!("slack:{OPERATOR} (operator)")
+    );
+
+    // Every timeline entry becomes one thread reply under the card, in order.
+    let expected = resolved.timeline.len();
+    let replies = double
+        .wait_until(Duration::from_secs(20), |calls| {
+            calls
+                .iter()
+                .filter(|c| {
+                    c.method == "chat.postMessage"
+                        && c.ok()
+                        && c.thread_ts() == Some(card_ts.as_str())
+                })
+                .count()
+                >= expected
+        })
+        .await
+        .into_iter()
+        .filter(|c| {
+            c.method == "chat.postMessage" && c.ok() && c.thread_ts() == Some(card_ts.as_str())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(replies.len(), expected, "one reply per timeline entry");
+    for (reply, entry) in replies.iter().zip(&resolved.timeline) {
+        assert!(
+            reply.text().contains(&entry.step.replace('_', " "))
+                || reply.text().contains(&entry.step),
+            "replies out of order: {:?} for {:?}",
+            reply.text(),
+            entry.step
+        );
+    }
+    // The card itself was updated in place, last to the resolved state.
+    let updates = double
+        .wait_until(Duration::from_secs(10), |calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.update" && c.ok() && c.text().to_lowercase().contains("resolved")
+            })
+        })
+        .await;
+    let last_update = updates
+        .iter()
+        .rev()
+        .find(|c| c.method == "chat.update" && c.ok())
+        .unwrap();
+    assert_eq!(last_update.str("ts"), Some(card_ts.as_str()));
+    // And the audit names the Slack user and role.
+    let audit = app.store.list_audit().await.unwrap();
+    assert!(audit.iter().any(|e| e.record.event == "ApprovalGranted"
+        && e.record.actor == format!("slack:{OPERATOR}")
+        && e.record.role.as_deref() == Some("operator")));
+}
