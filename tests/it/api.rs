@@ -421,30 +421,7 @@ async fn rolling_back_an_incident_with_no_executed_fix_is_a_conflict() {
 async fn concurrent_approvals(app: &TestApp) {
     let incident = app.trigger("memory").await;
     app.await_approval(&incident.id, Risk::Medium).await;
-    let path = format!("/api/incidents/{}/approve", incident.id);
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let key = if i % 2 == 0 {
-            app.keys.operator.clone()
-        } else {
-            app.keys.admin.clone()
-        };
-        let (client, url) = (app.client.clone(), format!("{}{path}", app.base));
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
+    let mut statuses = app.approve_concurrently(&incident.id, 10).await;
     statuses.sort();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),

@@ -212,6 +212,30 @@ impl TestApp {
         self.store.update_incident(&incident).await.unwrap()
     }
 
+    /// Sends `n` approvals of one incident at once, alternating operator and admin keys, and
+    /// returns the statuses.
+    pub async fn approve_concurrently(&self, id: &IncidentId, n: usize) -> Vec<u16> {
+        let url = format!("{}/api/incidents/{id}/approve", self.base);
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let key = if i % 2 == 0 {
+                self.keys.operator.clone()
+            } else {
+                self.keys.admin.clone()
+            };
+            let (client, url) = (self.client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let response = client.post(url).header("x-api-key", key).send().await;
+                response.expect("the server answers").status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.expect("the request task"));
+        }
+        statuses
+    }
+
     /// Runs one monitor cycle now.
     pub async fn tick_monitor(&self) -> CycleReport {
         self.monitor.tick(None).await

@@ -318,30 +318,7 @@ async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
     stored.approvals.clear();
     app.store.update_incident(&stored).await.unwrap();
 
-    let url = format!("{}/api/incidents/{id}/approve", app.base);
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let key = if i % 2 == 0 {
-            app.keys.operator.clone()
-        } else {
-            app.keys.admin.clone()
-        };
-        let (client, url) = (app.client.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
+    let statuses = app.approve_concurrently(&id, 50).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,
