@@ -23,6 +23,8 @@ pub struct Application {
     monitor: Arc<Monitor>,
     /// Slack's client and outbox, when `SLACK_BOT_TOKEN` is set.
     slack: Option<Arc<crate::slack::Slack>>,
+    /// The Socket Mode client, when `SLACK_APP_TOKEN` is set; `run` spawns it.
+    socket_mode: Option<crate::slack::socket_mode::SocketMode>,
     /// The remediation queue's receiving end, handed to the worker by `run`.
     jobs: tokio::sync::mpsc::UnboundedReceiver<crate::pipeline::remediate::Job>,
     /// Cancelled by Ctrl-C, SIGTERM or a test; every task watches it.
@@ -44,6 +46,7 @@ impl Application {
             slack: slack.clone(),
             monitor: Arc::clone(&monitor),
         });
+        let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(&state)?;
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -54,6 +57,7 @@ impl Application {
             sentinel,
             monitor,
             slack,
+            socket_mode,
             jobs,
             shutdown: CancellationToken::new(),
         })
@@ -87,7 +91,7 @@ impl Application {
         let settings = &self.sentinel.settings;
         if !settings.slack_enabled() {
             tracing::info!(
-                "slack is off: set SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN to turn it on"
+                "slack is off: set SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN"
             );
         }
         tracing::info!(
@@ -113,10 +117,13 @@ impl Application {
         if monitor.is_none() {
             tracing::info!("the monitor loop is off on this replica ([monitor] enabled = false)");
         }
-        let slack_tasks = match &self.slack {
+        let mut slack_tasks = match &self.slack {
             Some(slack) => slack.spawn_tasks(&self.sentinel, &self.shutdown),
             None => Vec::new(),
         };
+        if let Some(socket_mode) = self.socket_mode {
+            slack_tasks.push(tokio::spawn(socket_mode.run(self.shutdown.clone())));
+        }
         let shutdown = self.shutdown.clone();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -1,5 +1,6 @@
 //! The Slack Web API client: `chat.postMessage`, `chat.update`, `chat.postEphemeral`,
-//! `views.open`, `usergroups.users.list` and `auth.test` on `SLACK_API_URL` with the bot token.
+//! `views.open`, `usergroups.users.list` and `auth.test` on `SLACK_API_URL` with the bot token;
+//! `apps.connections.open` (Socket Mode) with the app-level token.
 //!
 //! In: a method's arguments. Out: what Slack answered, or a [`SlackError`] that says what a
 //! caller can do about it: wait ([`SlackError::RateLimited`], HTTP 429 with `Retry-After`),
@@ -157,6 +158,13 @@ impl SlackApi {
     pub async fn auth_test(&self) -> Result<String, SlackError> {
         let answer = self.call_json("auth.test", &json!({})).await?;
         string_field(&answer, "user_id", "auth.test")
+    }
+
+    /// Socket Mode: a fresh WebSocket URL (`wss://…`) for one connection. Needs the
+    /// app-level token (`xapp-…`): call it on a client built with that token, not the bot's.
+    pub async fn connections_open(&self) -> Result<String, SlackError> {
+        let answer = self.call_json("apps.connections.open", &json!({})).await?;
+        string_field(&answer, "url", "apps.connections.open")
     }
 
     async fn call_json(&self, method: &str, body: &Value) -> Result<Value, SlackError> {

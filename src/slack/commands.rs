@@ -9,7 +9,8 @@
 //!
 //! Every change goes through the same [`Sentinel`](crate::service::Sentinel) calls as the
 //! HTTP API, as `Actor::SlackUser`, so the audit log reads `slack:U… (role)`. Nobody without
-//! the role a command needs changes anything. The HTTP answer comes within
+//! the role a command needs changes anything. The answer (the HTTP body, or the payload of the
+//! Socket Mode acknowledgement) comes within
 //! [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET): `check` always answers at once and posts
 //! its result later; anything else that runs long is followed up the same way.
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form, Json};
+use axum::{Extension, Form};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -31,7 +32,7 @@ use crate::pipeline::intake::Intake;
 use crate::service::ServiceError;
 use crate::slack::blocks;
 use crate::slack::blocks::escape;
-use crate::slack::http::{within_budget, Inbound, Reply, Visibility};
+use crate::slack::http::{respond, within_budget, Answer, BadPayload, Inbound, Reply, Visibility};
 use crate::slack::verify::VerifiedBody;
 use crate::store::{Control, IncidentQuery};
 use crate::web::error::ApiError;
@@ -637,25 +638,32 @@ pub struct CommandForm {
     pub ssl_check: Option<String>,
 }
 
-/// `POST /slack/commands`.
+/// `POST /slack/commands`: the verified form, through [`receive`].
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(_verified): Extension<VerifiedBody>,
     form: Result<Form<CommandForm>, FormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
-    };
+    match form {
+        Ok(Form(form)) => respond(receive(&inbound, form).await),
+        Err(rejection) => ApiError::bad_request(rejection.body_text()).into_response(),
+    }
+}
+
+/// The slash command's one entry point, for HTTP (the form) and Socket Mode (the
+/// `slash_commands` payload, the same fields as JSON strings): the reply to show now, within
+/// [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET); later answers go to `response_url`
+/// ([`answer`]). `ssl_check` pings and other apps' commands get a bare acknowledgement.
+pub async fn receive(inbound: &Arc<Inbound>, form: CommandForm) -> Result<Answer, BadPayload> {
     if form.ssl_check.is_some() {
-        return axum::http::StatusCode::OK.into_response();
+        return Ok(None);
     }
     if !inbound.is_our_app(form.api_app_id.as_deref()) {
         tracing::warn!(api_app_id = ?form.api_app_id, "ignoring a command for another app");
-        return axum::http::StatusCode::OK.into_response();
+        return Ok(None);
     }
     if form.user_id.is_empty() {
-        return ApiError::bad_request("a slash command needs user_id").into_response();
+        return Err(BadPayload("a slash command needs user_id".to_owned()));
     }
     let invocation = Invocation {
         user_id: form.user_id,
@@ -664,8 +672,8 @@ pub async fn handle(
             response_url: form.response_url,
         },
     };
-    let reply = answer(&inbound, invocation, &form.text).await;
-    Json(reply.to_json()).into_response()
+    let reply = answer(inbound, invocation, &form.text).await;
+    Ok(Some(reply.to_json()))
 }
 
 #[cfg(test)]

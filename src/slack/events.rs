@@ -1,7 +1,8 @@
-//! The Events API: `POST /slack/events` (SPEC §6).
+//! The Events API: `POST /slack/events` and Socket Mode's `events_api` envelopes (SPEC §6).
 //!
-//! In: a verified JSON envelope. Out: `url_verification` answered with its challenge;
-//! everything else acknowledged with 200 at once, its work done in a spawned task.
+//! In: a verified JSON envelope, or the payload of a Socket Mode envelope, both through
+//! [`receive`]. Out: `url_verification` answered with its challenge; everything else
+//! acknowledged at once, its work done in a spawned task.
 //! An `event_callback` is handled at most once per `event_id`, whichever replica or retry
 //! (`X-Slack-Retry-Num`) delivers it, through [`Store::claim_once`]; callbacks for another
 //! app (`api_app_id` ≠ `[slack] app_id`, when set) are ignored. An `app_mention` ("@sentinel
@@ -14,15 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::domain::Timestamp;
 use crate::slack::commands::{self, Invocation, ReplyTo};
-use crate::slack::http::Inbound;
+use crate::slack::http::{respond, Answer, BadPayload, Inbound};
 use crate::slack::verify::VerifiedBody;
 use crate::web::error::ApiError;
 
@@ -75,39 +76,62 @@ struct Mention {
     thread_ts: Option<String>,
 }
 
-/// `POST /slack/events`.
+/// How a callback was redelivered: `X-Slack-Retry-Num` / `X-Slack-Retry-Reason` over HTTP,
+/// the envelope's `retry_attempt` / `retry_reason` over Socket Mode. Only logged: the
+/// `event_id` claim is what keeps a redelivery from running twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    pub attempt: String,
+    pub reason: Option<String>,
+}
+
+/// `POST /slack/events`: the verified body, read as JSON, through [`receive`].
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(VerifiedBody(body)): Extension<VerifiedBody>,
     headers: HeaderMap,
 ) -> Response {
-    let envelope: Envelope = match serde_json::from_slice(&body) {
-        Ok(envelope) => envelope,
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
         Err(e) => {
             return ApiError::bad_request(format!("not an Events API payload: {e}")).into_response()
         }
     };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let redelivery = header("x-slack-retry-num").map(|attempt| Redelivery {
+        attempt,
+        reason: header("x-slack-retry-reason"),
+    });
+    respond(receive(&inbound, payload, redelivery).await)
+}
+
+/// The Events API's one entry point, for HTTP and Socket Mode alike: answers a
+/// `url_verification` with its challenge; for an `event_callback` starts its handling in a
+/// task (handled once per `event_id`) and returns at once; acknowledges anything else.
+pub async fn receive(
+    inbound: &Arc<Inbound>,
+    payload: Value,
+    redelivery: Option<Redelivery>,
+) -> Result<Answer, BadPayload> {
+    let envelope: Envelope = serde_json::from_value(payload)
+        .map_err(|e| BadPayload(format!("not an Events API payload: {e}")))?;
     match envelope {
-        Envelope::UrlVerification { challenge } => {
-            Json(json!({ "challenge": challenge })).into_response()
-        }
+        Envelope::UrlVerification { challenge } => Ok(Some(json!({ "challenge": challenge }))),
         Envelope::EventCallback(callback) => {
-            let retry = headers
-                .get("x-slack-retry-num")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let reason = headers
-                .get("x-slack-retry-reason")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            if let Some(retry) = &retry {
+            if let Some(Redelivery { attempt, reason }) = &redelivery {
                 let event_id = &callback.event_id;
-                tracing::info!(%event_id, retry, ?reason, "slack redelivered an event");
+                tracing::info!(%event_id, retry = attempt, ?reason, "slack redelivered an event");
             }
+            let inbound = Arc::clone(inbound);
             tokio::spawn(async move { process(&inbound, callback).await });
-            StatusCode::OK.into_response()
+            Ok(None)
         }
-        Envelope::Other => StatusCode::OK.into_response(),
+        Envelope::Other => Ok(None),
     }
 }
 

@@ -8,15 +8,22 @@
 //!
 //! [`Inbound`] is what the handlers share: the application, the role mapping (with its user
 //! group cache) and the monitor for `/sentinel check`.
+//!
+//! Each kind has one entry point that takes the parsed payload and returns an [`Answer`]:
+//! [`events::receive`], [`commands::receive`] and [`interactions::receive`]. The routes here
+//! only read the HTTP request into that payload and turn the answer into a response
+//! ([`respond`]); Socket Mode ([`socket_mode`](crate::slack::socket_mode)) calls the same
+//! functions with the envelopes' payloads and puts the answer in its acknowledgement.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
+use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::pipeline::monitor::Monitor;
@@ -24,13 +31,35 @@ use crate::slack::blocks::Rendered;
 use crate::slack::roles::Roles;
 use crate::slack::verify::{self, Verifier};
 use crate::slack::{commands, events, interactions};
+use crate::web::error::ApiError;
 use crate::web::{Access, AppState, RouteSpec};
 
 /// How long a handler may work before it must answer Slack anyway: well inside Slack's
 /// three seconds, leaving room for the network.
 pub const ACK_BUDGET: Duration = Duration::from_millis(2000);
 
-/// What the Slack handlers share; built once with the router.
+/// A handler's answer, whichever way the payload came. `None`: a bare acknowledgement (HTTP
+/// 200 without a body; a Socket Mode ack without `payload`). `Some(body)`: a JSON answer
+/// (the HTTP body; the Socket Mode ack's `payload`), such as a slash command's reply or a
+/// dialog's `response_action`.
+pub type Answer = Option<Value>;
+
+/// A payload a handler cannot use. Over HTTP a 400 with the reason; over Socket Mode it is
+/// logged and acknowledged anyway (a redelivery would not read any better).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPayload(pub String);
+
+/// An entry point's result as the HTTP response Slack gets.
+pub fn respond(answer: Result<Answer, BadPayload>) -> Response {
+    match answer {
+        Ok(None) => StatusCode::OK.into_response(),
+        Ok(Some(body)) => Json(body).into_response(),
+        Err(BadPayload(why)) => ApiError::bad_request(why).into_response(),
+    }
+}
+
+/// What the Slack handlers share; built once with the router (and once for Socket Mode).
 pub struct Inbound {
     pub app: AppState,
     pub roles: Roles,

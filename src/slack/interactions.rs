@@ -1,10 +1,12 @@
-//! Buttons and modals: `POST /slack/interactions` (SPEC §6).
+//! Buttons and modals: `POST /slack/interactions` and Socket Mode's `interactive` envelopes
+//! (SPEC §6).
 //!
-//! In: the verified form field `payload`, a JSON `block_actions` (a card's Approve, Reject,
-//! Rollback or Silence button) or `view_submission` (the reject dialog). Out: the same
-//! service calls as the HTTP API, as `Actor::SlackUser` with the clicking user's role, so
-//! the audit log reads `slack:U… (role)`; an ephemeral message to the user for every
-//! outcome; the HTTP acknowledgement within [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET).
+//! In: the verified form field `payload` or the envelope's payload, both through
+//! [`receive`]: a JSON `block_actions` (a card's Approve, Reject, Rollback or Silence button)
+//! or `view_submission` (the reject dialog). Out: the same service calls as the HTTP API, as
+//! `Actor::SlackUser` with the clicking user's role, so the audit log reads `slack:U… (role)`;
+//! an ephemeral message to the user for every outcome; the acknowledgement within
+//! [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET).
 //!
 //! Buttons carry `{"incident": "inc-…", "version": N}` ([`CardRef`]), never parameters: what
 //! gets approved is what the store says, and only if the card clicked still shows the
@@ -18,9 +20,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form, Json};
+use axum::{Extension, Form};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,7 +29,7 @@ use crate::domain::{Actor, Incident, IncidentId, Role, Status, Timestamp};
 use crate::service::ServiceError;
 use crate::slack::blocks::{self, escape};
 use crate::slack::cards;
-use crate::slack::http::{within_budget, Inbound};
+use crate::slack::http::{respond, within_budget, Answer, BadPayload, Inbound};
 use crate::slack::verify::VerifiedBody;
 use crate::web::error::ApiError;
 
@@ -182,7 +183,8 @@ struct InputState {
     value: Option<String>,
 }
 
-/// `POST /slack/interactions`.
+/// `POST /slack/interactions`: the verified form's `payload` field, read as JSON, through
+/// [`receive`].
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(_verified): Extension<VerifiedBody>,
@@ -192,50 +194,54 @@ pub async fn handle(
         Ok(Form(form)) => form,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    let payload: Payload = match serde_json::from_str(&form.payload) {
-        Ok(payload) => payload,
-        Err(e) => {
-            return ApiError::bad_request(format!("not an interaction payload: {e}"))
-                .into_response()
-        }
-    };
+    match serde_json::from_str::<Value>(&form.payload) {
+        Ok(payload) => respond(receive(&inbound, payload).await),
+        Err(e) => ApiError::bad_request(format!("not an interaction payload: {e}")).into_response(),
+    }
+}
+
+/// The interactions' one entry point, for HTTP (the form's `payload`) and Socket Mode (the
+/// `interactive` envelope's payload). A click is handled in a task the answer waits for only
+/// up to [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET), and answered with a bare
+/// acknowledgement (the user hears back ephemerally). A reject dialog's submission answers
+/// `None` (Slack closes it) or `{"response_action":"errors",…}` (it stays open, saying why).
+pub async fn receive(inbound: &Arc<Inbound>, payload: Value) -> Result<Answer, BadPayload> {
+    let payload: Payload = serde_json::from_value(payload)
+        .map_err(|e| BadPayload(format!("not an interaction payload: {e}")))?;
     match payload {
         Payload::BlockActions(actions) => {
             if !inbound.is_our_app(actions.api_app_id.as_deref()) {
                 let app = &actions.api_app_id;
                 tracing::warn!(api_app_id = ?app, "ignoring a click for another app");
-                return StatusCode::OK.into_response();
+                return Ok(None);
             }
             // Everything, the ephemeral answer included, happens in the task; the ack waits
             // for it only up to the budget.
-            let inbound = Arc::clone(&inbound);
+            let inbound = Arc::clone(inbound);
             within_budget(
                 async move { clicked(&inbound, actions).await },
                 |()| async {},
             )
             .await;
-            StatusCode::OK.into_response()
+            Ok(None)
         }
         Payload::ViewSubmission(submission) => {
             if !inbound.is_our_app(submission.api_app_id.as_deref())
                 || submission.view.callback_id != REJECT_CALLBACK
             {
-                return StatusCode::OK.into_response();
+                return Ok(None);
             }
-            let inbound = Arc::clone(&inbound);
+            let inbound = Arc::clone(inbound);
             let late = |answer: Option<Value>| async move {
                 if let Some(answer) = answer {
                     tracing::warn!(%answer, "a reject dialog's answer came too late to show");
                 }
             };
             let answer = within_budget(async move { submitted(&inbound, submission).await }, late);
-            match answer.await.flatten() {
-                Some(errors) => Json(errors).into_response(),
-                // Empty 200: Slack closes the dialog.
-                None => StatusCode::OK.into_response(),
-            }
+            // `None`: Slack closes the dialog.
+            Ok(answer.await.flatten())
         }
-        Payload::Other => StatusCode::OK.into_response(),
+        Payload::Other => Ok(None),
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! Inbound, behind one verification layer over the raw body ([`verify`]): the Events API
 //! ([`events`]), `/sentinel` ([`commands`]) and buttons and modals ([`interactions`]), served
-//! by [`http::router`]; Slack users get their role from `[rbac]` ([`roles`]).
+//! by [`http::router`], or the same handlers over a WebSocket with `SLACK_APP_TOKEN`
+//! ([`socket_mode`]); Slack users get their role from `[rbac]` ([`roles`]).
 //! Outbound: the Web API client on `SLACK_API_URL` ([`client`]), a durable, ordered,
 //! rate-limited outbox ([`outbox`]) and the incident cards kept in step with incidents
 //! ([`cards`]), rendered from the minijinja templates in `blocks/` ([`blocks`]).
 //!
-//! Slack is optional: without a signing secret the routes answer 404 and nothing is posted.
+//! Slack is optional: without a signing secret the routes answer 404, without an app token
+//! there is no socket, and without a bot token nothing is posted.
 
 pub mod blocks;
 pub mod cards;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod interactions;
 pub mod outbox;
 pub mod roles;
+pub mod socket_mode;
 pub mod verify;
 
 use std::sync::Arc;

@@ -20,4 +20,5 @@ mod remediate;
 mod slack_double;
 mod slack_inbound;
 mod slack_outbound;
+mod slack_socket;
 mod store;

@@ -5,10 +5,17 @@
 //!
 //! Point the app at it with `settings.slack.api_url = double.api_url()` and
 //! `SLACK_BOT_TOKEN = SlackDouble::TOKEN`; any other token gets `invalid_auth`.
+//!
+//! Socket Mode: `apps.connections.open` (with `SLACK_APP_TOKEN = SlackDouble::APP_TOKEN`)
+//! hands out a single-use `ws://127.0.0.1:…/link/?ticket=N` on the double's own WebSocket
+//! listener, which greets every connection with `hello`, records what Sentinel sends
+//! ([`SlackDouble::socket_frames`], the acks) and lets a test send envelopes, `disconnect`
+//! messages, or drop the connection without a closing handshake. `response_url`s on the
+//! double's origin ([`SlackDouble::response_url`]) are recorded too.
 
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +26,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as WsRequest, Response as WsResponse,
+};
+use tokio_tungstenite::tungstenite::{http as ws_http, Message};
 
 /// One call the double received.
 #[derive(Debug, Clone)]
@@ -75,6 +88,8 @@ struct Script {
     always: HashMap<String, String>,
     /// Answer 429 to every `n`th call of a method (counting all its calls).
     every: HashMap<String, (u64, u64)>,
+    /// Answer every call of a method only after this long.
+    delays: HashMap<String, Duration>,
     counts: HashMap<String, u64>,
 }
 
@@ -83,6 +98,53 @@ struct DoubleState {
     script: Mutex<Script>,
     next_ts: AtomicU64,
     usergroups: Mutex<HashMap<String, Vec<String>>>,
+    /// Where the Socket Mode listener is.
+    ws_addr: std::net::SocketAddr,
+    sockets: Mutex<Sockets>,
+    /// Bodies POSTed to `/response/{id}`, with the id.
+    responses: Mutex<Vec<(String, Value)>>,
+}
+
+/// Socket Mode's side of the double.
+#[derive(Default)]
+struct Sockets {
+    /// Tickets handed out by `apps.connections.open`, and those already used.
+    issued: HashSet<u64>,
+    used: HashSet<u64>,
+    next_ticket: u64,
+    next_envelope: u64,
+    connections: Vec<Connection>,
+    /// Every text frame Sentinel sent: (connection index, the frame as JSON).
+    frames: Vec<(usize, Value)>,
+    /// Handshakes refused for an unknown or reused ticket, or on demand.
+    refused: u64,
+    /// Refuse this many more handshakes (403), whatever the ticket.
+    refuse_next: u64,
+}
+
+struct Connection {
+    ticket: u64,
+    control: mpsc::UnboundedSender<Control>,
+    hello: bool,
+    open: bool,
+    /// Sentinel closed it (a close frame or its end of TCP), not the double.
+    closed_by_sentinel: bool,
+}
+
+enum Control {
+    Send(String),
+    /// Drop the TCP connection without a closing handshake.
+    Drop,
+}
+
+/// One Socket Mode connection, as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub ticket: u64,
+    /// `hello` was sent.
+    pub hello: bool,
+    pub open: bool,
+    pub closed_by_sentinel: bool,
 }
 
 pub struct SlackDouble {
@@ -101,24 +163,46 @@ impl SlackDouble {
     /// The bot token the double accepts.
     pub const TOKEN: &'static str = "xoxb-test-token";
 
+    /// The app-level token `apps.connections.open` accepts (and nothing else does).
+    pub const APP_TOKEN: &'static str = "xapp-1-A0TEST-1-test-app-token";
+
     pub async fn start() -> SlackDouble {
+        let ws_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let state = Arc::new(DoubleState {
             calls: Mutex::new(Vec::new()),
             script: Mutex::new(Script::default()),
             next_ts: AtomicU64::new(1),
             usergroups: Mutex::new(HashMap::new()),
+            ws_addr: ws_listener.local_addr().unwrap(),
+            sockets: Mutex::new(Sockets::default()),
+            responses: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/api/{method}", post(answer))
+            .route("/response/{id}", post(record_response))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().unwrap();
+        let ws_state = Arc::clone(&state);
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("the slack double serves");
+            let sockets = async move {
+                // Each connection's task ends when its socket does; the listener with the
+                // double (this task is aborted on drop, taking the connections with it).
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((stream, _)) = ws_listener.accept().await {
+                    connections.spawn(serve_socket(Arc::clone(&ws_state), stream));
+                }
+            };
+            let api = async move {
+                axum::serve(listener, app)
+                    .await
+                    .expect("the slack double serves");
+            };
+            tokio::join!(sockets, api);
         });
         SlackDouble {
             addr,
@@ -156,12 +240,19 @@ impl SlackDouble {
             .insert(method.to_owned(), (n.max(1), retry_after_secs));
     }
 
-    /// Forgets every scripted failure.
+    /// Answers every call of `method` only after `delay`, until [`Self::heal`].
+    pub fn delay(&self, method: &str, delay: Duration) {
+        let mut script = self.state.script.lock().unwrap();
+        script.delays.insert(method.to_owned(), delay);
+    }
+
+    /// Forgets every scripted failure and delay.
     pub fn heal(&self) {
         let mut script = self.state.script.lock().unwrap();
         script.next.clear();
         script.always.clear();
         script.every.clear();
+        script.delays.clear();
     }
 
     pub fn set_usergroup(&self, usergroup: &str, users: &[&str]) {
@@ -187,6 +278,148 @@ impl SlackDouble {
     /// The calls of one method that Slack accepted.
     pub fn accepted(&self, method: &str) -> Vec<Call> {
         self.calls_to(method).into_iter().filter(Call::ok).collect()
+    }
+
+    /// A `response_url` on the double's origin (so Sentinel may post to it).
+    pub fn response_url(&self, id: &str) -> String {
+        format!("http://{}/response/{id}", self.addr)
+    }
+
+    /// What was posted to `response_url(id)`, in order.
+    pub fn responses(&self, id: &str) -> Vec<Value> {
+        self.state
+            .responses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| at == id)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Every Socket Mode connection so far, in order.
+    pub fn sockets(&self) -> Vec<SocketInfo> {
+        let sockets = self.state.sockets.lock().unwrap();
+        sockets
+            .connections
+            .iter()
+            .map(|c| SocketInfo {
+                ticket: c.ticket,
+                hello: c.hello,
+                open: c.open,
+                closed_by_sentinel: c.closed_by_sentinel,
+            })
+            .collect()
+    }
+
+    /// Refuses the next `n` WebSocket handshakes with 403, valid ticket or not.
+    pub fn refuse_next_handshakes(&self, n: u64) {
+        self.state.sockets.lock().unwrap().refuse_next += n;
+    }
+
+    /// Handshakes refused (unknown or reused ticket, or [`Self::refuse_next_handshakes`]).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.state.sockets.lock().unwrap().refused
+    }
+
+    /// Waits until `n` connections have been greeted with `hello` and the newest is open.
+    pub async fn wait_for_sockets(&self, n: usize, timeout: Duration) -> Vec<SocketInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let sockets = self.sockets();
+            let greeted = sockets.iter().filter(|s| s.hello).count();
+            if greeted >= n && sockets.last().is_some_and(|s| s.open && s.hello) {
+                return sockets;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "expected {n} socket mode connections; have {sockets:?}; calls: {:?}",
+                    self.calls_to("apps.connections.open")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a raw frame on the newest open connection.
+    pub fn send_frame(&self, frame: &Value) {
+        self.control_newest(Control::Send(frame.to_string()));
+    }
+
+    /// Sends an envelope on the newest open connection; returns its `envelope_id`.
+    pub fn send_envelope(
+        &self,
+        kind: &str,
+        payload: Value,
+        accepts_response_payload: bool,
+    ) -> String {
+        let envelope_id = {
+            let mut sockets = self.state.sockets.lock().unwrap();
+            sockets.next_envelope += 1;
+            format!("env-{}", sockets.next_envelope)
+        };
+        let mut envelope = json!({
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+        });
+        if kind == "events_api" {
+            envelope["retry_attempt"] = json!(0);
+            envelope["retry_reason"] = json!("");
+        }
+        self.send_frame(&envelope);
+        envelope_id
+    }
+
+    /// Drops the newest open connection's TCP stream without a closing handshake.
+    pub fn drop_socket(&self) {
+        self.control_newest(Control::Drop);
+    }
+
+    fn control_newest(&self, control: Control) {
+        let sockets = self.state.sockets.lock().unwrap();
+        let newest = sockets
+            .connections
+            .iter()
+            .rev()
+            .find(|c| c.open && c.hello)
+            .expect("an open socket mode connection");
+        newest
+            .control
+            .send(control)
+            .expect("the connection's task is running");
+    }
+
+    /// Every text frame Sentinel sent over Socket Mode: (connection index, frame).
+    pub fn socket_frames(&self) -> Vec<(usize, Value)> {
+        self.state.sockets.lock().unwrap().frames.clone()
+    }
+
+    /// The acknowledgements of one envelope (there should be exactly one).
+    pub fn acks_of(&self, envelope_id: &str) -> Vec<Value> {
+        self.socket_frames()
+            .into_iter()
+            .map(|(_, frame)| frame)
+            .filter(|frame| frame["envelope_id"] == envelope_id)
+            .collect()
+    }
+
+    /// Waits for the acknowledgement of `envelope_id`; panics after `timeout`.
+    pub async fn wait_for_ack(&self, envelope_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ack) = self.acks_of(envelope_id).into_iter().next() {
+                return ack;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no ack for {envelope_id}; Sentinel sent {:?}",
+                    self.socket_frames()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until `done(calls)` holds, polling; panics with the calls after `timeout`.
@@ -231,11 +464,27 @@ async fn answer(
     } else {
         json!(form_fields(&body))
     };
-    let authorized = headers
+    // apps.connections.open takes the app-level token, every other method the bot token.
+    let (wanted, other) = if method == "apps.connections.open" {
+        (SlackDouble::APP_TOKEN, SlackDouble::TOKEN)
+    } else {
+        (SlackDouble::TOKEN, SlackDouble::APP_TOKEN)
+    };
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {}", SlackDouble::TOKEN));
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = bearer == Some(wanted);
+    let auth_error = if bearer == Some(other) {
+        "not_allowed_token_type"
+    } else {
+        "invalid_auth"
+    };
 
+    let delay = state.script.lock().unwrap().delays.get(&method).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let failure = {
         let mut script = state.script.lock().unwrap();
         let count = {
@@ -265,8 +514,8 @@ async fn answer(
         ts: None,
     };
     let response = if !authorized {
-        call.error = Some("invalid_auth".to_owned());
-        Json(json!({ "ok": false, "error": "invalid_auth" })).into_response()
+        call.error = Some(auth_error.to_owned());
+        Json(json!({ "ok": false, "error": auth_error })).into_response()
     } else {
         match failure {
             Some(Failure::RateLimited { retry_after_secs }) => {
@@ -386,12 +635,120 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
                 None,
             )
         }
+        "apps.connections.open" => {
+            let mut sockets = state.sockets.lock().unwrap();
+            sockets.next_ticket += 1;
+            let ticket = sockets.next_ticket;
+            sockets.issued.insert(ticket);
+            let url = format!("ws://{}/link/?ticket={ticket}", state.ws_addr);
+            (json!({ "ok": true, "url": url }), None)
+        }
         "usergroups.users.list" => match state.usergroups.lock().unwrap().get(field("usergroup")) {
             Some(users) => (json!({ "ok": true, "users": users }), None),
             None => missing("no_such_subteam"),
         },
         _ => missing("unknown_method"),
     }
+}
+
+async fn record_response(
+    State(state): State<Arc<DoubleState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Json<Value> {
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| json!({ "_unparsed": String::from_utf8_lossy(&body) }));
+    state.responses.lock().unwrap().push((id, body));
+    Json(json!({ "ok": true }))
+}
+
+/// One Socket Mode connection: the ticket is checked (issued, unused), `hello` sent, then
+/// Sentinel's frames are recorded and the test's controls carried out until either side ends.
+async fn serve_socket(state: Arc<DoubleState>, stream: tokio::net::TcpStream) {
+    let mut ticket = None;
+    // The error type is tungstenite's own (an HTTP response), large or not.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &WsRequest, response: WsResponse| -> Result<WsResponse, ErrorResponse> {
+        let asked = request
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ticket="))
+            .and_then(|t| t.parse::<u64>().ok());
+        let mut sockets = state.sockets.lock().unwrap();
+        let refuse = sockets.refuse_next > 0;
+        sockets.refuse_next = sockets.refuse_next.saturating_sub(1);
+        match asked {
+            Some(t) if !refuse && sockets.issued.contains(&t) && sockets.used.insert(t) => {
+                ticket = Some(t);
+                Ok(response)
+            }
+            _ => {
+                sockets.refused += 1;
+                let mut refusal = ws_http::Response::new(Some(
+                    "refused: unknown or used ticket, or on demand".into(),
+                ));
+                *refusal.status_mut() = ws_http::StatusCode::FORBIDDEN;
+                Err(refusal)
+            }
+        }
+    };
+    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+        return;
+    };
+    let ticket = ticket.expect("an accepted handshake has a ticket");
+    let (control, mut controls) = mpsc::unbounded_channel();
+    let index = {
+        let mut sockets = state.sockets.lock().unwrap();
+        sockets.connections.push(Connection {
+            ticket,
+            control,
+            hello: false,
+            open: true,
+            closed_by_sentinel: false,
+        });
+        sockets.connections.len() - 1
+    };
+    let hello = json!({
+        "type": "hello",
+        "num_connections": 1,
+        "debug_info": { "host": "slack-double", "approximate_connection_time": 3600 },
+        "connection_info": { "app_id": "A0SENTINEL" },
+    });
+    let greeted = socket.send(Message::text(hello.to_string())).await.is_ok();
+    state.sockets.lock().unwrap().connections[index].hello = greeted;
+    let mut by_sentinel = true;
+    if greeted {
+        loop {
+            tokio::select! {
+                frame = socket.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let frame = serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|_| json!({ "_unparsed": text.as_str() }));
+                        state.sockets.lock().unwrap().frames.push((index, frame));
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                control = controls.recv() => match control {
+                    Some(Control::Send(text)) => {
+                        if socket.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Control::Drop) | None => {
+                        by_sentinel = false;
+                        break;
+                    }
+                },
+            }
+        }
+    }
+    // Dropped here: the TCP stream closes with no closing handshake from the double.
+    drop(socket);
+    let mut sockets = state.sockets.lock().unwrap();
+    let connection = &mut sockets.connections[index];
+    connection.open = false;
+    connection.closed_by_sentinel = by_sentinel;
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body.
