@@ -87,7 +87,18 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
 
-    /// Runs `f` on the blocking pool with the database.
+    /// Runs a read-only transaction right here. redb readers never wait for the writer
+    /// (copy-on-write snapshots), and these reads take microseconds, so handing them to the
+    /// blocking pool would cost more (two thread wake-ups) than the read itself.
+    async fn read_now<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Database) -> StoreResult<T>,
+    {
+        f(&self.db)
+    }
+
+    /// Runs `f` on the blocking pool with the database: writes, which wait for fsync, and
+    /// reads of unbounded size.
     async fn with_db<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -127,7 +138,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.with_db(|db| {
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             txn.open_table(SINGLETONS).map_err(unavailable)?;
             Ok(())
@@ -183,7 +194,7 @@ impl Store for EmbeddedStore {
 
     async fn get_incident(&self, id: &IncidentId) -> StoreResult<Option<Incident>> {
         let id = id.clone();
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
             read_incident(&incidents, id.as_str())
@@ -192,7 +203,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_incidents(&self, query: IncidentQuery) -> StoreResult<Vec<Incident>> {
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
             let mut found = Vec::new();
@@ -277,7 +288,7 @@ impl Store for EmbeddedStore {
 
     async fn open_incident_for(&self, fingerprint: &Fingerprint) -> StoreResult<Option<Incident>> {
         let fingerprint = fingerprint.clone();
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let open = txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
             let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
@@ -395,7 +406,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn active_silences(&self, now: Timestamp) -> StoreResult<Vec<Silence>> {
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let silences = txn.open_table(SILENCES).map_err(unavailable)?;
             let mut active = Vec::new();
@@ -512,7 +523,7 @@ impl Store for EmbeddedStore {
 
     async fn check_fence(&self, name: &str, token: u64, now: Timestamp) -> StoreResult<bool> {
         let name = name.to_owned();
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let leases = txn.open_table(LEASES).map_err(unavailable)?;
             Ok(read_lease(&leases, &name)?
@@ -547,7 +558,7 @@ impl Store for EmbeddedStore {
         &self,
         since: Timestamp,
     ) -> StoreResult<std::collections::BTreeMap<String, u64>> {
-        self.with_db(move |db| {
+        self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
             let mut counts = std::collections::BTreeMap::new();
@@ -564,7 +575,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn control(&self) -> StoreResult<Control> {
-        self.with_db(|db| {
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let singletons = txn.open_table(SINGLETONS).map_err(unavailable)?;
             match singletons.get("control").map_err(unavailable)? {
