@@ -519,3 +519,67 @@ async fn the_circuit_breaker_opens_after_the_budget_and_shows_in_status() {
         "{last}"
     );
 }
+
+/// The configured LLM analyzer end to end: its answer is used when it is valid; when it keeps
+/// proposing something outside the catalogue, the rules decide and the timeline says so.
+#[tokio::test]
+async fn the_llm_analyzer_is_used_and_falls_back_to_the_rules_on_forbidden_proposals() {
+    use crate::llm_double::{LlmDouble, Reply};
+    const KEY: &str = "llm-test-key";
+    let double = LlmDouble::start(Some(KEY)).await;
+    let app = remediating_app(|s| {
+        s.analyzer.kind = sentinel::config::AnalyzerKind::Llm;
+        s.llm.url = double.url.clone();
+        s.llm.timeout = sentinel::config::HumanDuration(Duration::from_secs(2));
+        s.secrets.llm_api_key = Some(secrecy::SecretString::from(KEY));
+    })
+    .await;
+    let good = serde_json::json!({
+        "root_cause": "load spike in the host's batch jobs",
+        "proposed_action": {"action": "notify_only", "params": {}},
+        "risk_assessment": "low", "confidence": 0.7, "evidence": ["cpu 97 %"]
+    });
+    double.script([Reply::content(format!(
+        "<think>cpu is high</think>\n```json\n{good}\n```"
+    ))]);
+    let cpu = app.trigger("cpu").await;
+    let analyzed = wait_for(&app, &cpu.id, Status::Escalated).await;
+    assert_eq!(
+        analyzed.analyzer.as_deref(),
+        Some("llm:deepseek/deepseek-r1")
+    );
+    assert_eq!(
+        analyzed.root_cause.as_deref(),
+        Some("load spike in the host's batch jobs")
+    );
+
+    let forbidden = serde_json::json!({
+        "root_cause": "disk is full",
+        "proposed_action": {"action": "shell", "params": {"cmd": "rm -rf /"}},
+        "risk_assessment": "low", "confidence": 0.9, "evidence": []
+    })
+    .to_string();
+    double.script((0..3).map(|_| Reply::content(forbidden.clone())));
+    let disk = app.trigger("disk").await;
+    let decided = wait_for(&app, &disk.id, Status::Escalated).await;
+    assert_eq!(
+        decided.analyzer.as_deref(),
+        Some("rules"),
+        "{:#?}",
+        decided.timeline
+    );
+    let fell_back = decided
+        .timeline
+        .iter()
+        .find(|e| e.step == "analyzer_fell_back")
+        .expect("the fallback is on the timeline");
+    assert!(fell_back.message.contains("shell"), "{}", fell_back.message);
+    assert_eq!(
+        double.requests().len(),
+        4,
+        "one good answer, then exactly three tries"
+    );
+    // The forbidden proposal never ran: the rules' proposal is what the incident carries.
+    let proposed = decided.proposed_action.unwrap();
+    assert_ne!(proposed.action.as_str(), "shell");
+}
