@@ -18,10 +18,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::State;
+use axum::extract::rejection::RawFormRejection;
+use axum::extract::{RawForm, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -32,7 +32,9 @@ use crate::pipeline::intake::Intake;
 use crate::service::ServiceError;
 use crate::slack::blocks;
 use crate::slack::blocks::escape;
-use crate::slack::http::{respond, within_budget, Answer, BadPayload, Inbound, Reply, Visibility};
+use crate::slack::http::{
+    form_fields, respond, within_budget, Answer, BadPayload, Inbound, Reply, Visibility,
+};
 use crate::slack::verify::VerifiedBody;
 use crate::store::{Control, IncidentQuery};
 use crate::web::error::ApiError;
@@ -150,7 +152,15 @@ pub enum ReplyTo {
 /// Answers a command line: the reply to give now. Anything that outlasts the acknowledgement
 /// budget (and `check`, always) posts its result later through [`follow_up`].
 pub async fn answer(inbound: &Arc<Inbound>, invocation: Invocation, text: &str) -> Reply {
-    let command = SlashCommand::parse(text);
+    answer_command(inbound, invocation, SlashCommand::parse(text)).await
+}
+
+/// [`answer`] for a command line already parsed.
+async fn answer_command(
+    inbound: &Arc<Inbound>,
+    invocation: Invocation,
+    command: SlashCommand,
+) -> Reply {
     let invocation = Arc::new(invocation);
     let work = {
         let inbound = Arc::clone(inbound);
@@ -638,15 +648,31 @@ pub struct CommandForm {
     pub ssl_check: Option<String>,
 }
 
-/// `POST /slack/commands`: the verified form, through [`receive`].
+/// An HTTP body (`application/x-www-form-urlencoded`) as the slash command it carries: the
+/// form, and its `text` as a [`SlashCommand`]. Pure (no I/O, no state), so it can be fuzzed:
+/// whatever the bytes, an error and never a panic. Whether the command is answered at all
+/// (`ssl_check`, another app, no `user_id`) is [`receive`]'s business.
+pub fn parse_form(body: &[u8]) -> Result<(CommandForm, SlashCommand), BadPayload> {
+    let form: CommandForm = form_fields(body)?;
+    let command = SlashCommand::parse(&form.text);
+    Ok((form, command))
+}
+
+/// `POST /slack/commands`: the verified form, read by [`parse_form`], then handled as
+/// [`receive`] handles it.
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(_verified): Extension<VerifiedBody>,
-    form: Result<Form<CommandForm>, FormRejection>,
+    // The content type checked as axum's `Form` checks it; the bytes are the verified body.
+    form: Result<RawForm, RawFormRejection>,
 ) -> Response {
-    match form {
-        Ok(Form(form)) => respond(receive(&inbound, form).await),
-        Err(rejection) => ApiError::bad_request(rejection.body_text()).into_response(),
+    let body = match form {
+        Ok(RawForm(body)) => body,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
+    match parse_form(&body) {
+        Ok((form, command)) => respond(receive_parsed(&inbound, form, command).await),
+        Err(bad) => respond(Err(bad)),
     }
 }
 
@@ -655,6 +681,16 @@ pub async fn handle(
 /// [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET); later answers go to `response_url`
 /// ([`answer`]). `ssl_check` pings and other apps' commands get a bare acknowledgement.
 pub async fn receive(inbound: &Arc<Inbound>, form: CommandForm) -> Result<Answer, BadPayload> {
+    let command = SlashCommand::parse(&form.text);
+    receive_parsed(inbound, form, command).await
+}
+
+/// What [`receive`] does with a form and its command line once they are read.
+async fn receive_parsed(
+    inbound: &Arc<Inbound>,
+    form: CommandForm,
+    command: SlashCommand,
+) -> Result<Answer, BadPayload> {
     if form.ssl_check.is_some() {
         return Ok(None);
     }
@@ -672,7 +708,7 @@ pub async fn receive(inbound: &Arc<Inbound>, form: CommandForm) -> Result<Answer
             response_url: form.response_url,
         },
     };
-    let reply = answer(inbound, invocation, &form.text).await;
+    let reply = answer_command(inbound, invocation, command).await;
     Ok(Some(reply.to_json()))
 }
 
@@ -682,6 +718,49 @@ mod tests {
 
     fn id(text: &str) -> IncidentId {
         IncidentId::parse(text).unwrap()
+    }
+
+    /// Bytes no parser should choke on: each is an error or a value, never a panic.
+    const GARBAGE: &[&[u8]] = &[
+        b"",
+        b"\xff\xfe\x00",
+        b"{",
+        b"null",
+        b"[]",
+        b"{\"type\":7}",
+        b"%",
+        b"%zz=%ff&&==&",
+        b"payload=%7B%22type%22%3A%5B%5D%7D",
+        b"payload=",
+        b"text=a&text=b",
+    ];
+
+    #[test]
+    fn form_bodies_parse_or_are_refused() {
+        let body = b"command=%2Fsentinel&text=approve+INC-abc123&user_id=U1&channel_id=C1\
+            &response_url=https%3A%2F%2Fhooks.slack.com%2Fx&team_id=T1";
+        let (form, command) = parse_form(body).unwrap();
+        assert_eq!(form.user_id, "U1");
+        assert_eq!(
+            form.response_url.as_deref(),
+            Some("https://hooks.slack.com/x")
+        );
+        assert_eq!(command, SlashCommand::Approve(id("inc-abc123")));
+        let (form, command) = parse_form(b"ssl_check=1&token=x").unwrap();
+        assert!(form.ssl_check.is_some() && form.user_id.is_empty());
+        assert_eq!(command, SlashCommand::Help);
+
+        let twice = parse_form(b"text=a&text=b").unwrap_err();
+        assert!(
+            twice.0.starts_with("Failed to deserialize form body: "),
+            "{twice}"
+        );
+        // Every field is optional and bytes decode lossily: garbage is mostly an empty form.
+        for garbage in GARBAGE {
+            if let Ok((form, command)) = parse_form(garbage) {
+                assert_eq!(command, SlashCommand::parse(&form.text), "{garbage:?}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,15 +25,15 @@ use crate::domain::Timestamp;
 use crate::slack::commands::{self, Invocation, ReplyTo};
 use crate::slack::http::{respond, Answer, BadPayload, Inbound};
 use crate::slack::verify::VerifiedBody;
-use crate::web::error::ApiError;
 
 /// How long an `event_id` is remembered. Slack retries within minutes (immediately, after
 /// one minute, after five); an hour leaves a wide margin.
 pub const EVENT_DEDUP_TTL: Duration = Duration::from_secs(3600);
 
+/// An Events API payload, as [`parse`] reads it.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Envelope {
+pub enum Envelope {
     UrlVerification {
         challenge: String,
     },
@@ -43,25 +43,29 @@ enum Envelope {
     Other,
 }
 
+/// An `event_callback`.
 #[derive(Debug, Deserialize)]
-struct Callback {
-    event_id: String,
+pub struct Callback {
+    pub event_id: String,
     #[serde(default)]
-    api_app_id: Option<String>,
-    /// Parsed on its own, so an event of a type Sentinel does not know is still acknowledged.
-    event: Value,
+    pub api_app_id: Option<String>,
+    /// Parsed on its own ([`parse_event`]), so an event of a type Sentinel does not know is
+    /// still acknowledged.
+    pub event: Value,
 }
 
+/// A callback's `event`, as [`parse_event`] reads it.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Event {
+pub enum Event {
     AppMention(Mention),
     #[serde(other)]
     Other,
 }
 
+/// An `app_mention`.
 #[derive(Debug, Deserialize)]
-struct Mention {
+pub struct Mention {
     #[serde(default)]
     user: Option<String>,
     /// Set when a bot (possibly Sentinel itself) wrote the message: never answered.
@@ -85,17 +89,36 @@ pub struct Redelivery {
     pub reason: Option<String>,
 }
 
-/// `POST /slack/events`: the verified body, read as JSON, through [`receive`].
+/// An HTTP body as the Events API payload it carries: JSON, then [`parse_value`]. Pure (no
+/// I/O, no state), so it can be fuzzed: whatever the bytes, an error and never a panic.
+pub fn parse(body: &[u8]) -> Result<Envelope, BadPayload> {
+    let payload: Value = serde_json::from_slice(body)
+        .map_err(|e| BadPayload(format!("not an Events API payload: {e}")))?;
+    parse_value(payload)
+}
+
+/// A JSON payload (an HTTP body, or a Socket Mode envelope's payload) as its [`Envelope`].
+pub fn parse_value(payload: Value) -> Result<Envelope, BadPayload> {
+    serde_json::from_value(payload)
+        .map_err(|e| BadPayload(format!("not an Events API payload: {e}")))
+}
+
+/// A callback's `event`: an `app_mention`, or any other event as [`Event::Other`]. Read once
+/// the callback is claimed; an error is logged, the callback already acknowledged.
+pub fn parse_event(event: Value) -> Result<Event, serde_json::Error> {
+    serde_json::from_value(event)
+}
+
+/// `POST /slack/events`: the verified body, read by [`parse`], then handled as [`receive`]
+/// handles it.
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(VerifiedBody(body)): Extension<VerifiedBody>,
     headers: HeaderMap,
 ) -> Response {
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(payload) => payload,
-        Err(e) => {
-            return ApiError::bad_request(format!("not an Events API payload: {e}")).into_response()
-        }
+    let envelope = match parse(&body) {
+        Ok(envelope) => envelope,
+        Err(bad) => return respond(Err(bad)),
     };
     let header = |name: &str| {
         headers
@@ -107,7 +130,7 @@ pub async fn handle(
         attempt,
         reason: header("x-slack-retry-reason"),
     });
-    respond(receive(&inbound, payload, redelivery).await)
+    respond(Ok(receive_parsed(&inbound, envelope, redelivery)))
 }
 
 /// The Events API's one entry point, for HTTP and Socket Mode alike: answers a
@@ -118,10 +141,17 @@ pub async fn receive(
     payload: Value,
     redelivery: Option<Redelivery>,
 ) -> Result<Answer, BadPayload> {
-    let envelope: Envelope = serde_json::from_value(payload)
-        .map_err(|e| BadPayload(format!("not an Events API payload: {e}")))?;
+    Ok(receive_parsed(inbound, parse_value(payload)?, redelivery))
+}
+
+/// What [`receive`] does with a payload once it is read.
+fn receive_parsed(
+    inbound: &Arc<Inbound>,
+    envelope: Envelope,
+    redelivery: Option<Redelivery>,
+) -> Answer {
     match envelope {
-        Envelope::UrlVerification { challenge } => Ok(Some(json!({ "challenge": challenge }))),
+        Envelope::UrlVerification { challenge } => Some(json!({ "challenge": challenge })),
         Envelope::EventCallback(callback) => {
             if let Some(Redelivery { attempt, reason }) = &redelivery {
                 let event_id = &callback.event_id;
@@ -129,9 +159,9 @@ pub async fn receive(
             }
             let inbound = Arc::clone(inbound);
             tokio::spawn(async move { process(&inbound, callback).await });
-            Ok(None)
+            None
         }
-        Envelope::Other => Ok(None),
+        Envelope::Other => None,
     }
 }
 
@@ -160,7 +190,7 @@ async fn process(inbound: &Arc<Inbound>, callback: Callback) {
             return;
         }
     }
-    match serde_json::from_value::<Event>(callback.event) {
+    match parse_event(callback.event) {
         Ok(Event::AppMention(mention)) => mentioned(inbound, mention).await,
         Ok(Event::Other) => {}
         Err(e) => {
@@ -202,6 +232,56 @@ fn command_text(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes no parser should choke on: each is an error or a value, never a panic.
+    const GARBAGE: &[&[u8]] = &[
+        b"",
+        b"\xff\xfe\x00",
+        b"{",
+        b"null",
+        b"[]",
+        b"{\"type\":7}",
+        b"%",
+        b"%zz=%ff&&==&",
+        b"payload=%7B%22type%22%3A%5B%5D%7D",
+        b"payload=",
+        b"text=a&text=b",
+    ];
+
+    #[test]
+    fn raw_bodies_parse_or_are_refused() {
+        let verification = parse(br#"{"type":"url_verification","challenge":"abc"}"#).unwrap();
+        assert!(
+            matches!(verification, Envelope::UrlVerification { challenge } if challenge == "abc")
+        );
+        let body = br#"{"type":"event_callback","event_id":"Ev1",
+            "event":{"type":"app_mention","channel":"C1","ts":"1.2","text":"<@U0> status"}}"#;
+        let Envelope::EventCallback(callback) = parse(body).unwrap() else {
+            panic!("not a callback")
+        };
+        assert_eq!(callback.event_id, "Ev1");
+        let Event::AppMention(mention) = parse_event(callback.event).unwrap() else {
+            panic!("not a mention")
+        };
+        assert_eq!(command_text(&mention.text), "status");
+        assert!(
+            parse_event(json!({"type": "app_mention"})).is_err(),
+            "no channel"
+        );
+
+        let refused = parse(b"not json").unwrap_err();
+        assert!(
+            refused.0.starts_with("not an Events API payload: "),
+            "{refused}"
+        );
+        assert!(
+            parse(br#"{"type":"event_callback"}"#).is_err(),
+            "no event_id"
+        );
+        for garbage in GARBAGE {
+            assert!(parse(garbage).is_err(), "{garbage:?}");
+        }
+    }
 
     #[test]
     fn the_command_is_what_follows_the_mention() {

@@ -24,6 +24,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::pipeline::monitor::Monitor;
@@ -49,6 +50,16 @@ pub type Answer = Option<Value>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadPayload(pub String);
+
+/// Reads an `application/x-www-form-urlencoded` body into `T` exactly as axum's `Form`
+/// extractor does (same parser, same error text), without I/O: the slash command's fields and
+/// the interaction's `payload` field come through here. The content type is the route's
+/// business ([`axum::extract::RawForm`]).
+pub fn form_fields<T: DeserializeOwned>(body: &[u8]) -> Result<T, BadPayload> {
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(body));
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| BadPayload(format!("Failed to deserialize form body: {e}")))
+}
 
 /// An entry point's result as the HTTP response Slack gets.
 pub fn respond(answer: Result<Answer, BadPayload>) -> Response {

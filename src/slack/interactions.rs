@@ -18,10 +18,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::State;
+use axum::extract::rejection::RawFormRejection;
+use axum::extract::{RawForm, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -29,7 +29,7 @@ use crate::domain::{Actor, Incident, IncidentId, Role, Status, Timestamp};
 use crate::service::ServiceError;
 use crate::slack::blocks::{self, escape};
 use crate::slack::cards;
-use crate::slack::http::{respond, within_budget, Answer, BadPayload, Inbound};
+use crate::slack::http::{form_fields, respond, within_budget, Answer, BadPayload, Inbound};
 use crate::slack::verify::VerifiedBody;
 use crate::web::error::ApiError;
 
@@ -102,9 +102,10 @@ pub struct InteractionForm {
     payload: String,
 }
 
+/// An interaction payload, as [`parse`] and [`parse_form`] read it.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Payload {
+pub enum Payload {
     BlockActions(BlockActions),
     ViewSubmission(ViewSubmission),
     /// `view_closed`, shortcuts, …: acknowledged, nothing else.
@@ -113,12 +114,12 @@ enum Payload {
 }
 
 #[derive(Debug, Deserialize)]
-struct User {
+pub struct User {
     id: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct BlockActions {
+pub struct BlockActions {
     user: User,
     #[serde(default)]
     api_app_id: Option<String>,
@@ -135,25 +136,25 @@ struct BlockActions {
 }
 
 #[derive(Debug, Deserialize)]
-struct Container {
+pub struct Container {
     #[serde(default)]
     channel_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Channel {
+pub struct Channel {
     id: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct Action {
+pub struct Action {
     action_id: String,
     #[serde(default)]
     value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ViewSubmission {
+pub struct ViewSubmission {
     user: User,
     #[serde(default)]
     api_app_id: Option<String>,
@@ -161,7 +162,7 @@ struct ViewSubmission {
 }
 
 #[derive(Debug, Deserialize)]
-struct View {
+pub struct View {
     #[serde(default)]
     callback_id: String,
     #[serde(default)]
@@ -171,32 +172,50 @@ struct View {
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct ViewState {
+pub struct ViewState {
     /// block_id → action_id → the input's state.
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, InputState>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct InputState {
+pub struct InputState {
     #[serde(default)]
     value: Option<String>,
 }
 
-/// `POST /slack/interactions`: the verified form's `payload` field, read as JSON, through
-/// [`receive`].
+/// An HTTP body (`application/x-www-form-urlencoded`) as the interaction it carries: the
+/// form's `payload` field, read as JSON, then [`parse`]. Pure (no I/O, no state), so it can be
+/// fuzzed: whatever the bytes, an error and never a panic.
+pub fn parse_form(body: &[u8]) -> Result<Payload, BadPayload> {
+    let form: InteractionForm = form_fields(body)?;
+    let payload: Value = serde_json::from_str(&form.payload)
+        .map_err(|e| BadPayload(format!("not an interaction payload: {e}")))?;
+    parse(payload)
+}
+
+/// A JSON payload (the form's `payload` field, or a Socket Mode envelope's payload) as its
+/// [`Payload`].
+pub fn parse(payload: Value) -> Result<Payload, BadPayload> {
+    serde_json::from_value(payload)
+        .map_err(|e| BadPayload(format!("not an interaction payload: {e}")))
+}
+
+/// `POST /slack/interactions`: the verified form, read by [`parse_form`], then handled as
+/// [`receive`] handles it.
 pub async fn handle(
     State(inbound): State<Arc<Inbound>>,
     Extension(_verified): Extension<VerifiedBody>,
-    form: Result<Form<InteractionForm>, FormRejection>,
+    // The content type checked as axum's `Form` checks it; the bytes are the verified body.
+    form: Result<RawForm, RawFormRejection>,
 ) -> Response {
-    let form = match form {
-        Ok(Form(form)) => form,
+    let body = match form {
+        Ok(RawForm(body)) => body,
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
-    match serde_json::from_str::<Value>(&form.payload) {
-        Ok(payload) => respond(receive(&inbound, payload).await),
-        Err(e) => ApiError::bad_request(format!("not an interaction payload: {e}")).into_response(),
+    match parse_form(&body) {
+        Ok(payload) => respond(receive_parsed(&inbound, payload).await),
+        Err(bad) => respond(Err(bad)),
     }
 }
 
@@ -206,8 +225,11 @@ pub async fn handle(
 /// acknowledgement (the user hears back ephemerally). A reject dialog's submission answers
 /// `None` (Slack closes it) or `{"response_action":"errors",…}` (it stays open, saying why).
 pub async fn receive(inbound: &Arc<Inbound>, payload: Value) -> Result<Answer, BadPayload> {
-    let payload: Payload = serde_json::from_value(payload)
-        .map_err(|e| BadPayload(format!("not an interaction payload: {e}")))?;
+    receive_parsed(inbound, parse(payload)?).await
+}
+
+/// What [`receive`] does with a payload once it is read.
+async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answer, BadPayload> {
     match payload {
         Payload::BlockActions(actions) => {
             if !inbound.is_our_app(actions.api_app_id.as_deref()) {
@@ -523,6 +545,47 @@ fn explain(error: ServiceError) -> String {
 mod tests {
     use super::*;
     use crate::domain::{Detection, Resource, Severity, Signal, SlackCard, Source};
+
+    /// Bytes no parser should choke on: each is an error or a value, never a panic.
+    const GARBAGE: &[&[u8]] = &[
+        b"",
+        b"\xff\xfe\x00",
+        b"{",
+        b"null",
+        b"[]",
+        b"{\"type\":7}",
+        b"%",
+        b"%zz=%ff&&==&",
+        b"payload=%7B%22type%22%3A%5B%5D%7D",
+        b"payload=",
+        b"text=a&text=b",
+    ];
+
+    #[test]
+    fn form_bodies_parse_or_are_refused() {
+        let body = b"payload=%7B%22type%22%3A%22block_actions%22%2C%22user%22%3A%7B%22id%22%3A%22U1%22%7D%2C%22actions%22%3A%5B%7B%22action_id%22%3A%22approve%22%7D%5D%7D";
+        let Payload::BlockActions(actions) = parse_form(body).unwrap() else {
+            panic!("not block_actions")
+        };
+        assert_eq!(actions.user.id, "U1");
+        assert_eq!(actions.actions[0].action_id, "approve");
+        let closed = b"payload=%7B%22type%22%3A%22view_closed%22%7D&extra=1";
+        assert!(matches!(parse_form(closed).unwrap(), Payload::Other));
+
+        let missing = parse_form(b"token=x").unwrap_err();
+        assert!(
+            missing.0.starts_with("Failed to deserialize form body: "),
+            "{missing}"
+        );
+        let not_json = parse_form(b"payload=%7B").unwrap_err();
+        assert!(
+            not_json.0.starts_with("not an interaction payload: "),
+            "{not_json}"
+        );
+        for garbage in GARBAGE {
+            assert!(parse_form(garbage).is_err(), "{garbage:?}");
+        }
+    }
 
     fn incident() -> Incident {
         let detection = Detection {
