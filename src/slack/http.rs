@@ -309,6 +309,23 @@ where
         .with_state(inbound)
 }
 
+/// Bytes no Slack payload parser should choke on: each is an error or a value, never a
+/// panic. Shared by the parsers' unit tests.
+#[cfg(test)]
+pub(crate) const GARBAGE: &[&[u8]] = &[
+    b"",
+    b"\xff\xfe\x00",
+    b"{",
+    b"null",
+    b"[]",
+    b"{\"type\":7}",
+    b"%",
+    b"%zz=%ff&&==&",
+    b"payload=%7B%22type%22%3A%5B%5D%7D",
+    b"payload=",
+    b"text=a&text=b",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

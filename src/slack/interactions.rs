@@ -546,20 +546,7 @@ mod tests {
     use super::*;
     use crate::domain::{Detection, Resource, Severity, Signal, SlackCard, Source};
 
-    /// Bytes no parser should choke on: each is an error or a value, never a panic.
-    const GARBAGE: &[&[u8]] = &[
-        b"",
-        b"\xff\xfe\x00",
-        b"{",
-        b"null",
-        b"[]",
-        b"{\"type\":7}",
-        b"%",
-        b"%zz=%ff&&==&",
-        b"payload=%7B%22type%22%3A%5B%5D%7D",
-        b"payload=",
-        b"text=a&text=b",
-    ];
+    use crate::slack::http::GARBAGE;
 
     #[test]
     fn form_bodies_parse_or_are_refused() {

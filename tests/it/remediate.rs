@@ -292,13 +292,10 @@ async fn an_admin_rolls_back_a_raised_memory_limit_to_the_recorded_value() {
     assert_eq!(last["actor"], "api:test-admin (admin)");
 }
 
-#[tokio::test]
-async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
-    let app = remediating_app(|_| {}).await;
-    let container = Container::run("sentinel-fix", &[], &["sleep", "3600"]);
-    let started = unix_now();
-    // Let the worker finish with an injected alert (an empty sandbox: nothing to clean, so it
-    // is escalated), then turn it into a restart waiting for approval.
+/// An incident waiting for approval of `plan`, with the snapshot the executor takes now. The
+/// worker first finishes with an injected alert (an empty sandbox: nothing to clean, so it is
+/// escalated); then the incident is turned into this proposal.
+async fn propose_for_approval(app: &TestApp, plan: &ActionPlan) -> IncidentId {
     let id = loop {
         let incident = app.trigger("sandbox").await;
         let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
@@ -308,15 +305,24 @@ async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
-    let plan = ActionPlan::ContainerRestart {
-        container: container.0.clone(),
-    };
     stored.proposed_action = Some(plan.to_proposed());
     stored.risk = Some(sentinel::domain::Risk::Medium);
-    stored.snapshot = Some(app.sentinel.executor.snapshot(&plan).await.unwrap());
+    stored.snapshot = Some(app.sentinel.executor.snapshot(plan).await.unwrap());
     stored.status = Status::AwaitingApproval;
     stored.approvals.clear();
     app.store.update_incident(&stored).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn fifty_concurrent_approvals_restart_the_container_exactly_once() {
+    let app = remediating_app(|_| {}).await;
+    let container = Container::run("sentinel-fix", &[], &["sleep", "3600"]);
+    let started = unix_now();
+    let plan = ActionPlan::ContainerRestart {
+        container: container.0.clone(),
+    };
+    let id = propose_for_approval(&app, &plan).await;
 
     let statuses = app.approve_concurrently(&id, 50).await;
     assert_eq!(
@@ -357,30 +363,13 @@ fn unix_now() -> u64 {
 
 #[tokio::test]
 async fn an_approval_is_pinned_to_the_state_it_saw() {
-    let app = spawn_app_with(Backend::Embedded, |s| {
-        s.actions.enabled = true;
-        s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
-    })
-    .await;
+    let app = remediating_app(|_| {}).await;
     let container = Container::run("sentinel-fix", &["--memory", "64m"], &["sleep", "3600"]);
-    let id = loop {
-        let incident = app.trigger("sandbox").await;
-        let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
-        if current.status != Status::Analyzing && current.status != Status::Detected {
-            break incident.id;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     let plan = ActionPlan::ContainerMemoryLimit {
         container: container.0.clone(),
         factor: 1.5,
     };
-    let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
-    stored.proposed_action = Some(plan.to_proposed());
-    stored.risk = Some(sentinel::domain::Risk::Medium);
-    stored.snapshot = Some(app.sentinel.executor.snapshot(&plan).await.unwrap());
-    stored.status = Status::AwaitingApproval;
-    app.store.update_incident(&stored).await.unwrap();
+    let id = propose_for_approval(&app, &plan).await;
     // Someone changes the limit by hand after the proposal.
     docker(&[
         "update",
