@@ -39,7 +39,9 @@ impl Application {
         let sentinel = Arc::new(sentinel);
         let monitor = Arc::new(Monitor::new(Arc::clone(&sentinel)));
         let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&sentinel.store))?;
+        let shutdown = CancellationToken::new();
         let state = Arc::new(AppContext {
+            stream: web::stream::Hub::start(Arc::clone(&sentinel), shutdown.clone()),
             sentinel: Arc::clone(&sentinel),
             keys: ApiKeys::from_config(&settings.api_keys),
             body_limit: settings.http.body_limit,
@@ -59,7 +61,7 @@ impl Application {
             slack,
             socket_mode,
             jobs,
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 

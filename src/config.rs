@@ -248,6 +248,7 @@ pub struct StoreSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub body_limit: usize,
+    pub sse_keep_alive: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -563,6 +564,12 @@ impl Settings {
         }
         if self.store.redis_prefix.is_empty() {
             return Err(ConfigError::new("store.redis_prefix", "must not be empty"));
+        }
+        if self.http.sse_keep_alive.0 < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "http.sse_keep_alive",
+                "must be at least 100ms",
+            ));
         }
 
         for (key, ids) in [

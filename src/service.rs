@@ -127,6 +127,10 @@ pub struct Sentinel {
     signals: RwLock<Vec<SignalReading>>,
     /// The latest monitor cycle on this replica, for `/api/status`.
     last_cycle: RwLock<Option<CycleReport>>,
+    /// The last hour of readings, for the status page's trend charts.
+    trends: std::sync::Mutex<crate::domain::Trends>,
+    /// Bumped after every monitor cycle, so the live stream can tell pages the signals moved.
+    cycles: tokio::sync::watch::Sender<u64>,
 }
 
 impl Sentinel {
@@ -150,6 +154,8 @@ impl Sentinel {
             store,
             signals: RwLock::new(Vec::new()),
             last_cycle: RwLock::new(None),
+            trends: std::sync::Mutex::new(crate::domain::Trends::new()),
+            cycles: tokio::sync::watch::Sender::new(0),
         };
         (sentinel, receiver)
     }
@@ -183,8 +189,41 @@ impl Sentinel {
             .clone()
     }
 
+    /// Publishes one cycle's readings: for `/api/status`, the trend charts and the stream.
     pub fn set_signals(&self, readings: Vec<SignalReading>) {
+        self.trends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(
+                Timestamp::now(),
+                readings
+                    .iter()
+                    .map(|r| (r.signal.as_str(), r.resource.as_str(), r.value)),
+            );
         *self.signals.write().unwrap_or_else(|e| e.into_inner()) = readings;
+        self.cycles
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// The latest readings on this replica (empty before its first cycle).
+    pub fn signal_readings(&self) -> Vec<SignalReading> {
+        self.signals
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The recent samples of one signal, oldest first.
+    pub fn trend(&self, signal: &str, resource: &str) -> Vec<crate::domain::Sample> {
+        self.trends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .samples(signal, resource)
+    }
+
+    /// Changes whenever a monitor cycle has published new readings.
+    pub fn watch_cycles(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cycles.subscribe()
     }
 
     pub async fn status(&self) -> Result<StatusReport, ServiceError> {

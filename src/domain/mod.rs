@@ -13,6 +13,7 @@ mod role;
 mod signal;
 mod silence;
 mod time;
+mod trend;
 
 pub use action::{
     ActionId, ActionPlan, CleanupDir, InvalidParams, ProposedAction, Risk, UnknownAction,
@@ -29,3 +30,4 @@ pub use role::{Role, UnknownRole};
 pub use signal::{Severity, Signal, Source, UnknownSignal};
 pub use silence::{Silence, SilenceTarget};
 pub use time::Timestamp;
+pub use trend::{Sample, Trends};

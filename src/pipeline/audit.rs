@@ -133,7 +133,13 @@ pub async fn emit(
         incident: event.incident().map(|i| i.id.clone()),
         details: event.details(),
     };
-    let entry = store.append_audit(record).await?;
+    let appended = store.append_audit(record).await;
+    let metrics = crate::telemetry::metrics::metrics();
+    metrics.audit_event(event.name(), event.incident());
+    if let AuditEvent::ApprovalGranted { incident } = &event {
+        metrics.approval_granted(incident, now);
+    }
+    let entry = appended?;
     tracing::info!(
         event = event.name(),
         actor = %actor,

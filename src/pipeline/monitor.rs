@@ -79,6 +79,16 @@ impl Collectors {
     pub async fn collect(&self) -> Collected {
         let (host, containers, sandbox) =
             tokio::join!(self.host_signals(), self.containers(), self.sandbox_bytes());
+        let metrics = crate::telemetry::metrics::metrics();
+        for (collector, failed) in [
+            ("host", host.is_err()),
+            ("docker", containers.is_err()),
+            ("sandbox", sandbox.is_err()),
+        ] {
+            if failed {
+                metrics.collector_error(collector);
+            }
+        }
         build_observations(&self.settings, host, containers, sandbox)
     }
 
@@ -95,12 +105,17 @@ impl Collectors {
                     return Ok((sample, Source::Prometheus))
                 }
                 Ok(Ok(_)) => {
+                    crate::telemetry::metrics::metrics().collector_error("prometheus");
                     tracing::warn!("prometheus has no node-exporter data; reading the local host")
                 }
                 Ok(Err(e)) => {
+                    crate::telemetry::metrics::metrics().collector_error("prometheus");
                     tracing::warn!(error = %e, "prometheus failed; reading the local host")
                 }
-                Err(_) => tracing::warn!("prometheus timed out; reading the local host"),
+                Err(_) => {
+                    crate::telemetry::metrics::metrics().collector_error("prometheus");
+                    tracing::warn!("prometheus timed out; reading the local host")
+                }
             }
         }
         let host = Arc::clone(&self.host);
@@ -583,7 +598,9 @@ impl Monitor {
     }
 
     fn finish(&self, mut report: CycleReport, started: Instant) -> CycleReport {
-        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        report.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        crate::telemetry::metrics::metrics().monitor_cycle(elapsed);
         report.outcome = if report.errors.is_empty() && report.unavailable.is_empty() {
             "ok".to_owned()
         } else {

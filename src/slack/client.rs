@@ -191,6 +191,22 @@ impl SlackApi {
         method: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<Value, SlackError> {
+        let result = self.send_once(method, request).await;
+        let status = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(SlackError::RateLimited { .. }) => "rate_limited".to_owned(),
+            Err(SlackError::Api { error, .. }) => error.clone(),
+            Err(SlackError::Transport(_)) => "transport".to_owned(),
+        };
+        crate::telemetry::metrics::metrics().slack_api_call(method, &status);
+        result
+    }
+
+    async fn send_once(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, SlackError> {
         let response = request
             .send()
             .await

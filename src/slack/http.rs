@@ -306,7 +306,27 @@ where
             verifier,
             verify::require_signature,
         ))
+        .route_layer(middleware::from_fn(count_requests))
         .with_state(inbound)
+}
+
+/// Counts every Slack request by kind (the route) and outcome, forged ones included.
+async fn count_requests(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let kind = match request.uri().path() {
+        "/slack/events" => "events",
+        "/slack/commands" => "commands",
+        "/slack/interactions" => "interactions",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    let outcome = match response.status() {
+        status if status.is_success() => "ok",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        status if status.is_client_error() => "bad_request",
+        _ => "error",
+    };
+    crate::telemetry::metrics::metrics().slack_request(kind, outcome);
+    response
 }
 
 /// Bytes no Slack payload parser should choke on: each is an error or a value, never a

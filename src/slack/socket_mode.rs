@@ -380,6 +380,8 @@ fn ack(acks: mpsc::UnboundedSender<Value>, envelope_id: &str, payload: Answer) {
 /// The answer to put in the acknowledgement; an unusable payload is logged and acknowledged
 /// bare, as a redelivery would not read any better.
 fn answered(kind: &str, envelope_id: &str, answer: Result<Answer, BadPayload>) -> Answer {
+    let outcome = if answer.is_ok() { "ok" } else { "bad_request" };
+    crate::telemetry::metrics::metrics().slack_request("socket_mode", outcome);
     answer.unwrap_or_else(|BadPayload(why)| {
         tracing::warn!(kind, %envelope_id, %why, "slack socket mode: an unusable payload");
         None

@@ -37,6 +37,24 @@ where
     }
 }
 
+/// `GET /metrics`: Sentinel's own metrics. The store-derived gauges are left out, not failed,
+/// when the store cannot be read, so a scrape still shows why.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let status = match state.sentinel.status().await {
+        Ok(status) => Some(status),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot read the status");
+            None
+        }
+    };
+    let text = crate::telemetry::metrics::metrics().render(status.as_ref());
+    (
+        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        text,
+    )
+        .into_response()
+}
+
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }

@@ -9,6 +9,8 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod page;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,8 @@ pub struct AppContext {
     /// The monitor, shared with the loop so `/sentinel check` runs a cycle with the loop's
     /// detector memory.
     pub monitor: Arc<crate::pipeline::monitor::Monitor>,
+    /// The live stream's fan-out, shared by every `GET /api/stream` client.
+    pub stream: Arc<stream::Hub>,
 }
 
 pub type AppState = Arc<AppContext>;
@@ -89,6 +93,16 @@ where
 fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Access::{AtLeast, Public};
     vec![
+        route(Method::GET, "/", Public, page::page),
+        route(
+            Method::GET,
+            "/assets/sentinel.css",
+            Public,
+            page::stylesheet,
+        ),
+        route(Method::GET, "/assets/sentinel.js", Public, page::script),
+        route(Method::GET, "/api/stream", Public, stream::stream),
+        route(Method::GET, "/metrics", Public, api::metrics),
         route(Method::GET, "/healthz", Public, api::healthz),
         route(Method::GET, "/readyz", Public, api::readyz),
         route(Method::GET, "/api/status", Public, api::status),

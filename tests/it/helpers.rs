@@ -172,6 +172,18 @@ impl TestApp {
         self.request(reqwest::Method::GET, path, key, None).await
     }
 
+    /// A GET whose answer is text (the page, `/metrics`); panics unless it is a 200.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.text().await.expect("a body")
+    }
+
     pub async fn post(&self, path: &str, key: Option<&str>, body: &str) -> Reply {
         self.request(reqwest::Method::POST, path, key, Some(body))
             .await

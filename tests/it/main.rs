@@ -15,6 +15,7 @@ mod leader;
 mod llm;
 mod llm_double;
 mod monitor;
+mod page;
 mod rbac;
 mod remediate;
 mod slack_double;

@@ -285,6 +285,14 @@ impl LlmAnalyzer {
         incident: &Incident,
         evidence: &Evidence,
     ) -> Result<Answered, LlmFailure> {
+        let started = std::time::Instant::now();
+        let answer = self.ask(incident, evidence).await;
+        let outcome = if answer.is_ok() { "answered" } else { "failed" };
+        crate::telemetry::metrics::metrics().llm_call(outcome, started.elapsed());
+        answer
+    }
+
+    async fn ask(&self, incident: &Incident, evidence: &Evidence) -> Result<Answered, LlmFailure> {
         let body = self.request_body(incident, evidence);
         let mut failures = Vec::new();
         for attempt in 1..=self.attempts {

@@ -1,6 +1,8 @@
 //! Logs and traces: `RUST_LOG` picks the verbosity (default `info`), `[telemetry] log_format`
 //! picks text or JSON. Logs go to standard error so standard output stays for command output.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;

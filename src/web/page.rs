@@ -1,0 +1,436 @@
+//! The status page, `GET /`: server-rendered HTML of what `/api/status` says, for people.
+//!
+//! In: the status report, recent incidents and the trend buffer. Out: one HTML page rendered
+//! from `page/index.html` (minijinja, HTML auto-escaping on), plus its stylesheet and script
+//! under `/assets/`. The page reads fine without JavaScript; the script listens to
+//! `/api/stream` and swaps in a freshly rendered `<main>` when something changes.
+//!
+//! Must not: change anything (every route here is GET; other methods get 405), show a secret
+//! (nothing here reads `Secrets`), or put text into the page unescaped (container names,
+//! labels and root causes come from whoever controls a container or an alert). The charts are
+//! numbers computed here, never text. The Content-Security-Policy allows only this origin's
+//! script and stylesheet, so even a missed escape could not run a script.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use minijinja::Environment;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::{Incident, Sample, Signal, Status, Timestamp};
+use crate::service::{SignalReading, StatusReport};
+use crate::store::IncidentQuery;
+
+const TEMPLATE: &str = include_str!("../../page/index.html");
+const STYLESHEET: &str = include_str!("../../page/sentinel.css");
+const SCRIPT: &str = include_str!("../../page/sentinel.js");
+
+/// How many incidents the page looks back over for "recently resolved" and the fix history.
+const LOOK_BACK: usize = 200;
+const RECENTLY_RESOLVED: usize = 10;
+const RECENT_FIXES: usize = 15;
+/// Timeline entries shown per incident (the newest); the API has them all.
+const TIMELINE_SHOWN: usize = 20;
+
+const CHART_WIDTH: f64 = 120.0;
+const CHART_HEIGHT: f64 = 32.0;
+const CHART_WINDOW_MS: i64 = 3_600_000;
+
+/// Only this origin's stylesheet and script; no inline script, no frames, no forms.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    // `.html` turns on HTML auto-escaping for everything the template prints.
+    env.add_template("index.html", TEMPLATE)
+        .expect("page/index.html is a valid template");
+    env
+});
+
+#[derive(Debug, Serialize)]
+struct PageView {
+    mode: &'static str,
+    paused: bool,
+    dry_run: bool,
+    store: &'static str,
+    generated_at: String,
+    monitor: Option<MonitorView>,
+    open_breakers: Vec<String>,
+    signals: Vec<TileView>,
+    open: Vec<IncidentView>,
+    resolved: Vec<IncidentView>,
+    fixes: Vec<FixStats>,
+    recent_fixes: Vec<FixView>,
+}
+
+#[derive(Debug, Serialize)]
+struct MonitorView {
+    at: String,
+    duration_ms: u64,
+    outcome: String,
+    leader: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TileView {
+    signal: String,
+    resource: String,
+    value: String,
+    threshold: String,
+    state: String,
+    source: String,
+    chart: Option<ChartView>,
+}
+
+/// An inline SVG sparkline: numbers only.
+#[derive(Debug, Serialize)]
+struct ChartView {
+    width: f64,
+    height: f64,
+    points: String,
+    threshold_y: Option<String>,
+    samples: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct IncidentView {
+    id: String,
+    signal: String,
+    resource: String,
+    severity: &'static str,
+    status: &'static str,
+    risk: Option<&'static str>,
+    summary: String,
+    root_cause: Option<String>,
+    proposed: Option<String>,
+    analyzer: Option<String>,
+    value: String,
+    opened_at: String,
+    resolved_at: Option<String>,
+    occurrences: u64,
+    approvals: Vec<String>,
+    timeline: Vec<TimelineView>,
+    timeline_hidden: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct TimelineView {
+    at: String,
+    step: String,
+    actor: String,
+    message: String,
+}
+
+/// Outcomes of one catalogue action over the incidents looked back on.
+#[derive(Debug, Default, Serialize, PartialEq)]
+struct FixStats {
+    action: String,
+    runs: u32,
+    fixed: u32,
+    rolled_back: u32,
+    failed: u32,
+    pending: u32,
+    /// Fixed out of finished runs, as a whole percentage; `None` before any finished.
+    success_percent: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct FixView {
+    incident: String,
+    action: String,
+    target: String,
+    approved_by: String,
+    at: String,
+    outcome: &'static str,
+}
+
+/// How a fix ended, read from its incident.
+fn fix_outcome(incident: &Incident) -> &'static str {
+    let rolled_back = incident
+        .execution
+        .as_ref()
+        .is_some_and(|execution| execution.rolled_back_at.is_some());
+    match incident.status {
+        _ if rolled_back => "rolled back",
+        Status::Resolved => "fixed",
+        Status::Failed => "failed",
+        Status::RolledBack => "rolled back",
+        Status::Escalated => "did not help",
+        _ => "in progress",
+    }
+}
+
+fn fix_stats(incidents: &[Incident]) -> Vec<FixStats> {
+    let mut by_action: BTreeMap<&str, FixStats> = BTreeMap::new();
+    for incident in incidents {
+        let Some(execution) = &incident.execution else {
+            continue;
+        };
+        let action = execution.action.action.as_str();
+        let stats = by_action.entry(action).or_insert_with(|| FixStats {
+            action: action.to_owned(),
+            ..FixStats::default()
+        });
+        stats.runs += 1;
+        match fix_outcome(incident) {
+            "fixed" => stats.fixed += 1,
+            "rolled back" => stats.rolled_back += 1,
+            "failed" | "did not help" => stats.failed += 1,
+            _ => stats.pending += 1,
+        }
+    }
+    by_action
+        .into_values()
+        .map(|mut stats| {
+            let finished = stats.runs - stats.pending;
+            stats.success_percent = (finished > 0).then(|| stats.fixed * 100 / finished);
+            stats
+        })
+        .collect()
+}
+
+/// A value with its unit, rounded for people.
+fn with_unit(value: f64, signal: &str) -> String {
+    let unit = signal.parse::<Signal>().map(Signal::unit).unwrap_or("");
+    let number = if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    };
+    match unit {
+        "" => number,
+        "%" => format!("{number} %"),
+        unit => format!("{number} {unit}"),
+    }
+}
+
+/// The polyline of the last hour of samples, scaled to the chart; the y range covers the
+/// samples and the threshold, so a line near its threshold looks near it.
+fn chart(samples: &[Sample], threshold: Option<f64>, now: Timestamp) -> Option<ChartView> {
+    if samples.is_empty() {
+        return None;
+    }
+    let start = now.unix_millis() - CHART_WINDOW_MS;
+    let top = samples
+        .iter()
+        .map(|s| s.value)
+        .chain(threshold)
+        .fold(f64::MIN, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let bottom = samples.iter().map(|s| s.value).fold(0.0_f64, f64::min);
+    let y = |value: f64| CHART_HEIGHT - (value - bottom) / (top - bottom) * CHART_HEIGHT;
+    let x = |at: Timestamp| {
+        let offset = (at.unix_millis() - start).clamp(0, CHART_WINDOW_MS) as f64;
+        offset / CHART_WINDOW_MS as f64 * CHART_WIDTH
+    };
+    let mut points: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{:.1},{:.1}", x(s.at), y(s.value)))
+        .collect();
+    if points.len() == 1 {
+        // One sample: a short flat line, so it shows.
+        let only = samples[0];
+        points.insert(
+            0,
+            format!("{:.1},{:.1}", (x(only.at) - 2.0).max(0.0), y(only.value)),
+        );
+    }
+    Some(ChartView {
+        width: CHART_WIDTH,
+        height: CHART_HEIGHT,
+        points: points.join(" "),
+        threshold_y: threshold.map(|t| format!("{:.1}", y(t))),
+        samples: samples.len(),
+    })
+}
+
+fn tile(reading: &SignalReading, samples: &[Sample], now: Timestamp) -> TileView {
+    let signal = reading.signal.as_str();
+    TileView {
+        signal: reading.signal.clone(),
+        resource: reading.resource.clone(),
+        value: reading
+            .value
+            .map_or_else(|| "—".to_owned(), |v| with_unit(v, signal)),
+        threshold: reading
+            .threshold
+            .map_or_else(String::new, |t| with_unit(t, signal)),
+        state: reading.state.clone(),
+        source: reading.source.clone(),
+        chart: chart(samples, reading.threshold, now),
+    }
+}
+
+fn incident_view(incident: &Incident) -> IncidentView {
+    let signal = incident.signal.as_str();
+    let proposed = incident.proposed_action.as_ref().map(|proposed| {
+        let params: Vec<String> = proposed
+            .params
+            .iter()
+            .map(|(key, value)| match value {
+                serde_json::Value::String(text) => format!("{key}={text}"),
+                other => format!("{key}={other}"),
+            })
+            .collect();
+        if params.is_empty() {
+            proposed.action.as_str().to_owned()
+        } else {
+            format!("{} ({})", proposed.action.as_str(), params.join(", "))
+        }
+    });
+    let shown = incident.timeline.len().min(TIMELINE_SHOWN);
+    let timeline = incident.timeline[incident.timeline.len() - shown..]
+        .iter()
+        .map(|entry| TimelineView {
+            at: entry.at.to_string(),
+            step: entry.step.clone(),
+            actor: entry.actor.clone(),
+            message: entry.message.clone(),
+        })
+        .collect();
+    IncidentView {
+        id: incident.id.to_string(),
+        signal: signal.to_owned(),
+        resource: incident.resource.to_string(),
+        severity: incident.severity.as_str(),
+        status: incident.status.as_str(),
+        risk: incident.risk.map(|risk| risk.as_str()),
+        summary: incident.summary.clone(),
+        root_cause: incident.root_cause.clone(),
+        proposed,
+        analyzer: incident.analyzer.clone(),
+        value: format!(
+            "{} (threshold {})",
+            with_unit(incident.value, signal),
+            with_unit(incident.threshold, signal)
+        ),
+        opened_at: incident.opened_at.to_string(),
+        resolved_at: incident.resolved_at.map(|at| at.to_string()),
+        occurrences: incident.occurrences,
+        approvals: incident.approvals.clone(),
+        timeline,
+        timeline_hidden: incident.timeline.len() - shown,
+    }
+}
+
+fn view(
+    status: StatusReport,
+    recent: &[Incident],
+    trends: impl Fn(&str, &str) -> Vec<Sample>,
+    now: Timestamp,
+) -> PageView {
+    let signals = status
+        .signals
+        .iter()
+        .map(|reading| tile(reading, &trends(&reading.signal, &reading.resource), now))
+        .collect();
+    let resolved = recent
+        .iter()
+        .filter(|incident| !incident.is_open())
+        .take(RECENTLY_RESOLVED)
+        .map(incident_view)
+        .collect();
+    let recent_fixes = recent
+        .iter()
+        .filter_map(|incident| {
+            let execution = incident.execution.as_ref()?;
+            Some(FixView {
+                incident: incident.id.to_string(),
+                action: execution.action.action.as_str().to_owned(),
+                target: incident.resource.to_string(),
+                approved_by: execution.approved_by.clone(),
+                at: execution.started_at.to_string(),
+                outcome: fix_outcome(incident),
+            })
+        })
+        .take(RECENT_FIXES)
+        .collect();
+    PageView {
+        mode: status.mode,
+        paused: status.paused,
+        dry_run: status.mode == "dry-run",
+        store: status.store,
+        generated_at: now.to_string(),
+        monitor: status.monitor.map(|cycle| MonitorView {
+            at: cycle
+                .started_at
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
+            duration_ms: cycle.duration_ms,
+            outcome: cycle.outcome,
+            leader: cycle.leader,
+        }),
+        open_breakers: status
+            .breakers
+            .iter()
+            .filter(|breaker| breaker.state == "open")
+            .map(|breaker| breaker.key.clone())
+            .collect(),
+        signals,
+        open: status.incidents.iter().map(incident_view).collect(),
+        resolved,
+        fixes: fix_stats(recent),
+        recent_fixes,
+    }
+}
+
+fn security_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 5] {
+    [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ]
+}
+
+/// `GET /`.
+pub async fn page(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let sentinel = &state.sentinel;
+    let status = sentinel.status().await?;
+    let recent = sentinel
+        .store
+        .list_incidents(IncidentQuery {
+            open_only: false,
+            limit: LOOK_BACK,
+        })
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    let view = view(
+        status,
+        &recent,
+        |signal, resource| sentinel.trend(signal, resource),
+        Timestamp::now(),
+    );
+    let html = TEMPLATES
+        .get_template("index.html")
+        .and_then(|template| {
+            template.render(minijinja::Value::from(minijinja::value::Serde(&view)))
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot render the status page");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the status page",
+            )
+        })?;
+    Ok((security_headers("text/html; charset=utf-8"), html).into_response())
+}
+
+/// `GET /assets/sentinel.css`.
+pub async fn stylesheet() -> Response {
+    (security_headers("text/css; charset=utf-8"), STYLESHEET).into_response()
+}
+
+/// `GET /assets/sentinel.js`.
+pub async fn script() -> Response {
+    (security_headers("text/javascript; charset=utf-8"), SCRIPT).into_response()
+}
