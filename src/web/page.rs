@@ -97,6 +97,8 @@ struct ChartView {
     points: String,
     threshold_y: Option<String>,
     samples: usize,
+    /// How far back the chart goes, for people: `60 min`, `3 min`.
+    covers: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -217,7 +219,9 @@ fn chart(samples: &[Sample], threshold: Option<f64>, now: Timestamp) -> Option<C
     if samples.is_empty() {
         return None;
     }
-    let start = now.unix_millis() - CHART_WINDOW_MS;
+    // The last hour, or since the first sample when there is less: the line fills the chart.
+    let start = (now.unix_millis() - CHART_WINDOW_MS).max(samples[0].at.unix_millis());
+    let span = (now.unix_millis() - start).max(1);
     let top = samples
         .iter()
         .map(|s| s.value)
@@ -228,8 +232,8 @@ fn chart(samples: &[Sample], threshold: Option<f64>, now: Timestamp) -> Option<C
     let bottom = samples.iter().map(|s| s.value).fold(0.0_f64, f64::min);
     let y = |value: f64| CHART_HEIGHT - (value - bottom) / (top - bottom) * CHART_HEIGHT;
     let x = |at: Timestamp| {
-        let offset = (at.unix_millis() - start).clamp(0, CHART_WINDOW_MS) as f64;
-        offset / CHART_WINDOW_MS as f64 * CHART_WIDTH
+        let offset = (at.unix_millis() - start).clamp(0, span) as f64;
+        offset / span as f64 * CHART_WIDTH
     };
     let mut points: Vec<String> = samples
         .iter()
@@ -249,6 +253,7 @@ fn chart(samples: &[Sample], threshold: Option<f64>, now: Timestamp) -> Option<C
         points: points.join(" "),
         threshold_y: threshold.map(|t| format!("{:.1}", y(t))),
         samples: samples.len(),
+        covers: format!("{} min", (span + 59_999) / 60_000),
     })
 }
 

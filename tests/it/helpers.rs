@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sentinel::app::Application;
 use sentinel::config::{ApiKeyEntry, Settings};
-use sentinel::domain::{Incident, IncidentId, Risk, Role, Status};
+use sentinel::domain::{ActionId, Incident, IncidentId, Risk, Role, Status};
 use sentinel::pipeline::monitor::{CycleReport, Monitor};
 use sentinel::service::Sentinel;
 use sentinel::store::{embedded::EmbeddedStore, redis::RedisStore, SharedStore};
@@ -221,6 +221,46 @@ impl TestApp {
         incident
             .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)
             .unwrap();
+        self.store.update_incident(&incident).await.unwrap()
+    }
+
+    /// An incident whose fix (`action`) was approved and ran, then ended in `outcome`
+    /// (`Resolved`, `RolledBack`, or `Verifying` for still in progress), written directly.
+    pub async fn record_fix(&self, scenario: &str, action: ActionId, outcome: Status) -> Incident {
+        let now = sentinel::domain::Timestamp::now();
+        let incident = self.trigger(scenario).await;
+        let mut incident = self.await_approval(&incident.id, Risk::Medium).await;
+        let proposed = incident.proposed_action.as_mut().expect("a proposal");
+        proposed.action = action;
+        if action == ActionId::SandboxCleanup {
+            proposed.params = [("dir".to_owned(), serde_json::json!("logs"))].into();
+        }
+        let by = "api:test-operator (operator)";
+        incident
+            .transition(Status::Approved, by, "approved", now)
+            .unwrap();
+        incident
+            .transition(Status::Executing, "sentinel", "executing", now)
+            .unwrap();
+        incident.approvals = vec![by.to_owned()];
+        incident.execution = Some(sentinel::domain::Execution {
+            action: incident.proposed_action.clone().unwrap(),
+            approved_by: by.to_owned(),
+            started_at: now,
+            finished_at: Some(now),
+            before: serde_json::json!({}),
+            after: serde_json::json!({}),
+            reversible: true,
+            rolled_back_at: (outcome == Status::RolledBack).then_some(now),
+        });
+        incident
+            .transition(Status::Verifying, "sentinel", "verifying", now)
+            .unwrap();
+        if outcome != Status::Verifying {
+            incident
+                .transition(outcome, "sentinel", "done", now)
+                .unwrap();
+        }
         self.store.update_incident(&incident).await.unwrap()
     }
 

@@ -3,6 +3,7 @@
 mod alerts;
 mod api;
 mod blocks;
+mod browser;
 mod cleanup;
 mod cli;
 mod collectors;
