@@ -16,6 +16,7 @@ mod leader;
 mod llm;
 mod llm_double;
 mod monitor;
+mod packaging;
 mod page;
 mod rbac;
 mod remediate;
