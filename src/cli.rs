@@ -188,7 +188,7 @@ fn load(file: Option<&std::path::Path>) -> Option<Settings> {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    crate::telemetry::init(settings.telemetry.log_format);
+    let _telemetry = crate::telemetry::init(&settings.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -215,7 +215,7 @@ fn serve(settings: Settings) -> ExitCode {
 
 /// One monitoring cycle, printed; writes nothing anywhere.
 fn check(settings: Settings, json: bool) -> ExitCode {
-    crate::telemetry::init(settings.telemetry.log_format);
+    let _telemetry = crate::telemetry::init(&settings.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

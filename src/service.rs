@@ -279,6 +279,7 @@ impl Sentinel {
     }
 
     /// Injects a test alert through the same intake as monitoring.
+    #[tracing::instrument(name = "trigger", skip_all, fields(scenario = ?scenario, actor = %actor))]
     pub async fn trigger(&self, scenario: Scenario, actor: &Actor) -> Result<Intake, ServiceError> {
         let detection = detect::test_alert(scenario, &self.settings.thresholds);
         let intake =
@@ -321,6 +322,7 @@ impl Sentinel {
 
     /// Approves an incident's proposed fix; once approved, the fix is executed in the
     /// background and its progress shows on the timeline.
+    #[tracing::instrument(name = "approve", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
         let two_person = self.settings.actions.two_person_rule;
@@ -345,6 +347,7 @@ impl Sentinel {
     }
 
     /// Rejects an incident's proposed fix.
+    #[tracing::instrument(name = "reject", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn reject(
         &self,
         id: &str,
@@ -372,6 +375,7 @@ impl Sentinel {
 
     /// Rolls back an executed fix (admins): restores the memory limit, stops the started
     /// container, or brings quarantined files back.
+    #[tracing::instrument(name = "rollback", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn rollback(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
         let incident = self.incident(id).await?;
         if let Err(e) = approve::check_rollback(&incident, actor) {

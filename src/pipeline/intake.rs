@@ -23,6 +23,7 @@ pub enum Intake {
 }
 
 /// Opens an incident for `detection`, or updates the open one of its fingerprint.
+#[tracing::instrument(name = "intake", skip_all, fields(fingerprint = %detection.fingerprint()))]
 pub async fn open_or_update(
     store: &dyn Store,
     detection: &Detection,

@@ -76,6 +76,7 @@ impl Collectors {
     }
 
     /// Runs every collector concurrently, each under the collector timeout.
+    #[tracing::instrument(name = "collect", skip_all)]
     pub async fn collect(&self) -> Collected {
         let (host, containers, sandbox) =
             tokio::join!(self.host_signals(), self.containers(), self.sandbox_bytes());
@@ -468,6 +469,7 @@ impl Monitor {
 
     /// One cycle: collect, detect, apply. With `fence`, the lease token is checked right
     /// before writing; a replica that lost the lease meanwhile writes nothing.
+    #[tracing::instrument(name = "monitor_cycle", skip_all)]
     pub async fn tick(&self, fence: Option<u64>) -> CycleReport {
         let started = Instant::now();
         let started_at = Timestamp::now();

@@ -160,6 +160,7 @@ async fn emit(
 }
 
 /// What the analyzers may look at, now.
+#[tracing::instrument(name = "gather_evidence", skip_all)]
 async fn gather_evidence(sentinel: &Sentinel) -> Evidence {
     let (containers, sandbox_dirs) = tokio::join!(sentinel.collectors.containers(), async {
         let dir = sentinel.settings.sandbox_dir.clone();
@@ -221,6 +222,7 @@ async fn analysis_for(
     (rules::analyze(incident, evidence), notes)
 }
 
+#[tracing::instrument(name = "analyze", skip_all, fields(incident = %id))]
 async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
     let now = Timestamp::now();
     let Some(incident) = update_with(sentinel, id, |i| {
@@ -402,6 +404,7 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
 }
 
 /// Executes an approved action at most once.
+#[tracing::instrument(name = "execute", skip_all, fields(incident = %action.incident()))]
 pub async fn execute(sentinel: &Sentinel, action: ApprovedAction) -> Result<(), StoreError> {
     let id = action.incident().clone();
     let lease_name = format!("execute:{id}");
@@ -596,6 +599,7 @@ fn describe_change(before: &serde_json::Value, after: &serde_json::Value) -> Str
 }
 
 /// After `settle`: measure again; resolve, or roll back what can be undone and escalate.
+#[tracing::instrument(name = "verify", skip_all, fields(incident = %id))]
 pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
     let Some(incident) = sentinel.store.get_incident(id).await? else {
         return Ok(());
@@ -671,6 +675,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
     Ok(())
 }
 
+#[tracing::instrument(name = "escalate", skip_all, fields(incident = %incident.id))]
 async fn escalate(sentinel: &Sentinel, incident: &Incident, why: &str) -> Result<(), StoreError> {
     let stored = update_with(sentinel, &incident.id, |i| {
         i.transition(
@@ -696,6 +701,7 @@ async fn escalate(sentinel: &Sentinel, incident: &Incident, why: &str) -> Result
 
 /// Undoes an executed, reversible fix and records it. `None` when the incident moved on or
 /// the undo failed (recorded on the timeline).
+#[tracing::instrument(name = "roll_back", skip_all, fields(incident = %incident.id, actor = %actor))]
 pub async fn roll_back(
     sentinel: &Sentinel,
     incident: &Incident,

@@ -35,6 +35,9 @@ pub struct Metrics {
     breaker_open: IntGaugeVec,
     incidents_open: IntGaugeVec,
     sse_clients: IntGauge,
+    /// Scrapes reset, set and read the store-derived gauges: one at a time, so two
+    /// concurrent scrapes never see each other's half-set gauges.
+    render_lock: std::sync::Mutex<()>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -190,6 +193,7 @@ impl Metrics {
             ),
             sse_clients,
             registry,
+            render_lock: std::sync::Mutex::new(()),
         };
         metrics.start_at_zero();
         metrics
@@ -317,6 +321,7 @@ impl Metrics {
 
     /// The exposition text, with the store-derived gauges set from `status` first.
     pub fn render(&self, status: Option<&crate::service::StatusReport>) -> String {
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.breaker_open.reset();
         self.incidents_open.reset();
         if let Some(status) = status {

@@ -25,3 +25,4 @@ mod slack_inbound;
 mod slack_outbound;
 mod slack_socket;
 mod store;
+mod traces;

@@ -280,6 +280,7 @@ impl LlmAnalyzer {
 
     /// Asks the model, up to `attempts` times, pausing between tries; stops at the first
     /// valid, accepted answer or at a failure retrying cannot fix (a rejected key).
+    #[tracing::instrument(name = "llm_analyze", skip_all, fields(incident = %incident.id, model = %self.model))]
     pub async fn analyze_reporting(
         &self,
         incident: &Incident,
