@@ -133,6 +133,16 @@ impl Application {
             .context("http server failed");
         // The server stopped (shutdown, or it failed): stop the loop too and let it finish.
         self.shutdown.cancel();
+        // Clicks acknowledged before the stop are finished, within reason.
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.sentinel.background.idle(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("stopping with acknowledged slack clicks still being handled");
+        }
         if let Some(monitor) = monitor {
             if let Err(e) = monitor.await {
                 tracing::error!(error = %e, "the monitor loop panicked");

@@ -108,6 +108,53 @@ pub struct AlertsOutcome {
 /// The longest silence anyone can set.
 pub const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
+/// Work acknowledged to a caller and finished afterwards (Slack clicks). Bounded: when all
+/// room is taken, [`Background::spawn`] waits (up to a limit) before starting more, so a flood
+/// slows acknowledgements down instead of piling up tasks. A graceful shutdown waits for it
+/// ([`Background::idle`]), so what was acknowledged is done before the process exits.
+pub struct Background {
+    slots: Arc<tokio::sync::Semaphore>,
+    size: u32,
+}
+
+impl Background {
+    /// How much background work runs at once.
+    pub const SIZE: u32 = 1024;
+
+    fn new() -> Self {
+        Background {
+            slots: Arc::new(tokio::sync::Semaphore::new(Self::SIZE as usize)),
+            size: Self::SIZE,
+        }
+    }
+
+    /// Starts `work` once there is room, waiting at most `wait` for it (then it starts
+    /// anyway: acknowledged work is never dropped).
+    pub async fn spawn<F>(&self, wait: std::time::Duration, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let room = tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if room.is_none() {
+            tracing::warn!("background work is full; starting one more anyway");
+        }
+        tokio::spawn(async move {
+            let _room = room;
+            work.await;
+        });
+    }
+
+    /// Waits until no background work runs.
+    pub async fn idle(&self) {
+        if let Ok(all) = self.slots.acquire_many(self.size).await {
+            drop(all);
+        }
+    }
+}
+
 /// Shared by every request handler and background task.
 pub struct Sentinel {
     pub settings: Arc<Settings>,
@@ -131,6 +178,8 @@ pub struct Sentinel {
     trends: std::sync::Mutex<crate::domain::Trends>,
     /// Bumped after every monitor cycle, so the live stream can tell pages the signals moved.
     cycles: tokio::sync::watch::Sender<u64>,
+    /// Acknowledged work still being done (Slack clicks).
+    pub background: Background,
 }
 
 impl Sentinel {
@@ -156,6 +205,7 @@ impl Sentinel {
             last_cycle: RwLock::new(None),
             trends: std::sync::Mutex::new(crate::domain::Trends::new()),
             cycles: tokio::sync::watch::Sender::new(0),
+            background: Background::new(),
         };
         (sentinel, receiver)
     }

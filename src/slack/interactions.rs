@@ -29,12 +29,17 @@ use crate::domain::{Actor, Incident, IncidentId, Role, Status, Timestamp};
 use crate::service::ServiceError;
 use crate::slack::blocks::{self, escape};
 use crate::slack::cards;
-use crate::slack::http::{form_fields, respond, within_budget, Answer, BadPayload, Inbound};
+use crate::slack::http::{
+    form_fields, respond, within_budget, Answer, BadPayload, Inbound, ACK_BUDGET,
+};
 use crate::slack::verify::VerifiedBody;
 use crate::web::error::ApiError;
 
 /// The modal's `callback_id`.
 pub const REJECT_CALLBACK: &str = "reject_reason";
+
+/// How long a click's trigger id is remembered, so a repeat is not acted on twice.
+const CLICK_DEDUP_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long the Silence button silences an incident's fingerprint.
 pub const CARD_SILENCE: &str = "1h";
@@ -237,14 +242,40 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
                 tracing::warn!(api_app_id = ?app, "ignoring a click for another app");
                 return Ok(None);
             }
-            // Everything, the ephemeral answer included, happens in the task; the ack waits
-            // for it only up to the budget.
+            // The delivery is recorded durably before the acknowledgement, so a repeat of the
+            // same click (same trigger) is acknowledged and dropped, here or on another
+            // replica. Everything else, the ephemeral answer included, happens after the
+            // acknowledgement, as the service's background work: bounded, so past its limit
+            // the acknowledgement waits (up to the budget) for room, and finished before a
+            // graceful shutdown ends.
+            let claimed = match &actions.trigger_id {
+                Some(trigger) => {
+                    let key = format!("slack:interaction:{trigger}");
+                    let store = &inbound.app.sentinel.store;
+                    store
+                        .claim_once(&key, CLICK_DEDUP_TTL, Timestamp::now())
+                        .await
+                }
+                None => Ok(true),
+            };
+            let background = &inbound.app.sentinel.background;
             let inbound = Arc::clone(inbound);
-            within_budget(
-                async move { clicked(&inbound, actions).await },
-                |()| async {},
-            )
-            .await;
+            match claimed {
+                Ok(true) => {
+                    background
+                        .spawn(ACK_BUDGET, async move { clicked(&inbound, actions).await })
+                        .await
+                }
+                Ok(false) => tracing::debug!("a click delivered again; already handled"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim a slack interaction");
+                    background
+                        .spawn(ACK_BUDGET, async move {
+                            tell_clicker(&inbound, &actions, &store_trouble()).await
+                        })
+                        .await
+                }
+            }
             Ok(None)
         }
         Payload::ViewSubmission(submission) => {
@@ -267,7 +298,25 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
     }
 }
 
-/// A button click, start to finish, ending with an ephemeral word to the user.
+/// Says `text` to whoever clicked, ephemerally, where they clicked.
+async fn tell_clicker(inbound: &Inbound, payload: &BlockActions, text: &str) {
+    let channel = payload
+        .container
+        .as_ref()
+        .and_then(|c| c.channel_id.clone())
+        .or_else(|| payload.channel.as_ref().map(|c| c.id.clone()));
+    inbound
+        .tell(
+            channel.as_deref(),
+            &payload.user.id,
+            payload.response_url.as_deref(),
+            text,
+        )
+        .await
+}
+
+/// A button click after its acknowledgement (claimed already: handled once), start to
+/// finish, ending with an ephemeral word to the user.
 async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
     let user = payload.user.id.clone();
     let channel = payload
@@ -300,25 +349,6 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
         return tell("That button does not point at an incident; nothing was changed.".into())
             .await;
     };
-    // A delivery seen before (same trigger) is not acted on twice.
-    if let Some(trigger) = &payload.trigger_id {
-        let key = format!("slack:interaction:{trigger}");
-        let ttl = std::time::Duration::from_secs(600);
-        match inbound
-            .app
-            .sentinel
-            .store
-            .claim_once(&key, ttl, Timestamp::now())
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot claim a slack interaction");
-                return tell(store_trouble()).await;
-            }
-        }
-    }
     let role = inbound.roles.role_of(&user).await;
     let Some(role) = role.filter(|role| role.allows(button.needs())) else {
         let has = role.map_or("you have no Sentinel role".to_owned(), |r| {

@@ -213,8 +213,9 @@ fn card_ref(incident: &Incident) -> Value {
     json!({"incident": incident.id.as_str(), "version": incident.version})
 }
 
+/// Clicks, then waits until the click is handled (it is acknowledged first, handled after).
 async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Answer {
-    send(
+    let answer = send(
         app,
         "/slack/interactions",
         "application/x-www-form-urlencoded",
@@ -222,7 +223,9 @@ async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Ans
         Signing::Valid,
         &[],
     )
-    .await
+    .await;
+    app.sentinel.background.idle().await;
+    answer
 }
 
 fn submission_body(user: &str, private_metadata: &str, reason: &str) -> String {
@@ -968,6 +971,69 @@ fn ephemerals_to(double: &SlackDouble, user: &str) -> Vec<String> {
         .filter(|c| c.str("user") == Some(user))
         .map(|c| c.text().to_owned())
         .collect()
+}
+
+#[tokio::test]
+async fn the_same_click_delivered_three_times_is_acknowledged_each_time_and_handled_once() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "disk", Risk::Medium).await;
+    // Silence has no compare-and-set to hide a second run: only the dedup can.
+    let body = click_body(OPERATOR, "silence", &card_ref(&incident));
+    let sends = (0..3).map(|_| {
+        send(
+            &app,
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            &body,
+            Signing::Valid,
+            &[],
+        )
+    });
+    for answer in futures::future::join_all(sends).await {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    app.sentinel.background.idle().await;
+    let silences = app.sentinel.silences().await.unwrap();
+    assert_eq!(silences.len(), 1, "{silences:?}");
+}
+
+#[tokio::test]
+async fn a_click_is_acknowledged_before_slow_work_and_finished_before_shutdown() {
+    let (app, double) = spawn_with_double("").await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    // Telling the user takes Slack 1.5 s here; the acknowledgement must not wait for it.
+    double.delay("chat.postEphemeral", Duration::from_millis(1500));
+    let answer = send(
+        &app,
+        "/slack/interactions",
+        "application/x-www-form-urlencoded",
+        &click_body(OPERATOR, "approve", &card_ref(&incident)),
+        Signing::Valid,
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.elapsed < Duration::from_millis(1000),
+        "{:?}",
+        answer.elapsed
+    );
+    assert!(
+        ephemerals_to(&double, OPERATOR).is_empty(),
+        "still being told"
+    );
+    // A graceful stop now still finishes the acknowledged click.
+    let store = std::sync::Arc::clone(&app.store);
+    app.stop().await;
+    assert!(
+        ephemerals_to(&double, OPERATOR)
+            .iter()
+            .any(|t| t.contains("You approved")),
+        "{:?}",
+        double.calls()
+    );
+    let approved = store.get_incident(&incident.id).await.unwrap().unwrap();
+    assert_eq!(approved.status, Status::Approved);
 }
 
 #[tokio::test]
