@@ -27,6 +27,7 @@ use std::sync::LazyLock;
 
 use minijinja::value::{Value as JinjaValue, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, UndefinedBehavior};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use slack_morphism::prelude::{SlackBlock, SlackView};
 
@@ -272,7 +273,7 @@ pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> 
         .render(JinjaValue::from(minijinja::value::Serde(context)))
         .map_err(|e| render_error(format!("{e:#}")))?;
     let cleaned = strip_trailing_commas(&output);
-    let document: Value = serde_json::from_str(&cleaned)
+    let mut document: Value = serde_json::from_str(&cleaned)
         .map_err(|e| invalid(format!("the template wrote invalid JSON: {e}")))?;
     let text = document
         .get("text")
@@ -283,27 +284,30 @@ pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> 
         problems: Vec::new(),
     };
     checker.text("text", &text, 1, limits::FALLBACK_TEXT);
-    let blocks = if let Some(view) = document.get("view") {
-        let parsed: SlackView =
-            serde_json::from_value(view.clone()).map_err(|e| invalid(format!("view: {e}")))?;
-        same_after_round_trip(template, "view", view, &parsed)?;
-        checker.view(view);
-        vec![view.clone()]
+    // Parsed from the tree by reference (`Deserialize for &Value`): no copy of the blocks.
+    let blocks = if let Some(view) = document.get_mut("view").map(Value::take) {
+        let parsed = SlackView::deserialize(&view).map_err(|e| invalid(format!("view: {e}")))?;
+        same_after_round_trip(template, "view", &view, &parsed)?;
+        checker.view(&view);
+        vec![view]
     } else {
-        let blocks = document
-            .get("blocks")
-            .and_then(Value::as_array)
-            .ok_or_else(|| invalid("no \"blocks\" array and no \"view\"".into()))?;
-        let parsed: Vec<SlackBlock> = serde_json::from_value(Value::Array(blocks.clone()))
+        let Some(Value::Array(blocks)) = document.get_mut("blocks").map(Value::take) else {
+            return Err(invalid("no \"blocks\" array and no \"view\"".into()));
+        };
+        let blocks_value = Value::Array(blocks);
+        let parsed = Vec::<SlackBlock>::deserialize(&blocks_value)
             .map_err(|e| invalid(format!("blocks: {e}")))?;
         for (index, block) in parsed.iter().enumerate() {
             if let SlackBlock::Unknown(_) = block {
                 return Err(invalid(format!("blocks[{index}]: unknown block type")));
             }
         }
-        same_after_round_trip(template, "blocks", &Value::Array(blocks.clone()), &parsed)?;
-        checker.blocks("blocks", blocks, limits::MESSAGE_BLOCKS);
-        blocks.clone()
+        same_after_round_trip(template, "blocks", &blocks_value, &parsed)?;
+        let Value::Array(blocks) = blocks_value else {
+            unreachable!("an array above")
+        };
+        checker.blocks("blocks", &blocks, limits::MESSAGE_BLOCKS);
+        blocks
     };
     match checker.problems.into_iter().next() {
         Some((path, message)) => Err(BlocksError::Limit {
@@ -327,76 +331,88 @@ fn same_after_round_trip<T: serde::Serialize>(
         template: template.to_owned(),
         message: format!("{what}: {e}"),
     })?;
-    match first_difference(written, &back, what) {
+    match first_difference(written, &back) {
         None => Ok(()),
-        Some(path) => Err(BlocksError::Invalid {
-            template: template.to_owned(),
-            message: format!("{path}: not part of Block Kit (or not as written)"),
-        }),
+        Some(mut steps) => {
+            steps.reverse();
+            Err(BlocksError::Invalid {
+                template: template.to_owned(),
+                message: format!(
+                    "{what}{}: not part of Block Kit (or not as written)",
+                    steps.concat()
+                ),
+            })
+        }
     }
 }
 
-fn first_difference(written: &Value, back: &Value, path: &str) -> Option<String> {
+/// Where `back` first differs from `written`: the path steps (`.key`, `[i]`), innermost
+/// first; built only when there is a difference, as this runs on every rendered reply.
+fn first_difference(written: &Value, back: &Value) -> Option<Vec<String>> {
     match (written, back) {
         (Value::Object(a), Value::Object(b)) => {
             for (key, value) in a {
-                let here = format!("{path}.{key}");
                 match b.get(key) {
                     Some(other) => {
-                        if let Some(found) = first_difference(value, other, &here) {
-                            return Some(found);
+                        if let Some(mut steps) = first_difference(value, other) {
+                            steps.push(format!(".{key}"));
+                            return Some(steps);
                         }
                     }
                     None if value.is_null() => {}
-                    None => return Some(here),
+                    None => return Some(vec![format!(".{key}")]),
                 }
             }
             None
         }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
-            .iter()
-            .zip(b)
-            .enumerate()
-            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            a.iter().zip(b).enumerate().find_map(|(i, (x, y))| {
+                let mut steps = first_difference(x, y)?;
+                steps.push(format!("[{i}]"));
+                Some(steps)
+            })
+        }
         (a, b) if a == b => None,
-        _ => Some(path.to_owned()),
+        _ => Some(Vec::new()),
     }
 }
 
 /// Removes commas that directly precede `]` or `}` (outside strings), so templates can end
 /// every list item with a comma.
 fn strip_trailing_commas(json: &str) -> String {
-    let chars: Vec<char> = json.chars().collect();
-    let mut out = String::with_capacity(json.len());
+    // Byte by byte: the delimiters are ASCII, and UTF-8 never uses ASCII bytes inside a
+    // multi-byte character, so the kept bytes are still valid UTF-8.
+    let bytes = json.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut in_string = false;
     let mut escaped = false;
-    for (i, &c) in chars.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
-            out.push(c);
+            out.push(b);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
             continue;
         }
-        match c {
-            '"' => {
+        match b {
+            b'"' => {
                 in_string = true;
-                out.push(c);
+                out.push(b);
             }
-            ',' => {
-                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
-                if !matches!(next, Some(']') | Some('}')) {
-                    out.push(c);
+            b',' => {
+                let next = bytes[i + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                if !matches!(next, Some(b']') | Some(b'}')) {
+                    out.push(b);
                 }
             }
-            c => out.push(c),
+            b => out.push(b),
         }
     }
-    out
+    String::from_utf8(out).expect("only ASCII commas were removed")
 }
 
 /// Walks rendered Block Kit and collects every broken limit as (path, problem).
@@ -697,6 +713,27 @@ pub fn sample_context(template: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_block_kit_does_not_know_is_named_with_its_path() {
+        let written = serde_json::json!([
+            {"type": "divider"},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "x", "verbtim": true}},
+        ]);
+        let parsed: Vec<SlackBlock> = serde_json::from_value(written.clone()).unwrap();
+        let error = same_after_round_trip("card", "blocks", &written, &parsed).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            BlocksError::Invalid {
+                template: "card".into(),
+                message: "blocks[1].text.verbtim: not part of Block Kit (or not as written)".into()
+            }
+            .to_string()
+        );
+        let fine = serde_json::json!([{"type": "divider"}]);
+        let parsed: Vec<SlackBlock> = serde_json::from_value(fine.clone()).unwrap();
+        assert!(same_after_round_trip("card", "blocks", &fine, &parsed).is_ok());
+    }
 
     #[test]
     fn escaping_covers_slacks_three_characters() {

@@ -33,7 +33,8 @@ use crate::service::ServiceError;
 use crate::slack::blocks;
 use crate::slack::blocks::escape;
 use crate::slack::http::{
-    form_fields, respond, within_budget, Answer, BadPayload, Inbound, Reply, Visibility,
+    form_fields, respond, within_budget, within_budget_inline, Answer, BadPayload, Inbound, Reply,
+    Visibility,
 };
 use crate::slack::verify::VerifiedBody;
 use crate::store::{Control, IncidentQuery};
@@ -72,6 +73,16 @@ impl SlashCommand {
     pub fn parse(text: &str) -> SlashCommand {
         let text = text.trim();
         parse_known(text).unwrap_or_else(|| SlashCommand::Unknown(text.to_owned()))
+    }
+
+    /// Whether the command only reads: such commands may run in the request itself, as
+    /// stopping one halfway (the caller hung up) leaves nothing half done.
+    pub fn only_reads(&self) -> bool {
+        use SlashCommand::*;
+        matches!(
+            self,
+            Help | Whoami | Unknown(_) | Status | Incidents | Show(_)
+        )
     }
 
     /// The role a command needs; `None`: anyone, even without a role.
@@ -162,6 +173,7 @@ async fn answer_command(
     command: SlashCommand,
 ) -> Reply {
     let invocation = Arc::new(invocation);
+    let only_reads = command.only_reads();
     let work = {
         let inbound = Arc::clone(inbound);
         let invocation = Arc::clone(&invocation);
@@ -183,7 +195,12 @@ async fn answer_command(
         let invocation = Arc::clone(&invocation);
         move |reply: Reply| async move { follow_up(&inbound, &invocation, &reply).await }
     };
-    within_budget(work, late).await.unwrap_or_else(|| {
+    let answered = if only_reads {
+        within_budget_inline(work, late).await
+    } else {
+        within_budget(work, late).await
+    };
+    answered.unwrap_or_else(|| {
         Reply::ephemeral("Still working on that; I will post the result here when it is done.")
     })
 }
@@ -247,6 +264,23 @@ impl Ctx<'_> {
     fn user(&self) -> String {
         format!("<@{}>", self.invocation.user_id)
     }
+}
+
+/// An incident as the list templates (`blocks/incident_section.j2`) read it: only the
+/// fields they show, so a status reply does not copy every timeline into the template.
+fn listed(incident: &crate::domain::Incident) -> Value {
+    json!({
+        "id": incident.id,
+        "severity": incident.severity,
+        "signal": incident.signal,
+        "resource": incident.resource,
+        "status": incident.status,
+        "value": incident.value,
+        "threshold": incident.threshold,
+        "risk": incident.risk,
+        "opened_at": incident.opened_at,
+        "summary": incident.summary,
+    })
 }
 
 /// The one dispatch: one function per command.
@@ -331,7 +365,7 @@ commands! {
             "mode": report.mode,
             "paused": report.paused,
             "signals": report.signals,
-            "incidents": report.incidents,
+            "incidents": report.incidents.iter().map(listed).collect::<Vec<_>>(),
             "public_url": ctx.sentinel().settings.public_url,
         });
         render(Visibility::Ephemeral, "status", &context, fallback)
@@ -349,7 +383,8 @@ commands! {
             let summary = escape(&incident.summary);
             let _ = write!(fallback, "\n• {} {summary} ({})", incident.id, incident.status);
         }
-        render(Visibility::Ephemeral, "incidents", &json!({ "incidents": incidents }), fallback)
+        let listed: Vec<Value> = incidents.iter().map(listed).collect();
+        render(Visibility::Ephemeral, "incidents", &json!({ "incidents": listed }), fallback)
     }
 
     /// `show <id>` · viewer · one incident with its timeline

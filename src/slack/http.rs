@@ -259,6 +259,27 @@ where
     }
 }
 
+/// [`within_budget`] without a task of its own while the work is quick: it runs in the
+/// request, and only if it outlasts the budget does it move to a task that finishes it and
+/// hands its output to `late`. For work that may be stopped halfway (reads): a request whose
+/// caller hangs up is dropped with its work.
+pub async fn within_budget_inline<T, W, L, LF>(work: W, late: L) -> Option<T>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    L: FnOnce(T) -> LF + Send + 'static,
+    LF: Future<Output = ()> + Send,
+{
+    let mut work = Box::pin(work);
+    match tokio::time::timeout(ACK_BUDGET, &mut work).await {
+        Ok(output) => Some(output),
+        Err(_) => {
+            tokio::spawn(async move { late(work.await).await });
+            None
+        }
+    }
+}
+
 /// `https://hooks.slack.com/…`, or the same origin as `[slack] api_url`.
 pub fn response_url_allowed(url: &str, api_url: &str) -> bool {
     fn origin(url: &str) -> Option<&str> {
@@ -396,5 +417,27 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(150));
         assert_eq!(answered, None);
         assert_eq!(late_rx.await.unwrap(), "slow");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inline_work_answers_in_time_or_moves_to_a_task_and_is_finished() {
+        assert_eq!(
+            within_budget_inline(async { 7 }, |_| async {}).await,
+            Some(7)
+        );
+        let (late_tx, late_rx) = tokio::sync::oneshot::channel();
+        let slow = async {
+            tokio::time::sleep(ACK_BUDGET * 3).await;
+            "slow"
+        };
+        let started = tokio::time::Instant::now();
+        let answered = within_budget_inline(slow, move |output| async move {
+            let _ = late_tx.send(output);
+        })
+        .await;
+        assert_eq!(answered, None);
+        assert_eq!(started.elapsed(), ACK_BUDGET);
+        assert_eq!(late_rx.await.unwrap(), "slow");
+        assert!(started.elapsed() >= ACK_BUDGET * 3);
     }
 }
