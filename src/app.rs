@@ -50,9 +50,7 @@ impl Application {
         });
         let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(&state)?;
         let addr = settings.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         Ok(Application {
             listener,
             router: web::router(state),
@@ -160,4 +158,21 @@ impl Application {
         tracing::info!("sentinel stopped");
         Ok(())
     }
+}
+
+/// How many connections may wait to be accepted. `TcpListener::bind` uses 128, which a burst
+/// (every open status page reconnecting after a restart, 500 at once in bench/sse.sh)
+/// overflows: the kernel then drops SYNs and clients retry a second later. The kernel caps
+/// it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -22,7 +22,7 @@
 //!
 //! Templates may end list items with a comma; trailing commas are removed before parsing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use minijinja::value::{Value as JinjaValue, ValueKind};
@@ -253,8 +253,36 @@ fn when(text: &str) -> String {
     }
 }
 
+/// Recently rendered replies by template and context. Rendering is a pure function of the
+/// two (no clock, no randomness), so an identical request — `/sentinel status` asked again
+/// before anything changed — reuses the checked result instead of rendering, parsing and
+/// checking the same Block Kit again. Small and cleared when full: it only needs to hold
+/// what is being asked for right now.
+static RECENT: LazyLock<std::sync::Mutex<HashMap<(&'static str, String), Rendered>>> =
+    LazyLock::new(Default::default);
+const RECENT_CAPACITY: usize = 64;
+
 /// Renders `template` with `context` and checks the result (see the module comment).
 pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> {
+    let Some(name) = NAMES.iter().copied().find(|name| *name == template) else {
+        return Err(BlocksError::UnknownTemplate(template.to_owned()));
+    };
+    let key = (name, context.to_string());
+    let recent = || RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(rendered) = recent().get(&key) {
+        return Ok(rendered.clone());
+    }
+    let rendered = render_checked(name, context)?;
+    let mut cache = recent();
+    if cache.len() >= RECENT_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(key, rendered.clone());
+    Ok(rendered)
+}
+
+/// [`render`] without the cache: render, parse, check.
+fn render_checked(template: &str, context: &Value) -> Result<Rendered, BlocksError> {
     if !NAMES.contains(&template) {
         return Err(BlocksError::UnknownTemplate(template.to_owned()));
     }
@@ -713,6 +741,24 @@ pub fn sample_context(template: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_render_comes_from_the_cache_and_equals_a_fresh_one() {
+        let context = sample_context("status");
+        let first = render("status", &context).unwrap();
+        let again = render("status", &context).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(again, render_checked("status", &context).unwrap());
+        let mut changed = context.clone();
+        changed["mode"] = json!("dry-run");
+        let other = render("status", &changed).unwrap();
+        assert_ne!(other, first, "another context is rendered anew");
+        assert_eq!(other, render_checked("status", &changed).unwrap());
+        assert!(matches!(
+            render("nope", &context),
+            Err(BlocksError::UnknownTemplate(_))
+        ));
+    }
 
     #[test]
     fn a_field_block_kit_does_not_know_is_named_with_its_path() {

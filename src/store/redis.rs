@@ -150,6 +150,11 @@ pub struct RedisStore {
     outbox_head: Script,
     outbox_ack: Script,
     outbox_park: Script,
+    /// One audit append at a time from this process. Appends are optimistic (read the head,
+    /// write if it is unchanged, else retry), which is right across replicas; but many
+    /// appenders in one process (a burst of Slack clicks) would mostly retry each other, so
+    /// they queue here instead.
+    audit_appends: tokio::sync::Mutex<()>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -174,6 +179,7 @@ impl RedisStore {
         .map_err(unavailable)?;
         let store = RedisStore {
             conn,
+            audit_appends: tokio::sync::Mutex::new(()),
             prefix: prefix.to_owned(),
             create_incident: Script::new(CREATE_INCIDENT),
             update_incident: Script::new(UPDATE_INCIDENT),
@@ -368,6 +374,7 @@ impl Store for RedisStore {
 
     async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry> {
         let mut conn = self.conn.clone();
+        let _one_at_a_time = self.audit_appends.lock().await;
         loop {
             let head: Option<String> = conn
                 .get(self.key("audit:head"))
