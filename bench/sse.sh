@@ -16,8 +16,9 @@
 #       http://127.0.0.1:PORT ADMIN_KEY CLIENTS ROUNDS
 # Client and server share the machine, so the times include the client's own scheduling.
 # A connect time near 1 s means the burst of connects overflowed the server's listen backlog
-# (128, tokio's default) and the dropped SYNs were retried after the kernel's 1 s timeout
-# (`nstat -az TcpExtListenOverflows` counts them).
+# and the dropped SYNs were retried after the kernel's 1 s timeout (`nstat -az
+# TcpExtListenOverflows` counts them). Sentinel now listens with a backlog of 4096 (it was
+# tokio's 128 when this script found the problem).
 # Needs: curl. Loopback only; bounded (connect 30 s, 10 s per round).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
