@@ -242,40 +242,18 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
                 tracing::warn!(api_app_id = ?app, "ignoring a click for another app");
                 return Ok(None);
             }
-            // The delivery is recorded durably before the acknowledgement, so a repeat of the
-            // same click (same trigger) is acknowledged and dropped, here or on another
-            // replica. Everything else, the ephemeral answer included, happens after the
-            // acknowledgement, as the service's background work: bounded, so past its limit
-            // the acknowledgement waits (up to the budget) for room, and finished before a
-            // graceful shutdown ends.
-            let claimed = match &actions.trigger_id {
-                Some(trigger) => {
-                    let key = format!("slack:interaction:{trigger}");
-                    let store = &inbound.app.sentinel.store;
-                    store
-                        .claim_once(&key, CLICK_DEDUP_TTL, Timestamp::now())
-                        .await
-                }
-                None => Ok(true),
-            };
-            let background = &inbound.app.sentinel.background;
+            // Acknowledged at once; the click is handled right after, as the service's
+            // background work: bounded, so past its limit the acknowledgement waits (up to
+            // the budget) for room, and finished before a graceful shutdown ends. Its first
+            // step claims the delivery durably, so a repeat (same trigger) is handled once,
+            // here or on another replica.
             let inbound = Arc::clone(inbound);
-            match claimed {
-                Ok(true) => {
-                    background
-                        .spawn(ACK_BUDGET, async move { clicked(&inbound, actions).await })
-                        .await
-                }
-                Ok(false) => tracing::debug!("a click delivered again; already handled"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot claim a slack interaction");
-                    background
-                        .spawn(ACK_BUDGET, async move {
-                            tell_clicker(&inbound, &actions, &store_trouble()).await
-                        })
-                        .await
-                }
-            }
+            let background = &inbound.app.sentinel.background;
+            let work = {
+                let inbound = Arc::clone(&inbound);
+                async move { claim_then_handle(&inbound, actions).await }
+            };
+            background.spawn(ACK_BUDGET, work).await;
             Ok(None)
         }
         Payload::ViewSubmission(submission) => {
@@ -295,6 +273,29 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
             Ok(answer.await.flatten())
         }
         Payload::Other => Ok(None),
+    }
+}
+
+/// Claims a click's delivery (its trigger id), then handles it; a delivery seen before is
+/// dropped, and a store that cannot be asked is explained to the user.
+async fn claim_then_handle(inbound: &Arc<Inbound>, actions: BlockActions) {
+    let claimed = match &actions.trigger_id {
+        Some(trigger) => {
+            let key = format!("slack:interaction:{trigger}");
+            let store = &inbound.app.sentinel.store;
+            store
+                .claim_once(&key, CLICK_DEDUP_TTL, Timestamp::now())
+                .await
+        }
+        None => Ok(true),
+    };
+    match claimed {
+        Ok(true) => clicked(inbound, actions).await,
+        Ok(false) => tracing::debug!("a click delivered again; already handled"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot claim a slack interaction");
+            tell_clicker(inbound, &actions, &store_trouble()).await
+        }
     }
 }
 
