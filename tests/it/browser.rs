@@ -225,6 +225,35 @@ async fn the_page_loads_shows_tiles_and_an_incident_arrives_without_a_reload() {
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join("status-page.png"), &png).unwrap();
     }
+
+    // On a phone: nothing wider than the screen, so the page never scrolls sideways, not
+    // even with a long unbroken word in an incident (it arrives through the stream).
+    let mut waiting = app.store.get_incident(&waiting.id).await.unwrap().unwrap();
+    waiting.summary = format!("disk-{}", "x".repeat(300));
+    app.store.update_incident(&waiting).await.unwrap();
+    browser
+        .wait_for(
+            "the long summary on the page",
+            "return document.body.textContent.includes('disk-xxxxxxxxxx');",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser
+        .wait_for(
+            "the narrow layout",
+            "return window.innerWidth <= 400;",
+            Duration::from_secs(5),
+        )
+        .await;
+    let widths = browser
+        .eval("return [document.documentElement.scrollWidth, window.innerWidth];")
+        .await;
+    let (page, screen) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+    assert!(
+        page <= screen,
+        "the page is {page} px wide on a {screen} px screen"
+    );
     browser.close().await;
     app.stop().await;
 }
