@@ -154,18 +154,40 @@ struct FixView {
 }
 
 /// How a fix ended, read from its incident.
-fn fix_outcome(incident: &Incident) -> &'static str {
-    let rolled_back = incident
-        .execution
-        .as_ref()
-        .is_some_and(|execution| execution.rolled_back_at.is_some());
-    match incident.status {
-        _ if rolled_back => "rolled back",
-        Status::Resolved => "fixed",
-        Status::Failed => "failed",
-        Status::RolledBack => "rolled back",
-        Status::Escalated => "did not help",
-        _ => "in progress",
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FixOutcome {
+    Fixed,
+    RolledBack,
+    Failed,
+    DidNotHelp,
+    InProgress,
+}
+
+impl FixOutcome {
+    fn of(incident: &Incident) -> Self {
+        let rolled_back = incident
+            .execution
+            .as_ref()
+            .is_some_and(|execution| execution.rolled_back_at.is_some());
+        match incident.status {
+            _ if rolled_back => FixOutcome::RolledBack,
+            Status::Resolved => FixOutcome::Fixed,
+            Status::Failed => FixOutcome::Failed,
+            Status::RolledBack => FixOutcome::RolledBack,
+            Status::Escalated => FixOutcome::DidNotHelp,
+            _ => FixOutcome::InProgress,
+        }
+    }
+
+    /// For people, on the page.
+    fn as_str(self) -> &'static str {
+        match self {
+            FixOutcome::Fixed => "fixed",
+            FixOutcome::RolledBack => "rolled back",
+            FixOutcome::Failed => "failed",
+            FixOutcome::DidNotHelp => "did not help",
+            FixOutcome::InProgress => "in progress",
+        }
     }
 }
 
@@ -181,11 +203,11 @@ fn fix_stats(incidents: &[Incident]) -> Vec<FixStats> {
             ..FixStats::default()
         });
         stats.runs += 1;
-        match fix_outcome(incident) {
-            "fixed" => stats.fixed += 1,
-            "rolled back" => stats.rolled_back += 1,
-            "failed" | "did not help" => stats.failed += 1,
-            _ => stats.pending += 1,
+        match FixOutcome::of(incident) {
+            FixOutcome::Fixed => stats.fixed += 1,
+            FixOutcome::RolledBack => stats.rolled_back += 1,
+            FixOutcome::Failed | FixOutcome::DidNotHelp => stats.failed += 1,
+            FixOutcome::InProgress => stats.pending += 1,
         }
     }
     by_action
@@ -353,7 +375,7 @@ fn view(
                 target: incident.resource.to_string(),
                 approved_by: execution.approved_by.clone(),
                 at: execution.started_at.to_string(),
-                outcome: fix_outcome(incident),
+                outcome: FixOutcome::of(incident).as_str(),
             })
         })
         .take(RECENT_FIXES)

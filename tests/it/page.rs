@@ -155,7 +155,11 @@ const HOSTILE: [&str; 4] = [
 
 #[tokio::test]
 async fn attacker_reachable_text_is_escaped_everywhere_on_the_page() {
-    let app = spawn_app().await;
+    const TOKEN: &str = "page-test-alert-token";
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        s.alertmanager.bearer_token = TOKEN.to_owned().into();
+    })
+    .await;
     let incident = app.trigger("container").await;
     let mut incident: Incident = app.await_approval(&incident.id, Risk::Medium).await;
     let hostile = HOSTILE.join(" ");
@@ -175,9 +179,12 @@ async fn attacker_reachable_text_is_escaped_everywhere_on_the_page() {
     // And through the alert webhook, the way an attacker would reach it.
     let app_alert = app
         .client
-        .post(format!("{}/api/trigger-alert", app.base))
-        .header("x-api-key", &app.keys.admin)
-        .json(&serde_json::json!({"scenario": "disk"}))
+        .post(format!("{}/api/alerts", app.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .json(&serde_json::json!({
+            "name": "HostileAlert", "resource": "web-1", "severity": "critical",
+            "summary": hostile,
+        }))
         .send()
         .await
         .unwrap();
