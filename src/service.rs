@@ -137,10 +137,14 @@ impl Background {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let room = tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        // Room is there nearly always; only then is a timer set (timers share one wheel).
+        let room = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(room) => Some(room),
+            Err(_) => tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
         if room.is_none() {
             tracing::warn!("background work is full; starting one more anyway");
         }
@@ -348,16 +352,24 @@ impl Sentinel {
     /// the read and the write (the card sync saving its Slack bookkeeping, a repeat
     /// observation), the decision is made again on the fresh incident: the rules are checked
     /// again, so of two racing approvals the second still finds it approved and gets 409.
+    ///
+    /// `seen` is an incident the caller has just read, used for the first attempt instead of
+    /// reading it again; the compare-and-set still refuses it if it is out of date.
     async fn decide<T>(
         &self,
         id: &str,
+        seen: Option<Incident>,
         actor: &Actor,
         verb: &str,
         decision: impl Fn(&Incident) -> Result<(Incident, T), DecisionError>,
     ) -> Result<(Incident, T), ServiceError> {
         const ATTEMPTS: usize = 5;
+        let mut seen = seen.filter(|incident| incident.id.as_str() == id);
         for _ in 0..ATTEMPTS {
-            let incident = self.incident(id).await?;
+            let incident = match seen.take() {
+                Some(incident) => incident,
+                None => self.incident(id).await?,
+            };
             let (next, outcome) = match decision(&incident) {
                 Ok(decided) => decided,
                 Err(e) => return Err(self.refused(&incident, actor, verb, e).await),
@@ -377,10 +389,32 @@ impl Sentinel {
     /// background and its progress shows on the timeline.
     #[tracing::instrument(name = "approve", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
+        self.approve_from(id, None, actor).await
+    }
+
+    /// [`approve`](Self::approve), starting from `seen`, the incident as the caller has just
+    /// read it (a Slack click reads it to check the card first); a stale copy costs one more
+    /// read, never a wrong decision.
+    #[tracing::instrument(name = "approve", skip_all, fields(incident = %seen.id, actor = %actor))]
+    pub async fn approve_seen(
+        &self,
+        seen: Incident,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        let id = seen.id.clone();
+        self.approve_from(id.as_str(), Some(seen), actor).await
+    }
+
+    async fn approve_from(
+        &self,
+        id: &str,
+        seen: Option<Incident>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
         let two_person = self.settings.actions.two_person_rule;
         let (stored, action) = self
-            .decide(id, actor, "approve", |incident| {
+            .decide(id, seen, actor, "approve", |incident| {
                 approve::approve(incident, actor, two_person, now).map(|a| (a.incident, a.action))
             })
             .await?;
@@ -409,7 +443,7 @@ impl Sentinel {
     ) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
         let (stored, ()) = self
-            .decide(id, actor, "reject", |incident| {
+            .decide(id, None, actor, "reject", |incident| {
                 approve::reject(incident, actor, reason, now).map(|next| (next, ()))
             })
             .await?;

@@ -249,10 +249,12 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
             // here or on another replica.
             let inbound = Arc::clone(inbound);
             let background = &inbound.app.sentinel.background;
-            let work = {
+            // Boxed here: the handling is a large future (kilobytes), and moving it by value
+            // through every await on the way into the task showed up as memcpy under load.
+            let work = Box::pin({
                 let inbound = Arc::clone(&inbound);
                 async move { claim_then_handle(&inbound, actions).await }
-            };
+            });
             background.spawn(ACK_BUDGET, work).await;
             Ok(None)
         }
@@ -382,9 +384,10 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
         ))
         .await;
     }
-    let id = incident.id.as_str();
+    let id = incident.id.clone();
+    let id = id.as_str();
     let said = match button {
-        Button::Approve => match sentinel.approve(id, &actor).await {
+        Button::Approve => match sentinel.approve_seen(incident, &actor).await {
             Ok(done) if done.status == Status::Approved => {
                 format!(
                     "You approved the fix for {}; Sentinel is applying it.",

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use secrecy::SecretString;
 use sentinel::config::{DefaultRole, Settings};
-use sentinel::domain::{Incident, Risk, Status};
+use sentinel::domain::{Actor, Incident, Risk, Role, Status};
+use sentinel::service::ServiceError;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -882,6 +883,45 @@ async fn a_click_on_a_stale_card_changes_nothing() {
     );
     click(&app, OPERATOR, "approve", &card_ref(&repeated)).await;
     assert_eq!(stored(&app, &incident).await.status, Status::Approved);
+}
+
+/// A click hands the service the incident it read to check the card; if that copy goes stale
+/// before the decision is stored, the decision is made again on the stored incident.
+#[tokio::test]
+async fn an_approval_decided_on_a_copy_gone_stale_is_decided_again_on_the_stored_incident() {
+    let app = spawn_slack_app().await;
+    let incident = awaiting(&app, "memory", Risk::Medium).await;
+    let seen = stored(&app, &incident).await;
+    let admin = Actor::SlackUser {
+        user_id: ADMIN.to_owned(),
+        role: Role::Admin,
+    };
+    let rejected = app
+        .sentinel
+        .reject(incident.id.as_str(), &admin, Some("not tonight"))
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, Status::Rejected);
+
+    let operator = Actor::SlackUser {
+        user_id: OPERATOR.to_owned(),
+        role: Role::Operator,
+    };
+    let refused = app.sentinel.approve_seen(seen, &operator).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        stored(&app, &incident).await,
+        rejected,
+        "the stale copy won"
+    );
+
+    // A fresh copy is decided at once.
+    let other = awaiting(&app, "cpu", Risk::Medium).await;
+    let approved = app.sentinel.approve_seen(other, &operator).await.unwrap();
+    assert_eq!(approved.status, Status::Approved);
 }
 
 #[tokio::test]
