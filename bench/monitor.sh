@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 N=${1:-100}
 IDLE=${2:-120}
-PORT=${BENCH_PORT:-38472}
+PORT=${BENCH_PORT:-28472}
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 docker image inspect sentinel-test/busybox:latest >/dev/null
 

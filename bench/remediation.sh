@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 RUNS=${1:-5}
-PORT=${BENCH_PORT:-38473}
+PORT=${BENCH_PORT:-28473}
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 
 work=$(mktemp -d)

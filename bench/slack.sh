@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 SECONDS_RUN=${1:-10}
 BACKEND=${2:-embedded}
-PORT=${BENCH_PORT:-38474}
+PORT=${BENCH_PORT:-28474}
 SECRET=bench-signing-secret
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 
@@ -38,7 +38,13 @@ env -i RUST_LOG=error SENTINEL_CONFIG="$work/sentinel.toml" SENTINEL_LISTEN="127
     SENTINEL_DATA_DIR="$work/data" SENTINEL_SANDBOX_DIR="$work" SLACK_SIGNING_SECRET="$SECRET" \
     "${extra[@]}" "$BIN" serve &
 pid=$!
-until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do sleep 0.05; done
+# (The default port is below Linux's ephemeral range, so no outgoing connection holds it.)
+for ((i = 0; ; i++)); do
+    curl -sf -m 2 "http://127.0.0.1:$PORT/readyz" >/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { echo "the server exited" >&2; pid=; exit 1; }
+    ((i < 600)) || { echo "the server is not ready after 30 s" >&2; exit 1; }
+    sleep 0.05
+done
 
 # An incident for the button to point at (remediation is off, so it stays `detected`).
 id=$(curl -sf -X POST -H "x-api-key: $key" -H 'content-type: application/json' \

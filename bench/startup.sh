@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 RUNS=${1:-20}
-PORT=${BENCH_PORT:-38471}
+PORT=${BENCH_PORT:-28471}
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
@@ -52,7 +52,11 @@ echo "ready: median $((median / 1000)).$(printf '%03d' $((median % 1000))) ms, w
 # 2. Idle RSS, after one incident exists so the store has been written.
 rm -rf "$work/data"
 start
-until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do sleep 0.01; done
+for ((i = 0; ; i++)); do
+    curl -sf -m 2 "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    ((i < 1000)) || { echo "not ready after 10 s" >&2; exit 1; }
+    sleep 0.01
+done
 curl -sf -X POST -H "x-api-key: $key" -H 'content-type: application/json' \
     -d '{"scenario":"memory"}' "http://127.0.0.1:$PORT/api/trigger-alert" >/dev/null
 sleep 2
