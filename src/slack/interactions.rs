@@ -197,6 +197,9 @@ pub struct Channel {
 
 #[derive(Debug, Deserialize)]
 pub struct Action {
+    /// Empty for legacy attachment actions, which are read (every kind's fields are) but
+    /// never acted on.
+    #[serde(default)]
     action_id: String,
     #[serde(default)]
     value: Option<String>,
@@ -706,6 +709,15 @@ mod tests {
             let payload = json!({"type": other, "user": {"id": "U3"}, "view": {"id": "V1"}});
             assert!(matches!(parse(payload).unwrap(), Payload::Other), "{other}");
         }
+        // A legacy attachment button: its actions have names, not action ids.
+        let legacy = json!({
+            "type": "interactive_message",
+            "user": {"id": "U3", "name": "ada"},
+            "channel": {"id": "C1", "name": "ops"},
+            "actions": [{"name": "approve", "type": "button", "value": "yes"}],
+            "callback_id": "legacy"
+        });
+        assert!(matches!(parse(legacy).unwrap(), Payload::Other));
         for (broken, why) in [
             (json!({"type": "block_actions", "actions": []}), "`user`"),
             (
