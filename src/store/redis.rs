@@ -150,11 +150,13 @@ pub struct RedisStore {
     outbox_head: Script,
     outbox_ack: Script,
     outbox_park: Script,
-    /// One audit append at a time from this process. Appends are optimistic (read the head,
-    /// write if it is unchanged, else retry), which is right across replicas; but many
-    /// appenders in one process (a burst of Slack clicks) would mostly retry each other, so
-    /// they queue here instead.
-    audit_appends: tokio::sync::Mutex<()>,
+    /// One audit append at a time from this process. Appends are optimistic (write if the
+    /// chain's head is the one expected, else read it and retry), which is right across
+    /// replicas; but many appenders in one process (a burst of Slack clicks) would mostly
+    /// retry each other, so they queue here instead. The lock holds the head this process
+    /// last wrote (`None`: not known), so an append usually costs one round trip, not two;
+    /// if another replica appended since, the script refuses and the head is read afresh.
+    audit_appends: tokio::sync::Mutex<Option<Option<String>>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -179,7 +181,7 @@ impl RedisStore {
         .map_err(unavailable)?;
         let store = RedisStore {
             conn,
-            audit_appends: tokio::sync::Mutex::new(()),
+            audit_appends: tokio::sync::Mutex::new(None),
             prefix: prefix.to_owned(),
             create_incident: Script::new(CREATE_INCIDENT),
             update_incident: Script::new(UPDATE_INCIDENT),
@@ -374,12 +376,15 @@ impl Store for RedisStore {
 
     async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry> {
         let mut conn = self.conn.clone();
-        let _one_at_a_time = self.audit_appends.lock().await;
+        let mut known_head = self.audit_appends.lock().await;
         loop {
-            let head: Option<String> = conn
-                .get(self.key("audit:head"))
-                .await
-                .map_err(unavailable)?;
+            let head: Option<String> = match known_head.take() {
+                Some(head) => head,
+                None => conn
+                    .get(self.key("audit:head"))
+                    .await
+                    .map_err(unavailable)?,
+            };
             let previous = match head.as_deref() {
                 Some(head) => {
                     let (seq, hash) = head
@@ -396,20 +401,22 @@ impl Store for RedisStore {
                 previous.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
                 record.clone(),
             );
+            let new_head = format!("{}|{}", entry.seq, entry.hash);
             let appended: i64 = self
                 .append_audit
                 .key(self.key("audit"))
                 .key(self.key("audit:head"))
                 .arg(head.unwrap_or_default())
                 .arg(encode(&entry)?)
-                .arg(format!("{}|{}", entry.seq, entry.hash))
+                .arg(&new_head)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             if appended == 1 {
+                *known_head = Some(Some(new_head));
                 return Ok(entry);
             }
-            // Another replica appended first: chain after its entry instead.
+            // Another replica appended first: read its head and chain after it instead.
         }
     }
 

@@ -1265,3 +1265,38 @@ async fn an_incident_keeps_its_slack_card(store: SharedStore) {
     let parsed: Incident = serde_json::from_value(old).unwrap();
     assert_eq!(parsed.slack, None);
 }
+
+/// Two replicas on one Redis append to one chain: each remembers the head it last wrote, and
+/// an append after the other replica's must notice and chain after that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_replicas_appending_in_turn_and_together_keep_one_chain() {
+    let prefix = crate::helpers::unique_prefix();
+    let url = crate::helpers::redis_url();
+    let connect = || sentinel::store::redis::RedisStore::connect(&url, &prefix);
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    let (a, b): (SharedStore, SharedStore) = (Arc::new(a), Arc::new(b));
+
+    // In turn: every append but the first finds the other replica's entry on the head.
+    for n in 0..10 {
+        let (store, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let entry = store.append_audit(audit_record(n)).await.unwrap();
+        assert_eq!(entry.seq, n as u64 + 1, "append {n}");
+        let seen = other.list_audit().await.unwrap();
+        assert_eq!(seen.last(), Some(&entry));
+    }
+    // Together.
+    let results = race(20, |n| {
+        let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+        async move { store.append_audit(audit_record(10 + n)).await }
+    })
+    .await;
+    for (n, result) in results.into_iter().enumerate() {
+        result.unwrap_or_else(|e| panic!("append {n}: {e}"));
+    }
+    let listed = a.list_audit().await.unwrap();
+    let seqs: Vec<u64> = listed.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "no gaps, no repeats");
+    assert_eq!(verify_chain(&listed).length, 30);
+    assert!(verify_chain(&listed).verified);
+    assert_eq!(b.list_audit().await.unwrap(), listed);
+}
