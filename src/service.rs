@@ -284,18 +284,13 @@ impl Sentinel {
     }
 
     pub async fn status(&self) -> Result<StatusReport, ServiceError> {
+        let control = self.store.control().await?;
         let budget = self.settings.actions.auto_budget_per_hour;
         let hour_ago = Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 3_600_000);
-        // Asked together: on Redis the three reads share round trips instead of queueing.
-        let (control, automatic, incidents) = tokio::try_join!(
-            self.store.control(),
-            self.store.auto_actions_since(hour_ago),
-            self.store.list_incidents(IncidentQuery {
-                open_only: true,
-                limit: 100,
-            }),
-        )?;
-        let breakers = automatic
+        let breakers = self
+            .store
+            .auto_actions_since(hour_ago)
+            .await?
             .into_iter()
             .map(|(key, count)| BreakerState {
                 state: if count >= u64::from(budget) {
@@ -308,6 +303,13 @@ impl Sentinel {
                 budget_per_hour: budget,
             })
             .collect();
+        let incidents = self
+            .store
+            .list_incidents(IncidentQuery {
+                open_only: true,
+                limit: 100,
+            })
+            .await?;
         Ok(StatusReport {
             mode: self.settings.mode.as_str(),
             paused: control.paused,
