@@ -22,8 +22,8 @@
 //! that arrive meanwhile share its commit. It sleeps rather than waiting on the queue: a
 //! thread blocked on the queue is woken by every send, and on this 2-core VM those wake-ups,
 //! one per write, cost more than the commits they saved (bench/slack.sh, clicks: about 3 500
-//! commits/s and a p99 of 5–7 ms without gathering; about 450 commits/s and under 4 ms with
-//! it). A write arriving after a quiet spell is committed at once.
+//! commits/s and a p99 of 5–7 ms without gathering; about 450 commits/s and a p99 around
+//! 4 ms with it). A write arriving after a quiet spell is committed at once.
 
 use std::path::Path;
 use std::sync::Arc;
