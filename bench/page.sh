@@ -22,6 +22,7 @@
 # Needs: wrk, curl, python3. Loopback only; bounded by [seconds].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
 
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 SECONDS_RUN=${1:-10}
@@ -30,35 +31,17 @@ URL=http://127.0.0.1:$PORT
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-work=$(mktemp -d)
-pid=
-cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$BIN" keys new --role admin --name bench >"$work/key"
-key=$(head -n 1 "$work/key")
+bench_workdir
+bench_admin_key
 {
     # Top-level options come before the [[api_keys]] table.
     printf 'mode = "approve-all"\ninterval = "1h"\n'
-    tail -n +2 "$work/key"
+    cat "$work/key.toml"
     printf '[monitor]\nenabled = true\nlease_ttl = "2h"\n[actions]\nenabled = true\n'
 } >"$work/sentinel.toml"
 env -i RUST_LOG=error SENTINEL_CONFIG="$work/sentinel.toml" SENTINEL_LISTEN="127.0.0.1:$PORT" \
     SENTINEL_DATA_DIR="$work/data" SENTINEL_SANDBOX_DIR="$work" "$BIN" serve &
 pid=$!
-# Waits (at most 30 s) until the command succeeds; the server must stay up meanwhile.
-wait_for() {
-    local what=$1 i
-    shift
-    for ((i = 0; i < 600; i++)); do
-        "$@" && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "the server exited" >&2; pid=; exit 1; }
-        sleep 0.05
-    done
-    echo "timed out waiting for $what" >&2
-    exit 1
-}
-ready() { curl -sf -m 2 "$URL/readyz" >/dev/null; }
 measured() {
     local status
     status=$(curl -sf -m 5 "$URL/api/status") && grep -q '"signals":\[{' <<<"$status"
@@ -68,7 +51,7 @@ analyzed() {
     status=$(curl -sf -m 5 "$URL/api/status") && ! grep -qE '"status":"(detected|analyzing)"' <<<"$status"
 }
 # (The default port is below Linux's ephemeral range, so no outgoing connection holds it.)
-wait_for "the server to be ready" ready
+wait_for "the server to be ready" ready_at "$URL"
 
 # The monitor's first cycle, then the incidents, then their analysis.
 wait_for "the first monitor cycle" measured

@@ -14,6 +14,7 @@
 # click's p99 here rose by 1–2 ms.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
 
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 SECONDS_RUN=${1:-10}
@@ -22,15 +23,10 @@ PORT=${BENCH_PORT:-28474}
 SECRET=bench-signing-secret
 [[ -x $BIN ]] || { echo "build first: cargo build --release" >&2; exit 1; }
 
-work=$(mktemp -d)
-pid=
-cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$BIN" keys new --role admin --name bench >"$work/key"
-key=$(head -n 1 "$work/key")
+bench_workdir
+bench_admin_key
 {
-    tail -n +2 "$work/key"
+    cat "$work/key.toml"
     printf '[rbac]\noperators = ["UBENCHOP"]\n[monitor]\nenabled = false\n[actions]\nenabled = false\n'
     [[ $BACKEND == redis ]] && printf '[store]\nredis_prefix = "sentinel-bench:%s:"\n' "$$"
 } >"$work/sentinel.toml"
@@ -41,12 +37,7 @@ env -i RUST_LOG=error SENTINEL_CONFIG="$work/sentinel.toml" SENTINEL_LISTEN="127
     "${extra[@]}" "$BIN" serve &
 pid=$!
 # (The default port is below Linux's ephemeral range, so no outgoing connection holds it.)
-for ((i = 0; ; i++)); do
-    curl -sf -m 2 "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "the server exited" >&2; pid=; exit 1; }
-    ((i < 600)) || { echo "the server is not ready after 30 s" >&2; exit 1; }
-    sleep 0.05
-done
+wait_for "the server to be ready" ready_at "http://127.0.0.1:$PORT"
 
 # An incident for the button to point at (remediation is off, so it stays `detected`).
 id=$(curl -sf -X POST -H "x-api-key: $key" -H 'content-type: application/json' \

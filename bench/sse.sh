@@ -22,6 +22,7 @@
 # Needs: curl. Loopback only; bounded (connect 30 s, 10 s per round).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
 
 BIN=${SENTINEL_BIN:-target/release/sentinel}
 CLIENTS=${1:-500}
@@ -37,27 +38,17 @@ if (($(ulimit -n) < need)); then
 fi
 (($(ulimit -n) >= need)) || { echo "open-files limit $(ulimit -n) < $need; raise the hard limit" >&2; exit 1; }
 
-work=$(mktemp -d)
-pid=
-cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$BIN" keys new --role admin --name bench >"$work/key"
-key=$(head -n 1 "$work/key")
+bench_workdir
+bench_admin_key
 {
-    tail -n +2 "$work/key"
+    cat "$work/key.toml"
     printf '[monitor]\nenabled = false\n[actions]\nenabled = false\n'
 } >"$work/sentinel.toml"
 env -i RUST_LOG=error SENTINEL_CONFIG="$work/sentinel.toml" SENTINEL_LISTEN="127.0.0.1:$PORT" \
     SENTINEL_DATA_DIR="$work/data" SENTINEL_SANDBOX_DIR="$work" "$BIN" serve &
 pid=$!
 # (The default port is below Linux's ephemeral range, so no outgoing connection holds it.)
-for ((i = 0; ; i++)); do
-    curl -sf -m 2 "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "the server exited" >&2; pid=; exit 1; }
-    ((i < 600)) || { echo "the server is not ready after 30 s" >&2; exit 1; }
-    sleep 0.05
-done
+wait_for "the server to be ready" ready_at "http://127.0.0.1:$PORT"
 
 rss() { awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status"; }
 echo "server rss before clients: $(rss)"
