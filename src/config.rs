@@ -184,6 +184,9 @@ pub struct SlackSettings {
     pub signing_secret_file: String,
     pub bot_token_file: String,
     pub app_token_file: String,
+    /// How old a card's value and occurrence count may get before the card is redrawn for
+    /// them alone (a decision change redraws it at once).
+    pub card_refresh: HumanDuration,
 }
 
 /// `default_role`: a role, or `none` (unknown Slack users may do nothing).

@@ -388,8 +388,13 @@ impl Sentinel {
     /// Approves an incident's proposed fix; once approved, the fix is executed in the
     /// background and its progress shows on the timeline.
     #[tracing::instrument(name = "approve", skip_all, fields(incident = %id, actor = %actor))]
-    pub async fn approve(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
-        self.approve_from(id, None, actor).await
+    pub async fn approve(
+        &self,
+        id: &str,
+        proposal: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        self.approve_from(id, None, proposal, actor).await
     }
 
     /// [`approve`](Self::approve), starting from `seen`, the incident as the caller has just
@@ -399,23 +404,27 @@ impl Sentinel {
     pub async fn approve_seen(
         &self,
         seen: Incident,
+        proposal: Option<&str>,
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
         let id = seen.id.clone();
-        self.approve_from(id.as_str(), Some(seen), actor).await
+        self.approve_from(id.as_str(), Some(seen), proposal, actor)
+            .await
     }
 
     async fn approve_from(
         &self,
         id: &str,
         seen: Option<Incident>,
+        proposal: Option<&str>,
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
         let two_person = self.settings.actions.two_person_rule;
         let (stored, action) = self
             .decide(id, seen, actor, "approve", |incident| {
-                approve::approve(incident, actor, two_person, now).map(|a| (a.incident, a.action))
+                approve::approve(incident, actor, proposal, two_person, now)
+                    .map(|a| (a.incident, a.action))
             })
             .await?;
         let event = match action {

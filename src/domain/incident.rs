@@ -199,9 +199,30 @@ pub struct Incident {
     /// The fix that ran, with what it changed.
     #[serde(default)]
     pub execution: Option<Execution>,
-    /// The incident's Slack card once it is posted (`slack::cards` keeps it in step).
+    /// The incident's Slack card once it is posted (`slack::cards` keeps it in step). Kept
+    /// in a store record of its own ([`crate::store::Store::put_card`]) and filled in on
+    /// read; writing the incident never changes it.
     #[serde(default)]
     pub slack: Option<SlackCard>,
+    /// Names the current proposal: the action, its parameters and the snapshot they were
+    /// made from. Approvals are pinned to it; it changes only when one of those changes.
+    #[serde(default)]
+    pub proposal_id: Option<String>,
+    /// Made up on purpose (`trigger-alert`, `/sentinel trigger`), not seen on a real target.
+    #[serde(default)]
+    pub synthetic: bool,
+}
+
+/// The observation half of an incident: the latest reading of its breach. Stored apart from
+/// the decision, so a repeat of the same breach never bumps the incident's `version` (SPEC
+/// §12.1): a card's buttons and an open reject dialog stay valid however long it persists.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sighting {
+    pub value: f64,
+    pub threshold: f64,
+    /// How many times the breach was seen while the incident was open, the first included.
+    pub occurrences: u64,
+    pub last_seen_at: Timestamp,
 }
 
 /// Where an incident's Slack card is and how far its thread has got. Written only by the
@@ -222,6 +243,15 @@ pub struct SlackCard {
     /// The last Slack error for this card (`chat.update: message_not_found`), if any.
     #[serde(default)]
     pub error: Option<String>,
+    /// The card record's own compare-and-set counter (not the incident's version).
+    #[serde(default)]
+    pub rev: u64,
+    /// When the card on screen was last drawn, and the occurrences it showed: value refreshes
+    /// wait for `[slack] card_refresh`.
+    #[serde(default)]
+    pub drawn_at: Option<Timestamp>,
+    #[serde(default)]
+    pub drawn_occurrences: u64,
 }
 
 /// A fix that ran: what, who allowed it, and the state before and after.
@@ -278,7 +308,40 @@ impl Incident {
             approvals: Vec::new(),
             execution: None,
             slack: None,
+            proposal_id: None,
+            synthetic: detection.source == Source::Trigger,
         }
+    }
+
+    /// Makes `action`, on the target as `snapshot` shows it, the current proposal. Its
+    /// [`proposal_id`] changes only when the action, its parameters or the snapshot do, and
+    /// approvals given to another proposal are dropped.
+    pub fn propose(&mut self, action: ProposedAction, snapshot: serde_json::Value) {
+        let id = proposal_id(&action, &snapshot);
+        if self.proposal_id.as_deref() != Some(id.as_str()) {
+            self.approvals.clear();
+        }
+        self.proposal_id = Some(id);
+        self.proposed_action = Some(action);
+        self.snapshot = Some(snapshot);
+    }
+
+    /// The observation half, as stored apart from the decision.
+    pub fn sighting(&self) -> Sighting {
+        Sighting {
+            value: self.value,
+            threshold: self.threshold,
+            occurrences: self.occurrences,
+            last_seen_at: self.last_seen_at,
+        }
+    }
+
+    /// Shows `observation` as the latest reading (the store merges it in on every read).
+    pub fn apply_sighting(&mut self, observation: &Sighting) {
+        self.value = observation.value;
+        self.threshold = observation.threshold;
+        self.occurrences = observation.occurrences;
+        self.last_seen_at = observation.last_seen_at;
     }
 
     pub fn is_open(&self) -> bool {
@@ -316,24 +379,30 @@ impl Incident {
         self.updated_at = now;
     }
 
-    /// The breach was seen again while this incident is open: refresh the value and count.
-    /// A rise in severity is worth a timeline entry; a mere repeat is not (a flapping signal
-    /// must not flood the Slack thread).
-    pub fn observe_again(&mut self, detection: &Detection, now: Timestamp) {
-        self.value = detection.value;
-        self.threshold = detection.threshold;
-        self.occurrences += 1;
-        self.last_seen_at = now;
-        self.updated_at = now;
-        if detection.severity > self.severity {
-            let message = format!(
-                "severity raised from {} to {}: {}",
-                self.severity, detection.severity, detection.summary
-            );
-            self.severity = detection.severity;
-            self.record("escalated_severity", "sentinel", message, now);
+    /// The breach was seen again at a higher severity: a decision change (the card shows
+    /// severity), recorded on the timeline. False when the severity did not rise. A mere
+    /// repeat is a [`Sighting`], stored without touching the decision.
+    pub fn raise_severity(&mut self, detection: &Detection, now: Timestamp) -> bool {
+        if detection.severity <= self.severity {
+            return false;
         }
+        let message = format!(
+            "severity raised from {} to {}: {}",
+            self.severity, detection.severity, detection.summary
+        );
+        self.severity = detection.severity;
+        self.record("escalated_severity", "sentinel", message, now);
+        true
     }
+}
+
+/// The name of a proposal: `prop-` and a digest of the action, its parameters and the
+/// snapshot it was made from (serde_json maps are sorted, so equal proposals digest equally).
+pub fn proposal_id(action: &ProposedAction, snapshot: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::json!({ "action": action, "snapshot": snapshot }).to_string();
+    let digest = Sha256::digest(text.as_bytes());
+    format!("prop-{}", hex::encode(&digest[..8]))
 }
 
 #[cfg(test)]
@@ -473,19 +542,36 @@ mod tests {
     }
 
     #[test]
-    fn repeats_update_the_value_and_record_only_a_rise_in_severity() {
+    fn only_a_rise_in_severity_changes_the_decision() {
         let t0 = Timestamp::from_unix_millis(0);
         let mut incident = Incident::open(IncidentId::generate(), &detection(), t0);
         let mut again = detection();
         again.value = 75.0;
-        incident.observe_again(&again, t0);
-        assert_eq!(incident.occurrences, 2);
-        assert_eq!(incident.value, 75.0);
+        assert!(!incident.raise_severity(&again, t0));
         assert_eq!(incident.timeline.len(), 1);
         again.severity = Severity::Critical;
         again.value = 95.0;
-        incident.observe_again(&again, t0);
+        assert!(incident.raise_severity(&again, t0));
         assert_eq!(incident.severity, Severity::Critical);
         assert_eq!(incident.timeline.len(), 2);
+        assert!(
+            !incident.raise_severity(&again, t0),
+            "the same severity again is a repeat"
+        );
+    }
+
+    #[test]
+    fn an_observation_round_trips_through_the_incident() {
+        let t0 = Timestamp::from_unix_millis(0);
+        let mut incident = Incident::open(IncidentId::generate(), &detection(), t0);
+        let seen = Sighting {
+            value: 80.5,
+            threshold: 60.0,
+            occurrences: 7,
+            last_seen_at: Timestamp::from_unix_millis(70_000),
+        };
+        incident.apply_sighting(&seen);
+        assert_eq!(incident.sighting(), seen);
+        assert_eq!(incident.version, 1, "an observation is not a decision");
     }
 }

@@ -89,16 +89,35 @@ fn check_awaiting(incident: &Incident, verb: &str) -> Result<(), DecisionError> 
     }
 }
 
+/// An approval pinned to `proposal` holds only while that proposal is the current one,
+/// however often the incident was written since (SPEC §12.1); no proposal named: the
+/// current one.
+pub fn check_proposal(incident: &Incident, proposal: Option<&str>) -> Result<(), DecisionError> {
+    match proposal {
+        Some(asked) if incident.proposal_id.as_deref() != Some(asked) => {
+            Err(DecisionError::Conflict(format!(
+                "proposal {asked} of incident {} is no longer current (it now proposes {}); \
+                 look again, then decide",
+                incident.id,
+                incident.proposal_id.as_deref().unwrap_or("nothing")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Approves the proposed fix. With the two-person rule, a high-risk fix needs two different
 /// admins: the first approval is recorded and the incident keeps waiting.
 pub fn approve(
     incident: &Incident,
     actor: &Actor,
+    proposal: Option<&str>,
     two_person_rule: bool,
     now: Timestamp,
 ) -> Result<Approval, DecisionError> {
     check_role(incident, actor)?;
     check_awaiting(incident, "approve")?;
+    check_proposal(incident, proposal)?;
     let plan = incident
         .proposed_action
         .as_ref()
@@ -256,7 +275,7 @@ mod tests {
         let now = Timestamp::from_unix_millis(1);
         for (risk, role, allowed) in table {
             let incident = awaiting(risk);
-            let approved = approve(&incident, &person(role), false, now);
+            let approved = approve(&incident, &person(role), None, false, now);
             let rejected = reject(&incident, &person(role), Some("no"), now);
             assert_eq!(approved.is_ok(), allowed, "approve {risk} as {role}");
             assert_eq!(rejected.is_ok(), allowed, "reject {risk} as {role}");
@@ -282,11 +301,17 @@ mod tests {
     #[test]
     fn deciding_twice_or_on_a_resolved_incident_is_a_conflict() {
         let now = Timestamp::from_unix_millis(1);
-        let approved = approve(&awaiting(Risk::Medium), &person(Role::Admin), false, now)
-            .unwrap()
-            .incident;
+        let approved = approve(
+            &awaiting(Risk::Medium),
+            &person(Role::Admin),
+            None,
+            false,
+            now,
+        )
+        .unwrap()
+        .incident;
         assert!(matches!(
-            approve(&approved, &person(Role::Admin), false, now),
+            approve(&approved, &person(Role::Admin), None, false, now),
             Err(DecisionError::Conflict(_))
         ));
         assert!(matches!(
@@ -296,7 +321,7 @@ mod tests {
         let mut resolved = awaiting(Risk::Medium);
         resolved.status = Status::Resolved;
         assert!(matches!(
-            approve(&resolved, &person(Role::Admin), false, now),
+            approve(&resolved, &person(Role::Admin), None, false, now),
             Err(DecisionError::Conflict(_))
         ));
     }
@@ -312,14 +337,14 @@ mod tests {
             user_id: "UBOB".into(),
             role: Role::Admin,
         };
-        let first = approve(&awaiting(Risk::High), &alice, true, now).unwrap();
+        let first = approve(&awaiting(Risk::High), &alice, None, true, now).unwrap();
         assert!(first.action.is_none());
         assert_eq!(first.incident.status, Status::AwaitingApproval);
         assert!(matches!(
-            approve(&first.incident, &alice, true, now),
+            approve(&first.incident, &alice, None, true, now),
             Err(DecisionError::Conflict(_))
         ));
-        let second = approve(&first.incident, &bob, true, now).unwrap();
+        let second = approve(&first.incident, &bob, None, true, now).unwrap();
         assert_eq!(second.incident.status, Status::Approved);
         let action = second.action.unwrap();
         assert_eq!(
@@ -327,7 +352,7 @@ mod tests {
             "slack:UALICE (admin) and slack:UBOB (admin)"
         );
         // Medium risk needs one approval even with the rule on.
-        assert!(approve(&awaiting(Risk::Medium), &alice, true, now)
+        assert!(approve(&awaiting(Risk::Medium), &alice, None, true, now)
             .unwrap()
             .action
             .is_some());

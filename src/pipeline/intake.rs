@@ -34,12 +34,35 @@ pub async fn open_or_update(
     // incidents, it does not hide what an open one is doing.
     loop {
         if let Some(mut open) = store.open_incident_for(&fingerprint).await? {
-            open.observe_again(detection, now);
-            match store.update_incident(&open).await {
-                Ok(updated) => return Ok(Intake::Updated(updated)),
-                // Moved or resolved meanwhile: look again.
-                Err(StoreError::VersionConflict { .. } | StoreError::NotFound(_)) => continue,
-                Err(other) => return Err(other),
+            // A repeat is an observation: stored apart, the decision's version untouched.
+            let Some(sighting) = store
+                .record_sighting(&open.id, detection.value, detection.threshold, now)
+                .await?
+            else {
+                continue;
+            };
+            open.apply_sighting(&sighting);
+            if !open.raise_severity(detection, now) {
+                return Ok(Intake::Updated(open));
+            }
+            // A rise in severity is a decision change: compare-and-set, again on a conflict.
+            loop {
+                match store.update_incident(&open).await {
+                    Ok(updated) => return Ok(Intake::Updated(updated)),
+                    Err(StoreError::VersionConflict { .. }) => {
+                        match store.get_incident(&open.id).await? {
+                            Some(fresh) if fresh.is_open() => {
+                                open = fresh;
+                                if !open.raise_severity(detection, now) {
+                                    return Ok(Intake::Updated(open));
+                                }
+                            }
+                            _ => return Ok(Intake::Updated(open)),
+                        }
+                    }
+                    Err(StoreError::NotFound(_)) => return Ok(Intake::Updated(open)),
+                    Err(other) => return Err(other),
+                }
             }
         }
         let silences = store.active_silences(now).await?;

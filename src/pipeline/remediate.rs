@@ -295,12 +295,11 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
             i.record(step, "sentinel", refusal.clone(), now);
         }
         i.root_cause = Some(analysis.root_cause.clone());
-        i.proposed_action = Some(proposed.clone());
+        i.propose(proposed.clone(), snapshot.clone());
         i.risk = Some(decision.risk);
         i.confidence = Some(analysis.confidence.clamp(0.0, 1.0));
         i.analyzer = Some(analysis.analyzer.clone());
         i.evidence = analysis.evidence.clone();
-        i.snapshot = Some(snapshot.clone());
         i.approvals.clear();
         i.record(
             "analyzed",
@@ -449,7 +448,7 @@ async fn execute_holding(
             if i.status != Status::Approved {
                 return false;
             }
-            i.snapshot = Some(now_state.clone());
+            i.propose(plan.to_proposed(), now_state.clone());
             i.approvals.clear();
             i.transition(
                 Status::AwaitingApproval,

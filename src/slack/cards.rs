@@ -1,21 +1,23 @@
 //! Incident cards: every incident is one message in `[slack] channel` (the card, updated in
-//! place) plus a thread with one reply per timeline entry.
+//! place) plus a thread with one reply per status change.
 //!
 //! In: incident ids from `Sentinel::subscribe()` and a periodic scan of the store. Out:
 //! [`Envelope::IncidentSync`](crate::slack::outbox::Envelope) items in the outbox, which the
 //! outbox's sender turns into `chat.postMessage` / `chat.update` calls with [`CardSync::sync`].
 //!
-//! What Slack already shows is recorded on the incident itself ([`SlackCard`]): the card's
-//! channel and `ts`, how many timeline entries have their reply (`posted_entries`), and a
-//! digest of what the card shows. Each is saved with compare-and-set right after the call
-//! that made it true, and only the holder of the channel's outbox lease syncs, so replicas
-//! and restarts never post a card or a reply twice (one repeat is possible only if a process
-//! dies between Slack's answer and the save). Replies wait for the card: they are threaded
-//! on its `ts`, which is saved before the first reply is sent.
+//! What Slack already shows is the card's own store record ([`SlackCard`], written with
+//! [`Store::put_card`](crate::store::Store::put_card), compare-and-set on its `rev`): the
+//! card's channel and `ts`, how far the thread got (`posted_entries`), a digest of the
+//! decision the card shows, and when it was drawn. Each is saved right after the call that
+//! made it true, and only the holder of the channel's outbox lease syncs, so replicas and
+//! restarts never post a card or a reply twice (one repeat is possible only if a process dies
+//! between Slack's answer and the save). Replies wait for the card: they are threaded on its
+//! `ts`, which is saved before the first reply is sent.
 //!
-//! Bookkeeping writes bump the incident's version like any write. So a card's buttons carry
-//! the version the card was rendered from (`SlackCard::rendered_version`), and
-//! [`click_is_current`] tells whether a click was made on the card as it still should look.
+//! Quiet by design (SPEC §12.1): `chat.update` when what the card shows of the decision
+//! changes (status, proposal, risk, severity, approvals, execution); a new value or
+//! occurrence count alone waits until the card is `[slack] card_refresh` old. The card record
+//! is not the incident's decision, so none of this bumps the incident's version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Incident, IncidentId, SlackCard, Timestamp};
+use crate::domain::{Incident, IncidentId, SlackCard, Status, Timestamp};
 use crate::service::Sentinel;
 use crate::slack::blocks::{self, BlocksError, Rendered};
 use crate::slack::outbox::{CallError, ChannelCalls, Outbox};
@@ -35,8 +37,9 @@ use crate::store::{IncidentQuery, SharedStore, StoreError};
 /// subscription, changes made by another replica, a restart).
 pub const CATCH_UP: Duration = Duration::from_secs(30);
 
-/// A resolved incident without a card still gets one if it resolved this recently (it came
-/// and went between two looks); older ones are history, not news.
+/// A resolved incident without a card still gets one when a live change asked for it and
+/// it resolved this recently (it came and went between two looks). The catch-up never
+/// posts cards for closed incidents: on start, history is not news.
 const RECENTLY_RESOLVED: Duration = Duration::from_secs(3600);
 
 /// The card of `incident` as it should look now.
@@ -47,12 +50,17 @@ pub fn render_card(incident: &Incident, public_url: &str) -> Result<Rendered, Bl
     )
 }
 
-/// A digest of what the card shows, leaving out what only bookkeeping changes (the version,
-/// the `slack` field) and the status page address.
+/// A digest of the decision the card shows, leaving out the observation (value, occurrence
+/// count, last seen), bookkeeping (the version, the `slack` field, `updated_at`) and the
+/// status page address.
 pub fn card_digest(incident: &Incident) -> String {
     let mut neutral = incident.clone();
     neutral.version = 0;
     neutral.slack = None;
+    neutral.value = 0.0;
+    neutral.occurrences = 0;
+    neutral.last_seen_at = neutral.opened_at;
+    neutral.updated_at = neutral.opened_at;
     let shown = match render_card(&neutral, "") {
         Ok(rendered) => json!({ "text": rendered.text, "blocks": rendered.blocks }),
         Err(e) => json!({ "error": e.to_string() }),
@@ -61,8 +69,9 @@ pub fn card_digest(incident: &Incident) -> String {
     hex::encode(&hash[..16])
 }
 
-/// Whether a button carrying `version` was clicked on the card as it should look now: the
-/// card on screen was rendered from that version and nothing shown on it changed since.
+/// Whether a button carrying the legacy `{incident, version}` reference (cards drawn before
+/// buttons named the proposal) was clicked on the card as it should look now: the card on
+/// screen was rendered from that version and nothing of the decision shown on it changed.
 /// Incidents without a card compare with their current version.
 pub fn click_is_current(incident: &Incident, version: u64) -> bool {
     match &incident.slack {
@@ -73,7 +82,13 @@ pub fn click_is_current(incident: &Incident, version: u64) -> bool {
     }
 }
 
-/// Whether an incident without a card should get one.
+/// Whether a timeline entry gets its own thread reply: status changes, and the two steps
+/// that stand for one (`recovered` resolves, `reconciled` finishes an interrupted fix).
+pub fn announces(step: &str) -> bool {
+    step.parse::<Status>().is_ok() || matches!(step, "recovered" | "reconciled")
+}
+
+/// Whether an incident without a card should get one when a live change asks.
 fn wants_card(incident: &Incident, now: Timestamp) -> bool {
     incident.is_open()
         || incident
@@ -82,15 +97,32 @@ fn wants_card(incident: &Incident, now: Timestamp) -> bool {
 }
 
 /// Whether Slack is behind the incident: no card yet (and it wants one), a card that shows
-/// something else, or timeline entries without their reply.
-pub fn needs_sync(incident: &Incident, now: Timestamp) -> bool {
+/// another decision, a value `refresh` old, or status changes without their reply.
+pub fn needs_sync(incident: &Incident, now: Timestamp, refresh: Duration) -> bool {
     match &incident.slack {
         None => wants_card(incident, now),
         Some(SlackCard { ts: None, .. }) => false,
         Some(card) => {
-            card.posted_entries < incident.timeline.len() || card.digest != card_digest(incident)
+            replies_pending(incident, card)
+                || card.digest != card_digest(incident)
+                || refresh_due(incident, card, now, refresh)
         }
     }
+}
+
+/// Whether a timeline entry at or after the card's thread position needs a reply.
+fn replies_pending(incident: &Incident, card: &SlackCard) -> bool {
+    incident
+        .timeline
+        .iter()
+        .skip(card.posted_entries)
+        .any(|entry| announces(&entry.step))
+}
+
+/// Whether the card shows an older reading and was drawn at least `refresh` ago.
+fn refresh_due(incident: &Incident, card: &SlackCard, now: Timestamp, refresh: Duration) -> bool {
+    card.drawn_occurrences != incident.occurrences
+        && card.drawn_at.is_none_or(|at| now.since(at) >= refresh)
 }
 
 /// The sync itself, run by the outbox's sender for the channel's queue.
@@ -98,13 +130,16 @@ pub fn needs_sync(incident: &Incident, now: Timestamp) -> bool {
 pub struct CardSync {
     store: SharedStore,
     public_url: String,
+    /// `[slack] card_refresh`: how old a card's reading may get before it is redrawn.
+    refresh: Duration,
 }
 
 impl CardSync {
-    pub fn new(store: SharedStore, public_url: &str) -> Self {
+    pub fn new(store: SharedStore, public_url: &str, refresh: Duration) -> Self {
         CardSync {
             store,
             public_url: public_url.to_owned(),
+            refresh,
         }
     }
 
@@ -143,7 +178,7 @@ impl CardSync {
                 return Ok(called);
             }
             let digest = card_digest(&incident);
-            let version = incident.version;
+            let (version, occurrences) = (incident.version, incident.occurrences);
             let posted = match render_card(&incident, &self.public_url) {
                 Ok(card) => {
                     calls
@@ -161,6 +196,9 @@ impl CardSync {
                     rendered_version: version,
                     digest,
                     error: None,
+                    rev: 0,
+                    drawn_at: Some(Timestamp::now()),
+                    drawn_occurrences: occurrences,
                 },
                 Err(CallError::Refused(e)) => {
                     tracing::error!(incident = %id, channel, error = %e, "cannot post the incident card; its thread is given up");
@@ -171,16 +209,15 @@ impl CardSync {
                         rendered_version: version,
                         digest,
                         error: Some(e.to_string()),
+                        rev: 0,
+                        drawn_at: Some(Timestamp::now()),
+                        drawn_occurrences: occurrences,
                     }
                 }
                 Err(other) => return Err(other),
             };
             incident = self
-                .save(id, |i| {
-                    if i.slack.is_none() {
-                        i.slack = Some(card.clone());
-                    }
-                })
+                .save(id, |current| current.is_none().then(|| card.clone()))
                 .await?;
         }
         let Some(card) = incident.slack.clone() else {
@@ -190,8 +227,8 @@ impl CardSync {
             return Ok(called);
         };
         let digest = card_digest(&incident);
-        if digest != card.digest {
-            let version = incident.version;
+        if digest != card.digest || refresh_due(&incident, &card, Timestamp::now(), self.refresh) {
+            let (version, occurrences) = (incident.version, incident.occurrences);
             let updated = match render_card(&incident, &self.public_url) {
                 Ok(new) => {
                     calls
@@ -210,12 +247,15 @@ impl CardSync {
                 Err(other) => return Err(other),
             };
             incident = self
-                .save(id, |i| {
-                    if let Some(c) = i.slack.as_mut() {
-                        c.digest = digest.clone();
-                        c.rendered_version = version;
-                        c.error = error.clone();
-                    }
+                .save(id, |current| {
+                    current.map(|c| SlackCard {
+                        digest: digest.clone(),
+                        rendered_version: version,
+                        error: error.clone(),
+                        drawn_at: Some(Timestamp::now()),
+                        drawn_occurrences: occurrences,
+                        ..c.clone()
+                    })
                 })
                 .await?;
         }
@@ -226,6 +266,27 @@ impl CardSync {
             let Some(entry) = incident.timeline.get(next) else {
                 return Ok(called);
             };
+            if !announces(&entry.step) {
+                // Steps within a status (`analyzed`, `proposal_refused`) show on the card
+                // and the page; the thread gets one reply per status change. Skipping all
+                // of them up to the next announced entry costs one save and no call.
+                let skip_to = incident
+                    .timeline
+                    .iter()
+                    .enumerate()
+                    .skip(next)
+                    .find(|(_, e)| announces(&e.step))
+                    .map_or(incident.timeline.len(), |(at, _)| at);
+                incident = self
+                    .save(id, |current| {
+                        current.map(|c| SlackCard {
+                            posted_entries: c.posted_entries.max(skip_to),
+                            ..c.clone()
+                        })
+                    })
+                    .await?;
+                continue;
+            }
             let context = json!({ "incident": &incident, "entry": entry });
             let posted = match blocks::render("timeline_reply", &context) {
                 Ok(reply) => calls
@@ -244,23 +305,24 @@ impl CardSync {
                 Err(other) => return Err(other),
             };
             incident = self
-                .save(id, |i| {
-                    if let Some(c) = i.slack.as_mut() {
-                        c.posted_entries = c.posted_entries.max(next + 1);
-                        if error.is_some() {
-                            c.error = error.clone();
-                        }
-                    }
+                .save(id, |current| {
+                    current.map(|c| SlackCard {
+                        posted_entries: c.posted_entries.max(next + 1),
+                        error: error.clone().or_else(|| c.error.clone()),
+                        ..c.clone()
+                    })
                 })
                 .await?;
         }
     }
 
-    /// Applies `change` with compare-and-set, re-reading after a conflict.
+    /// Saves the card record `change` makes of the stored one (`None`: leave it), with
+    /// compare-and-set on the card's `rev`, re-reading after a conflict; returns the
+    /// incident as it is now. The incident's own version is never touched.
     async fn save(
         &self,
         id: &IncidentId,
-        change: impl Fn(&mut Incident),
+        change: impl Fn(Option<&SlackCard>) -> Option<SlackCard>,
     ) -> Result<Incident, StoreError> {
         loop {
             let mut incident = self
@@ -268,10 +330,17 @@ impl CardSync {
                 .get_incident(id)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            change(&mut incident);
-            match self.store.update_incident(&incident).await {
+            let Some(mut card) = change(incident.slack.as_ref()) else {
+                return Ok(incident);
+            };
+            card.rev = incident.slack.as_ref().map_or(0, |c| c.rev);
+            match self.store.put_card(id, &card).await {
+                Ok(stored) => {
+                    incident.slack = Some(stored);
+                    return Ok(incident);
+                }
                 Err(StoreError::VersionConflict { .. }) => continue,
-                other => return other,
+                Err(other) => return Err(other),
             }
         }
     }
@@ -339,6 +408,10 @@ impl Cards {
         // Oldest first, so cards appear in the channel in the order incidents opened.
         incidents.reverse();
         for incident in incidents {
+            // No card for what was already over when nobody asked live (a restart, say).
+            if incident.slack.is_none() && !incident.is_open() {
+                continue;
+            }
             self.consider(&incident).await;
         }
     }
@@ -355,7 +428,8 @@ impl Cards {
 
     /// Queues a sync for one incident if Slack is behind on it.
     pub async fn consider(&self, incident: &Incident) {
-        if !needs_sync(incident, Timestamp::now()) {
+        let refresh = self.sentinel.settings.slack.card_refresh.0;
+        if !needs_sync(incident, Timestamp::now(), refresh) {
             return;
         }
         let channel = match &incident.slack {

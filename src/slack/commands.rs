@@ -401,7 +401,7 @@ commands! {
     /// `approve <id>` · operator (medium risk), admin (high risk) · approve the proposed fix,
     /// like the Approve button
     async fn approve(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
-        match ctx.sentinel().approve(id.as_str(), &ctx.actor()).await {
+        match ctx.sentinel().approve(id.as_str(), None, &ctx.actor()).await {
             Ok(incident) if incident.status == Status::Approved => Reply::in_channel(format!(
                 "{} approved {}: {}. Sentinel is applying the fix.",
                 ctx.user(), incident.id, proposal(&incident)

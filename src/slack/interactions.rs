@@ -8,9 +8,9 @@
 //! an ephemeral message to the user for every outcome; the acknowledgement within
 //! [`ACK_BUDGET`](crate::slack::http::ACK_BUDGET).
 //!
-//! Buttons carry `{"incident": "inc-…", "version": N}` ([`CardRef`]), never parameters: what
-//! gets approved is what the store says, and only if the card clicked still shows the
-//! incident as it is ([`card_is_current`]). Someone without the needed role changes nothing
+//! Buttons carry `{"incident": "inc-…", "proposal": "prop-…"}` ([`CardRef`]), never
+//! parameters: what gets approved is what the store says, and only while the proposal the
+//! card showed is still the current one ([`card_is_current`]). Someone without the needed role changes nothing
 //! and is told why.
 //! Reject opens the `reject_modal` with `views.open` first thing (its `trigger_id` lives three
 //! seconds); its submission (`callback_id` `reject_reason`) rejects with the typed reason.
@@ -44,24 +44,98 @@ const CLICK_DEDUP_TTL: std::time::Duration = std::time::Duration::from_secs(600)
 /// How long the Silence button silences an incident's fingerprint.
 pub const CARD_SILENCE: &str = "1h";
 
-/// What a card's button points at: the incident and the version the card was drawn from.
+/// What a card's button points at: the incident, and the proposal the card showed.
+/// Cards drawn before buttons named the proposal carry the version they were drawn from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawCardRef", into = "RawCardRef")]
 pub struct CardRef {
     pub incident: IncidentId,
-    pub version: u64,
+    pub drawn: Drawn,
+}
+
+/// What a card was drawn from, as its buttons say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drawn {
+    /// `{"incident": …, "proposal": "prop-…"}`.
+    Proposal(String),
+    /// `{"incident": …, "version": N}`: a card drawn before proposals had ids.
+    Version(u64),
+}
+
+/// A button value as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCardRef {
+    incident: IncidentId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proposal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+}
+
+impl TryFrom<RawCardRef> for CardRef {
+    type Error = String;
+    fn try_from(raw: RawCardRef) -> Result<Self, String> {
+        let drawn = match (raw.proposal, raw.version) {
+            (Some(proposal), _) => {
+                let valid = proposal.len() <= 64
+                    && proposal.starts_with("prop-")
+                    && proposal
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !valid {
+                    return Err(format!("{proposal:?} is not a proposal id"));
+                }
+                Drawn::Proposal(proposal)
+            }
+            (None, Some(version)) => Drawn::Version(version),
+            (None, None) => return Err("a card reference names a proposal".to_owned()),
+        };
+        Ok(CardRef {
+            incident: raw.incident,
+            drawn,
+        })
+    }
+}
+
+impl From<CardRef> for RawCardRef {
+    fn from(card: CardRef) -> Self {
+        let (proposal, version) = match card.drawn {
+            Drawn::Proposal(proposal) => (Some(proposal), None),
+            Drawn::Version(version) => (None, Some(version)),
+        };
+        RawCardRef {
+            incident: card.incident,
+            proposal,
+            version,
+        }
+    }
+}
+
+impl CardRef {
+    /// The proposal the card showed, if its buttons name one.
+    pub fn proposal(&self) -> Option<&str> {
+        match &self.drawn {
+            Drawn::Proposal(proposal) => Some(proposal),
+            Drawn::Version(_) => None,
+        }
+    }
 }
 
 /// Whether a click on a card drawn from `card` may act on the incident as it is now.
 ///
-/// Every write bumps an incident's version, the card sync's own bookkeeping included, so the
-/// stored version alone would refuse nearly every click. The rule is the card sync's
-/// ([`cards::click_is_current`]): the card on screen was drawn from the clicked version and
-/// nothing it shows (status, proposal, risk, approvals, value, …) has changed since;
-/// incidents without a card on screen need the exact version. A refused click is answered
-/// "look again": the card is redrawn within moments of any visible change. The service's
-/// own checks (status, role, compare-and-set) still apply after this one.
+/// A click is fresh while the incident's current proposal is the one the card showed,
+/// however many monitoring cycles (sightings, card bookkeeping) passed since it was drawn:
+/// neither bumps the decision's version, and the proposal names what would be approved.
+/// Legacy buttons carrying a version follow the old rule ([`cards::click_is_current`]).
+/// The service's own checks (status, role, compare-and-set, the proposal again) still
+/// apply after this one.
 pub fn card_is_current(card: &CardRef, current: &Incident) -> bool {
-    current.id == card.incident && cards::click_is_current(current, card.version)
+    current.id == card.incident
+        && match &card.drawn {
+            Drawn::Proposal(proposal) => current.proposal_id.as_deref() == Some(proposal),
+            Drawn::Version(version) => cards::click_is_current(current, *version),
+        }
 }
 
 /// A card button.
@@ -433,7 +507,10 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
     let id = incident.id.clone();
     let id = id.as_str();
     let said = match button {
-        Button::Approve => match sentinel.approve_seen(incident, &actor).await {
+        Button::Approve => match sentinel
+            .approve_seen(incident, card.proposal(), &actor)
+            .await
+        {
             Ok(done) if done.status == Status::Approved => {
                 format!(
                     "You approved the fix for {}; Sentinel is applying it.",
@@ -753,12 +830,44 @@ mod tests {
     fn card(incident: &Incident, version: u64) -> CardRef {
         CardRef {
             incident: incident.id.clone(),
-            version,
+            drawn: Drawn::Version(version),
         }
     }
 
     #[test]
-    fn a_click_is_current_while_the_card_shows_the_incident_as_it_is() {
+    fn a_click_is_fresh_while_its_proposal_is_current() {
+        let mut now = incident();
+        now.propose(
+            crate::domain::ProposedAction {
+                action: crate::domain::ActionId::NotifyOnly,
+                params: Default::default(),
+            },
+            json!({"state": "running"}),
+        );
+        let proposal = now.proposal_id.clone().unwrap();
+        let clicked = CardRef {
+            incident: now.id.clone(),
+            drawn: Drawn::Proposal(proposal.clone()),
+        };
+        // However often the incident was written since.
+        now.version = 40;
+        assert!(card_is_current(&clicked, &now));
+        // Another incident's card never acts on this one.
+        let other = CardRef {
+            incident: IncidentId::generate(),
+            drawn: Drawn::Proposal(proposal),
+        };
+        assert!(!card_is_current(&other, &now));
+        // A new snapshot is a new proposal: the old card is stale.
+        now.propose(
+            now.proposed_action.clone().unwrap(),
+            json!({"state": "exited"}),
+        );
+        assert!(!card_is_current(&clicked, &now));
+    }
+
+    #[test]
+    fn a_legacy_click_is_current_while_the_card_shows_the_incident_as_it_is() {
         let mut now = incident();
         now.version = 7;
         // No card on screen: the exact version only.
@@ -768,7 +877,7 @@ mod tests {
         // Another incident's card never acts on this one.
         let other = CardRef {
             incident: IncidentId::generate(),
-            version: 7,
+            drawn: Drawn::Version(7),
         };
         assert!(!card_is_current(&other, &now));
         // A card drawn from version 5, recorded since (bookkeeping bumped the version).
@@ -794,14 +903,20 @@ mod tests {
 
     #[test]
     fn button_values_are_card_references() {
-        let value = r#"{"incident":"inc-abc123","version":4}"#;
+        let value = r#"{"incident":"inc-abc123","proposal":"prop-0123abcd"}"#;
         let card: CardRef = serde_json::from_str(value).unwrap();
         assert_eq!(card.incident.as_str(), "inc-abc123");
-        assert_eq!(card.version, 4);
+        assert_eq!(card.proposal(), Some("prop-0123abcd"));
+        assert_eq!(serde_json::to_string(&card).unwrap(), value);
+        let legacy: CardRef =
+            serde_json::from_str(r#"{"incident":"inc-abc123","version":4}"#).unwrap();
+        assert_eq!(legacy.drawn, Drawn::Version(4));
         for bad in [
             r#"{"incident":"../etc","version":4}"#,
             r#"{"incident":"inc-abc123"}"#,
             r#"{"incident":"inc-abc123","version":-1}"#,
+            r#"{"incident":"inc-abc123","proposal":"<script>"}"#,
+            r#"{"incident":"inc-abc123","proposal":"prop-1","extra":1}"#,
             "inc-abc123",
         ] {
             assert!(serde_json::from_str::<CardRef>(bad).is_err(), "{bad}");

@@ -65,7 +65,11 @@ impl Slack {
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let settings = &sentinel.settings;
-        let sync = cards::CardSync::new(Arc::clone(&sentinel.store), &settings.public_url);
+        let sync = cards::CardSync::new(
+            Arc::clone(&sentinel.store),
+            &settings.public_url,
+            settings.slack.card_refresh.0,
+        );
         let sender = Arc::new(outbox::Sender::new(
             self.api.clone(),
             self.outbox.clone(),

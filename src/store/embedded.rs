@@ -37,11 +37,16 @@ use super::{
     StoreResult, PARKED_PER_CHANNEL,
 };
 use crate::domain::{
-    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
+    Timestamp,
 };
 
-/// id → incident JSON.
+/// id → incident JSON: the decision (compare-and-set on its version).
 const INCIDENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("incidents");
+/// id → sighting JSON: the latest reading of the incident's breach, never versioned.
+const SIGHTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("sightings");
+/// id → Slack card JSON: what the card on screen shows, compare-and-set on its own `rev`.
+const CARDS: TableDefinition<&str, &[u8]> = TableDefinition::new("cards");
 /// (opened_at ms, id) → (): incidents in opening order.
 const INCIDENT_ORDER: TableDefinition<(i64, &str), ()> = TableDefinition::new("incident_order");
 /// fingerprint → id of its open incident.
@@ -235,6 +240,8 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(INCIDENTS).map_err(unavailable)?;
+            txn.open_table(SIGHTINGS).map_err(unavailable)?;
+            txn.open_table(CARDS).map_err(unavailable)?;
             txn.open_table(INCIDENT_ORDER).map_err(unavailable)?;
             txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
@@ -319,13 +326,48 @@ impl EmbeddedStore {
     }
 }
 
-fn read_incident(
+/// The decision record alone, as compare-and-set compares it.
+fn read_decision(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &str,
 ) -> StoreResult<Option<Incident>> {
     match table.get(id).map_err(unavailable)? {
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
+    }
+}
+
+/// The three records of an incident, read together.
+struct IncidentTables<T> {
+    incidents: T,
+    sightings: T,
+    cards: T,
+}
+
+impl IncidentTables<redb::ReadOnlyTable<&'static str, &'static [u8]>> {
+    fn open(txn: &redb::ReadTransaction) -> StoreResult<Self> {
+        Ok(IncidentTables {
+            incidents: txn.open_table(INCIDENTS).map_err(unavailable)?,
+            sightings: txn.open_table(SIGHTINGS).map_err(unavailable)?,
+            cards: txn.open_table(CARDS).map_err(unavailable)?,
+        })
+    }
+}
+
+impl<T: ReadableTable<&'static str, &'static [u8]>> IncidentTables<T> {
+    /// The incident as people see it: the decision with its latest sighting and its card.
+    fn read(&self, id: &str) -> StoreResult<Option<Incident>> {
+        let Some(mut incident) = read_decision(&self.incidents, id)? else {
+            return Ok(None);
+        };
+        if let Some(bytes) = self.sightings.get(id).map_err(unavailable)? {
+            let sighting: Sighting = decode(bytes.value())?;
+            incident.apply_sighting(&sighting);
+        }
+        if let Some(bytes) = self.cards.get(id).map_err(unavailable)? {
+            incident.slack = Some(decode(bytes.value())?);
+        }
+        Ok(Some(incident))
     }
 }
 
@@ -402,8 +444,7 @@ impl Store for EmbeddedStore {
         let id = id.clone();
         self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
-            read_incident(&incidents, id.as_str())
+            IncidentTables::open(&txn)?.read(id.as_str())
         })
         .await
     }
@@ -411,13 +452,13 @@ impl Store for EmbeddedStore {
     async fn list_incidents(&self, query: IncidentQuery) -> StoreResult<Vec<Incident>> {
         self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
+            let incidents = IncidentTables::open(&txn)?;
             let mut found = Vec::new();
             if query.open_only {
                 let open = txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
                 for row in open.iter().map_err(unavailable)? {
                     let (_, id) = row.map_err(unavailable)?;
-                    if let Some(incident) = read_incident(&incidents, id.value())? {
+                    if let Some(incident) = incidents.read(id.value())? {
                         found.push(incident);
                     }
                 }
@@ -433,7 +474,7 @@ impl Store for EmbeddedStore {
                     }
                     let (key, _) = row.map_err(unavailable)?;
                     let (_, id) = key.value();
-                    if let Some(incident) = read_incident(&incidents, id)? {
+                    if let Some(incident) = incidents.read(id)? {
                         found.push(incident);
                     }
                 }
@@ -450,7 +491,7 @@ impl Store for EmbeddedStore {
             {
                 let mut incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
                 let mut open = txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
-                let stored = read_incident(&incidents, incident.id.as_str())?
+                let stored = read_decision(&incidents, incident.id.as_str())?
                     .ok_or_else(|| StoreError::NotFound(incident.id.clone()))?;
                 if stored.version != incident.version {
                     return Err(StoreError::VersionConflict {
@@ -496,11 +537,73 @@ impl Store for EmbeddedStore {
         self.read_now(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let open = txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
-            let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
+            let incidents = IncidentTables::open(&txn)?;
             match open.get(fingerprint.as_str()).map_err(unavailable)? {
-                Some(id) => read_incident(&incidents, id.value()),
+                Some(id) => incidents.read(id.value()),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn record_sighting(
+        &self,
+        id: &IncidentId,
+        value: f64,
+        threshold: f64,
+        at: Timestamp,
+    ) -> StoreResult<Option<Sighting>> {
+        let id = id.clone();
+        self.write(move |txn| {
+            let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
+            let mut sightings = txn.open_table(SIGHTINGS).map_err(unavailable)?;
+            let occurrences = match sightings.get(id.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode::<Sighting>(bytes.value())?.occurrences,
+                None => match read_decision(&incidents, id.as_str())? {
+                    Some(incident) => incident.occurrences,
+                    None => return Ok(None),
+                },
+            };
+            let sighting = Sighting {
+                value,
+                threshold,
+                occurrences: occurrences + 1,
+                last_seen_at: at,
+            };
+            sightings
+                .insert(id.as_str(), encode(&sighting)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(Some(sighting))
+        })
+        .await
+    }
+
+    async fn put_card(&self, id: &IncidentId, card: &SlackCard) -> StoreResult<SlackCard> {
+        let (id, card) = (id.clone(), card.clone());
+        self.write(move |txn| {
+            let incidents = txn.open_table(INCIDENTS).map_err(unavailable)?;
+            let mut cards = txn.open_table(CARDS).map_err(unavailable)?;
+            let Some(decision) = read_decision(&incidents, id.as_str())? else {
+                return Err(StoreError::NotFound(id.clone()));
+            };
+            let stored_rev = match cards.get(id.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode::<SlackCard>(bytes.value())?.rev,
+                // A card written before cards had a record of their own.
+                None => decision.slack.as_ref().map_or(0, |c| c.rev),
+            };
+            if stored_rev != card.rev {
+                return Err(StoreError::VersionConflict {
+                    id: id.clone(),
+                    expected: card.rev,
+                    found: stored_rev,
+                });
+            }
+            let mut stored = card.clone();
+            stored.rev += 1;
+            cards
+                .insert(id.as_str(), encode(&stored)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(stored)
         })
         .await
     }

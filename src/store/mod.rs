@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, TimelineEntry, Timestamp,
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
+    TimelineEntry, Timestamp,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +135,23 @@ pub trait Store: Send + Sync {
 
     /// The open incident of a fingerprint, if there is one.
     async fn open_incident_for(&self, fingerprint: &Fingerprint) -> StoreResult<Option<Incident>>;
+
+    /// Records one more sighting of an incident's breach: its latest value and threshold, when,
+    /// and one more occurrence, atomically. Never bumps the incident's version (a repeat is
+    /// an observation, not a decision). `None` when no incident has that id.
+    async fn record_sighting(
+        &self,
+        id: &IncidentId,
+        value: f64,
+        threshold: f64,
+        at: Timestamp,
+    ) -> StoreResult<Option<Sighting>>;
+
+    /// Stores an incident's Slack card, a record of its own: compare-and-set on the card's
+    /// `rev` (0 when there is none yet), which it bumps; returns what was stored.
+    /// `VersionConflict` when another write came first, `NotFound` without the incident.
+    /// Reads of the incident show the card as its `slack` field.
+    async fn put_card(&self, id: &IncidentId, card: &SlackCard) -> StoreResult<SlackCard>;
 
     /// Chains `record` after the last audit entry and stores it.
     async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry>;

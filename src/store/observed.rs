@@ -14,7 +14,8 @@ use super::{
     Control, IncidentQuery, Lease, OutboxItem, ParkedItem, SharedStore, Store, StoreResult,
 };
 use crate::domain::{
-    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
+    Timestamp,
 };
 
 pub struct Observed {
@@ -66,6 +67,23 @@ impl Store for Observed {
     }
     async fn open_incident_for(&self, fingerprint: &Fingerprint) -> StoreResult<Option<Incident>> {
         self.inner.open_incident_for(fingerprint).await
+    }
+    async fn record_sighting(
+        &self,
+        id: &IncidentId,
+        value: f64,
+        threshold: f64,
+        at: Timestamp,
+    ) -> StoreResult<Option<Sighting>> {
+        let sighting = self.inner.record_sighting(id, value, threshold, at).await?;
+        if sighting.is_some() {
+            self.announce(id);
+        }
+        Ok(sighting)
+    }
+    async fn put_card(&self, id: &IncidentId, card: &SlackCard) -> StoreResult<SlackCard> {
+        // Not announced: the card sync wrote it, and nothing else follows cards.
+        self.inner.put_card(id, card).await
     }
     async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry> {
         self.inner.append_audit(record).await

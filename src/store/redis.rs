@@ -16,7 +16,8 @@ use super::{
     StoreResult, PARKED_PER_CHANNEL,
 };
 use crate::domain::{
-    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Silence, Timestamp,
+    AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
+    Timestamp,
 };
 
 /// Creates an incident unless its fingerprint has an open one.
@@ -51,6 +52,72 @@ end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'json', ARGV[3])
 return ''
 "#;
+
+/// Records one more sighting of an incident's breach, without touching its version.
+/// KEYS: incident hash. ARGV: value, threshold, at (unix ms).
+/// Returns the new occurrence count, or 0 when there is no such incident. The count starts
+/// from the decision's `occurrences` the first time (cjson ships with Redis's Lua).
+const RECORD_SIGHTING: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'seen_count') == 0 then
+  local json = redis.call('HGET', KEYS[1], 'json')
+  if not json then return 0 end
+  redis.call('HSET', KEYS[1], 'seen_count', tonumber(cjson.decode(json).occurrences) or 1)
+end
+local n = redis.call('HINCRBY', KEYS[1], 'seen_count', 1)
+redis.call('HSET', KEYS[1], 'seen_value', ARGV[1], 'seen_threshold', ARGV[2], 'seen_at', ARGV[3])
+return n
+"#;
+
+/// Compare-and-set of an incident's Slack card on its own revision.
+/// KEYS: incident hash. ARGV: expected rev, card json (carrying the new rev).
+/// Returns "" when stored, "missing" or "version:<found>".
+const PUT_CARD: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+local rev = redis.call('HGET', KEYS[1], 'card_rev') or '0'
+if rev ~= ARGV[1] then return 'version:' .. rev end
+redis.call('HSET', KEYS[1], 'card_rev', tostring(tonumber(ARGV[1]) + 1), 'card', ARGV[2])
+return ''
+"#;
+
+/// The hash fields an incident is read from: the decision, the card, the latest sighting.
+const INCIDENT_FIELDS: [&str; 6] = [
+    "json",
+    "card",
+    "seen_value",
+    "seen_threshold",
+    "seen_at",
+    "seen_count",
+];
+
+/// One incident from its hash fields ([`INCIDENT_FIELDS`], in order); `None` when missing.
+fn merge_incident(fields: Vec<Option<Vec<u8>>>) -> StoreResult<Option<Incident>> {
+    let mut fields = fields.into_iter();
+    let Some(json) = fields.next().flatten() else {
+        return Ok(None);
+    };
+    let mut incident: Incident = decode(&json)?;
+    if let Some(card) = fields.next().flatten() {
+        incident.slack = Some(decode(&card)?);
+    }
+    let text = |bytes: Option<Vec<u8>>| bytes.and_then(|b| String::from_utf8(b).ok());
+    let (value, threshold, at, count) = (
+        text(fields.next().flatten()),
+        text(fields.next().flatten()),
+        text(fields.next().flatten()),
+        text(fields.next().flatten()),
+    );
+    if let (Some(value), Some(threshold), Some(at), Some(count)) = (value, threshold, at, count) {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("sighting {what} of {}", incident.id));
+        incident.apply_sighting(&Sighting {
+            value: value.parse().map_err(|_| corrupt("value"))?,
+            threshold: threshold.parse().map_err(|_| corrupt("threshold"))?,
+            last_seen_at: Timestamp::from_unix_millis(at.parse().map_err(|_| corrupt("time"))?),
+            occurrences: count.parse().map_err(|_| corrupt("count"))?,
+        });
+    }
+    Ok(Some(incident))
+}
 
 /// Appends an audit entry if the chain's head is still the expected one.
 /// KEYS: audit list, head key. ARGV: expected head ("" for none), entry json, new head.
@@ -142,6 +209,8 @@ pub struct RedisStore {
     prefix: String,
     create_incident: Script,
     update_incident: Script,
+    record_sighting: Script,
+    put_card: Script,
     append_audit: Script,
     acquire_lease: Script,
     release_lease: Script,
@@ -185,6 +254,8 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             create_incident: Script::new(CREATE_INCIDENT),
             update_incident: Script::new(UPDATE_INCIDENT),
+            record_sighting: Script::new(RECORD_SIGHTING),
+            put_card: Script::new(PUT_CARD),
             append_audit: Script::new(APPEND_AUDIT),
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
@@ -221,16 +292,21 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hget(self.incident_key(id), "json");
+            pipe.cmd("HMGET")
+                .arg(self.incident_key(id))
+                .arg(&INCIDENT_FIELDS[..]);
         }
-        let rows: Vec<Option<Vec<u8>>> = pipe
+        let rows: Vec<Vec<Option<Vec<u8>>>> = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        rows.into_iter()
-            .flatten()
-            .map(|bytes| decode(&bytes))
-            .collect()
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(incident) = merge_incident(row)? {
+                found.push(incident);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -285,13 +361,13 @@ impl Store for RedisStore {
     }
 
     async fn get_incident(&self, id: &IncidentId) -> StoreResult<Option<Incident>> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .clone()
-            .hget(self.incident_key(id.as_str()), "json")
+        let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.incident_key(id.as_str()))
+            .arg(&INCIDENT_FIELDS[..])
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        bytes.map(|b| decode(&b)).transpose()
+        merge_incident(fields)
     }
 
     async fn list_incidents(&self, query: IncidentQuery) -> StoreResult<Vec<Incident>> {
@@ -371,6 +447,55 @@ impl Store for RedisStore {
         match id {
             Some(id) => self.get_incident(&parse_id(&id)?).await,
             None => Ok(None),
+        }
+    }
+
+    async fn record_sighting(
+        &self,
+        id: &IncidentId,
+        value: f64,
+        threshold: f64,
+        at: Timestamp,
+    ) -> StoreResult<Option<Sighting>> {
+        let count: u64 = self
+            .record_sighting
+            .key(self.incident_key(id.as_str()))
+            .arg(value.to_string())
+            .arg(threshold.to_string())
+            .arg(at.unix_millis())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok((count > 0).then_some(Sighting {
+            value,
+            threshold,
+            occurrences: count,
+            last_seen_at: at,
+        }))
+    }
+
+    async fn put_card(&self, id: &IncidentId, card: &SlackCard) -> StoreResult<SlackCard> {
+        let mut stored = card.clone();
+        stored.rev += 1;
+        let outcome: String = self
+            .put_card
+            .key(self.incident_key(id.as_str()))
+            .arg(card.rev)
+            .arg(encode(&stored)?)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        match outcome.as_str() {
+            "" => Ok(stored),
+            "missing" => Err(StoreError::NotFound(id.clone())),
+            other => match other.strip_prefix("version:").map(str::parse) {
+                Some(Ok(found)) => Err(StoreError::VersionConflict {
+                    id: id.clone(),
+                    expected: card.rev,
+                    found,
+                }),
+                _ => Err(unavailable(format!("unexpected script answer {other:?}"))),
+            },
         }
     }
 

@@ -117,12 +117,32 @@ pub async fn get_incident(
     Ok(Json(state.sentinel.incident(&id).await?).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    proposal_id: Option<String>,
+}
+
+/// The body is optional: `{"proposal_id": "prop-…"}` pins the approval to that proposal
+/// (409 when it is no longer current), or nothing for the current one.
 pub async fn approve(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.approve(&id, &actor).await?).into_response())
+    let proposal = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let parsed: ApproveBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        parsed.proposal_id
+    };
+    let approved = state
+        .sentinel
+        .approve(&id, proposal.as_deref(), &actor)
+        .await?;
+    Ok(Json(approved).into_response())
 }
 
 #[derive(Debug, Deserialize)]

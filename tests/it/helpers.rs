@@ -214,10 +214,13 @@ impl TestApp {
             .transition(Status::Analyzing, "sentinel", "analyzing", now)
             .unwrap();
         incident.risk = Some(risk);
-        incident.proposed_action = Some(sentinel::domain::ProposedAction {
-            action: sentinel::domain::ActionId::ContainerRestart,
-            params: [("container".to_owned(), serde_json::json!("web-1"))].into(),
-        });
+        incident.propose(
+            sentinel::domain::ProposedAction {
+                action: sentinel::domain::ActionId::ContainerRestart,
+                params: [("container".to_owned(), serde_json::json!("web-1"))].into(),
+            },
+            serde_json::json!({}),
+        );
         incident
             .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)
             .unwrap();

@@ -210,8 +210,37 @@ fn click_body(user: &str, action_id: &str, value: &Value) -> String {
     form(&[("payload", &payload.to_string())])
 }
 
+/// A button's value as the card draws it: the incident and its current proposal (cards of
+/// incidents without one carry the version).
 fn card_ref(incident: &Incident) -> Value {
-    json!({"incident": incident.id.as_str(), "version": incident.version})
+    match &incident.proposal_id {
+        Some(proposal) => json!({"incident": incident.id.as_str(), "proposal": proposal}),
+        None => json!({"incident": incident.id.as_str(), "version": incident.version}),
+    }
+}
+
+/// The value of button `action_id` on the first card the double received for `incident`.
+fn first_drawn_button(double: &SlackDouble, incident: &Incident, action_id: &str) -> Option<Value> {
+    double
+        .accepted("chat.postMessage")
+        .into_iter()
+        .chain(double.accepted("chat.update"))
+        .filter(|c| c.thread_ts().is_none() && c.text().contains(incident.id.as_str()))
+        .find_map(|c| {
+            let blocks = c.body.get("blocks")?.clone();
+            let blocks: Vec<Value> = match blocks {
+                Value::String(text) => serde_json::from_str(&text).ok()?,
+                Value::Array(blocks) => blocks,
+                _ => return None,
+            };
+            blocks.iter().find_map(|block| {
+                block.get("elements")?.as_array()?.iter().find_map(|e| {
+                    (e.get("action_id")?.as_str()? == action_id)
+                        .then(|| serde_json::from_str(e.get("value")?.as_str()?).ok())
+                        .flatten()
+                })
+            })
+        })
 }
 
 /// Clicks, then waits until the click is handled (it is acknowledged first, handled after).
@@ -871,17 +900,18 @@ async fn a_click_on_a_stale_card_changes_nothing() {
         "refused before the service was asked"
     );
 
-    // Without a card on screen only the exact version will do: a repeat observation bumps
-    // it, and a click on the earlier drawing is refused too.
-    let repeated = app.trigger("memory").await;
-    assert!(repeated.version > incident.version);
-    click(&app, OPERATOR, "approve", &card_ref(&incident)).await;
+    // A proposal that is not the current one is refused the same way.
+    let other_proposal = json!({"incident": incident.id.as_str(), "proposal": "prop-00000000"});
+    click(&app, OPERATOR, "approve", &other_proposal).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        stored(&app, &incident).await.status,
-        Status::AwaitingApproval
-    );
-    click(&app, OPERATOR, "approve", &card_ref(&repeated)).await;
+    assert_eq!(stored(&app, &incident).await, incident);
+
+    // A repeat of the breach is an observation: the version and proposal stay, and the card
+    // as drawn before the repeat still approves.
+    let repeated = app.trigger("memory").await;
+    assert_eq!(repeated.version, incident.version);
+    assert_eq!(repeated.occurrences, incident.occurrences + 1);
+    click(&app, OPERATOR, "approve", &card_ref(&incident)).await;
     assert_eq!(stored(&app, &incident).await.status, Status::Approved);
 }
 
@@ -907,7 +937,7 @@ async fn an_approval_decided_on_a_copy_gone_stale_is_decided_again_on_the_stored
         user_id: OPERATOR.to_owned(),
         role: Role::Operator,
     };
-    let refused = app.sentinel.approve_seen(seen, &operator).await;
+    let refused = app.sentinel.approve_seen(seen, None, &operator).await;
     assert!(
         matches!(refused, Err(ServiceError::Conflict(_))),
         "{refused:?}"
@@ -920,7 +950,11 @@ async fn an_approval_decided_on_a_copy_gone_stale_is_decided_again_on_the_stored
 
     // A fresh copy is decided at once.
     let other = awaiting(&app, "cpu", Risk::Medium).await;
-    let approved = app.sentinel.approve_seen(other, &operator).await.unwrap();
+    let approved = app
+        .sentinel
+        .approve_seen(other, None, &operator)
+        .await
+        .unwrap();
     assert_eq!(approved.status, Status::Approved);
 }
 
@@ -1260,11 +1294,21 @@ async fn a_card_on_screen_stays_clickable_and_a_replaced_one_does_not() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    assert_eq!(
+        shown.version, incident.version,
+        "the card's bookkeeping is a record of its own, not a decision"
+    );
     let drawn = shown.slack.as_ref().unwrap().rendered_version;
-    assert!(shown.version > drawn, "bookkeeping writes bump the version");
 
-    // A click on the card as first drawn (before approval was asked): replaced since.
-    click(&app, OPERATOR, "approve", &card_ref(&detected)).await;
+    // A click on the card as first drawn (before approval was asked, a legacy version
+    // button): replaced since.
+    click(
+        &app,
+        OPERATOR,
+        "approve",
+        &json!({"incident": detected.id.as_str(), "version": detected.version}),
+    )
+    .await;
     double
         .wait_until(Duration::from_secs(5), |_| {
             ephemerals_to(&double, OPERATOR)
@@ -1276,10 +1320,15 @@ async fn a_card_on_screen_stays_clickable_and_a_replaced_one_does_not() {
         stored(&app, &incident).await.status,
         Status::AwaitingApproval
     );
+    assert!(drawn >= incident.version);
 
-    // A click on the card on screen works although the version moved on.
-    let on_screen = json!({"incident": incident.id.as_str(), "version": drawn});
-    click(&app, OPERATOR, "approve", &on_screen).await;
+    // The Approve button on the card on screen names the proposal, and works.
+    let button = first_drawn_button(&double, &incident, "approve").expect("an Approve button");
+    assert_eq!(
+        button,
+        json!({"incident": incident.id.as_str(), "proposal": incident.proposal_id.clone().unwrap()})
+    );
+    click(&app, OPERATOR, "approve", &button).await;
     assert_eq!(stored(&app, &incident).await.status, Status::Approved);
 }
 
@@ -1350,7 +1399,7 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
     assert!(!card_call.text().is_empty(), "a text fallback");
 
     // The operator clicks Approve on the card as it is shown.
-    let value = json!({"incident": shown.id.as_str(), "version": card.rendered_version});
+    let value = first_drawn_button(&double, &shown, "approve").expect("an Approve button");
     let answer = click(&app, OPERATOR, "approve", &value).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1376,8 +1425,13 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
         format!("slack:{OPERATOR} (operator)")
     );
 
-    // Every timeline entry becomes one thread reply under the card, in order.
-    let expected = resolved.timeline.len();
+    // Every status change becomes one thread reply under the card, in order.
+    let announced: Vec<_> = resolved
+        .timeline
+        .iter()
+        .filter(|e| sentinel::slack::cards::announces(&e.step))
+        .collect();
+    let expected = announced.len();
     let replies = double
         .wait_until(Duration::from_secs(20), |calls| {
             calls
@@ -1396,8 +1450,8 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
             c.method == "chat.postMessage" && c.ok() && c.thread_ts() == Some(card_ts.as_str())
         })
         .collect::<Vec<_>>();
-    assert_eq!(replies.len(), expected, "one reply per timeline entry");
-    for (reply, entry) in replies.iter().zip(&resolved.timeline) {
+    assert_eq!(replies.len(), expected, "one reply per status change");
+    for (reply, entry) in replies.iter().zip(announced) {
         assert!(
             reply.text().contains(&entry.step.replace('_', " "))
                 || reply.text().contains(&entry.step),
@@ -1425,4 +1479,130 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
     assert!(audit.iter().any(|e| e.record.event == "ApprovalGranted"
         && e.record.actor == format!("slack:{OPERATOR}")
         && e.record.role.as_deref() == Some("operator")));
+}
+
+/// A real breach that persists (a stopped container, seen by every monitoring cycle): the
+/// card as first drawn with its buttons stays valid across 20 cycles, the card is not
+/// redrawn for the repeats (at most 2 `chat.update` calls: SPEC §12.1), the reject dialog
+/// opened before 10 cycles still records its reason, and the first drawing's Approve
+/// approves. Counted at the Slack double, not in our own logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_drawn_first_stays_valid_through_twenty_cycles_of_a_persisting_breach() {
+    let double = SlackDouble::start().await;
+    let api_url = double.api_url();
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        slack_settings(s);
+        s.slack.api_url = api_url;
+        s.slack.channel = "CPERSIST".to_owned();
+        s.secrets.slack_bot_token = Some(SecretString::from(SlackDouble::TOKEN));
+        s.actions.enabled = true;
+    })
+    .await;
+    let stopped = |name: &str| {
+        let container = crate::containers::Container::run(name, &[], &["sleep", "3600"]);
+        crate::containers::docker(&["stop", "-t", "1", &container.0]);
+        container
+    };
+    let (first, second) = (stopped("sentinel-persist-a"), stopped("sentinel-persist-b"));
+    let find = |name: String| {
+        let app = &app;
+        async move {
+            let open = app
+                .store
+                .list_incidents(sentinel::store::IncidentQuery {
+                    open_only: true,
+                    limit: 1000,
+                })
+                .await
+                .unwrap();
+            open.into_iter()
+                .find(|i| i.fingerprint.as_str() == format!("container_down:{name}"))
+        }
+    };
+    let mut cycles = 0;
+    let (a, b) = loop {
+        app.tick_monitor().await;
+        cycles += 1;
+        if let (Some(a), Some(b)) = (find(first.0.clone()).await, find(second.0.clone()).await) {
+            break (a, b);
+        }
+        assert!(cycles < 10, "container_down not detected");
+    };
+    // Both wait for approval, and their cards are drawn with buttons.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (buttons_a, reject_b) = loop {
+        let drawn = (
+            first_drawn_button(&double, &a, "approve"),
+            first_drawn_button(&double, &b, "reject"),
+        );
+        if let (Some(approve), Some(reject)) = drawn {
+            break (approve, reject);
+        }
+        assert!(Instant::now() < deadline, "no cards with buttons drawn");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let a = stored(&app, &a).await;
+    assert_eq!(a.status, Status::AwaitingApproval);
+    let card_ts = a.slack.as_ref().and_then(|c| c.ts.clone()).unwrap();
+
+    // The reject dialog for b opens now, and is submitted only after 10 more cycles.
+    let answer = click(&app, OPERATOR, "reject", &reject_b).await;
+    assert_eq!(answer.status, 200);
+    let calls = double
+        .wait_until(Duration::from_secs(5), |calls| {
+            calls.iter().any(|c| c.method == "views.open")
+        })
+        .await;
+    let opened = calls.iter().find(|c| c.method == "views.open").unwrap();
+    let metadata = opened.body["view"]["private_metadata"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (version_a, seen_a) = (a.version, a.occurrences);
+    for _ in 0..10 {
+        app.tick_monitor().await;
+    }
+    let submitted = submit_reject(&app, OPERATOR, &metadata, "the batch job owns it").await;
+    assert_eq!(submitted.body, Value::Null, "{submitted:?}");
+    let b = stored(&app, &b).await;
+    assert_eq!(b.status, Status::Rejected);
+    assert_eq!(
+        b.timeline.last().unwrap().message,
+        "rejected: the batch job owns it"
+    );
+
+    for _ in 0..10 {
+        app.tick_monitor().await;
+    }
+    let a = stored(&app, &a).await;
+    assert_eq!(a.status, Status::AwaitingApproval);
+    assert!(a.occurrences >= seen_a + 20, "{} sightings", a.occurrences);
+    assert_eq!(a.version, version_a, "sightings never bump the version");
+    // Let the card sync catch up with whatever the cycles asked of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let updates = double
+        .calls_to("chat.update")
+        .into_iter()
+        .filter(|c| c.str("ts") == Some(card_ts.as_str()))
+        .count();
+    eprintln!("chat.update calls for the card over 20+ cycles: {updates}");
+    assert!(updates <= 2, "{updates} chat.update calls for one card");
+
+    // The first drawing's Approve still approves.
+    let answer = click(&app, OPERATOR, "approve", &buttons_a).await;
+    assert_eq!(answer.status, 200);
+    let now = stored(&app, &a).await;
+    assert!(
+        matches!(
+            now.status,
+            Status::Approved | Status::Executing | Status::Verifying | Status::Resolved
+        ),
+        "{:?}",
+        now.timeline
+    );
+    assert!(now
+        .timeline
+        .iter()
+        .any(|e| e.step == "approved" && e.actor == format!("slack:{OPERATOR} (operator)")));
 }

@@ -312,7 +312,7 @@ async fn wait_for_settled(sentinel: &Sentinel, id: &IncidentId, entries: usize) 
             .slack
             .as_ref()
             .is_some_and(|c| c.posted_entries == entries)
-            && !cards::needs_sync(&incident, Timestamp::now())
+            && !cards::needs_sync(&incident, Timestamp::now(), Duration::from_secs(300))
         {
             return incident;
         }

@@ -72,6 +72,7 @@ conformance!(
     outbox_parks_a_message_with_its_error_atomically,
     concurrent_outbox_pushes_keep_every_message_in_one_order,
     an_incident_keeps_its_slack_card,
+    sightings_count_without_bumping_the_version,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -623,7 +624,8 @@ async fn intake_opens_once_then_updates_the_open_incident(store: SharedStore) {
         other => panic!("a repeat should update the open incident, got {other:?}"),
     };
     assert_eq!(updated.id, opened.id);
-    assert_eq!((updated.version, updated.occurrences), (2, 2));
+    // A repeat is an observation: counted, never a new version (SPEC §12.1).
+    assert_eq!((updated.version, updated.occurrences), (1, 2));
     assert_eq!(updated.value, 91.0);
     assert_eq!(updated.last_seen_at, t1);
     assert_eq!(
@@ -1246,24 +1248,117 @@ async fn an_incident_keeps_its_slack_card(store: SharedStore) {
             .slack,
         None
     );
-    let mut next = written.clone();
-    next.slack = Some(sentinel::domain::SlackCard {
+    let card = sentinel::domain::SlackCard {
         channel: "C123".to_owned(),
         ts: Some("1700000000.000001".to_owned()),
         posted_entries: 1,
         rendered_version: 1,
         digest: "abc".to_owned(),
-        error: None,
-    });
-    let stored = store.update_incident(&next).await.unwrap();
+        ..Default::default()
+    };
+    let stored = store.put_card(&written.id, &card).await.unwrap();
+    assert_eq!(stored.rev, 1);
     let back = store.get_incident(&written.id).await.unwrap().unwrap();
-    assert_eq!(back, stored);
-    assert_eq!(back.slack.unwrap().ts.as_deref(), Some("1700000000.000001"));
+    assert_eq!(back.slack.as_ref(), Some(&stored));
+    assert_eq!(back.version, written.version, "a card is not a decision");
+    // Compare-and-set on the card's own revision: a stale writer is refused.
+    let stale = store.put_card(&written.id, &card).await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionConflict {
+                expected: 0,
+                found: 1,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    // A decision written from a copy read before the card keeps the card as stored.
+    let mut decision = written.clone();
+    decision.root_cause = Some("changed".to_owned());
+    store.update_incident(&decision).await.unwrap();
+    let back = store.get_incident(&written.id).await.unwrap().unwrap();
+    assert_eq!(back.slack.as_ref(), Some(&stored));
+    assert_eq!(back.root_cause.as_deref(), Some("changed"));
+    // The card of an unknown incident is refused.
+    let missing = store.put_card(&IncidentId::generate(), &card).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
     // Incidents stored before the field existed still read.
     let mut old = serde_json::to_value(&written).unwrap();
     old.as_object_mut().unwrap().remove("slack");
+    old.as_object_mut().unwrap().remove("proposal_id");
+    old.as_object_mut().unwrap().remove("synthetic");
     let parsed: Incident = serde_json::from_value(old).unwrap();
     assert_eq!(parsed.slack, None);
+    assert_eq!(parsed.proposal_id, None);
+}
+
+/// A repeat of the breach is an observation: counted exactly under concurrency, shown on
+/// every read, never a new version, and never undone by a decision written from an older
+/// copy (SPEC §12.1).
+async fn sightings_count_without_bumping_the_version(store: SharedStore) {
+    let written = incident("sightings");
+    store.create_incident(&written).await.unwrap();
+    let at = Timestamp::from_unix_millis(written.opened_at.unix_millis() + 30_000);
+    let first = store
+        .record_sighting(&written.id, 81.5, 60.0, at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.occurrences, written.occurrences + 1);
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let (store, id) = (Arc::clone(&store), written.id.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_sighting(&id, 70.0 + f64::from(n), 60.0, at)
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let last_at = Timestamp::from_unix_millis(at.unix_millis() + 1);
+    store
+        .record_sighting(&written.id, 99.25, 65.0, last_at)
+        .await
+        .unwrap();
+    let back = store.get_incident(&written.id).await.unwrap().unwrap();
+    assert_eq!(back.occurrences, written.occurrences + 42);
+    assert_eq!(back.value, 99.25);
+    assert_eq!(back.threshold, 65.0);
+    assert_eq!(back.last_seen_at, last_at);
+    assert_eq!(
+        back.version, written.version,
+        "sightings never bump the version"
+    );
+    // A decision from a copy read before the sightings does not undo them.
+    let mut decision = written.clone();
+    decision.root_cause = Some("decided".to_owned());
+    let decided = store.update_incident(&decision).await.unwrap();
+    assert_eq!(decided.version, written.version + 1);
+    let back = store.get_incident(&written.id).await.unwrap().unwrap();
+    assert_eq!(back.occurrences, written.occurrences + 42);
+    assert_eq!(back.value, 99.25);
+    // Lists show the same.
+    let listed = store
+        .list_incidents(IncidentQuery::default())
+        .await
+        .unwrap();
+    let listed = listed.iter().find(|i| i.id == written.id).unwrap();
+    assert_eq!(listed.occurrences, written.occurrences + 42);
+    // No incident, no sighting.
+    let none = store
+        .record_sighting(&IncidentId::generate(), 1.0, 1.0, at)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
 }
 
 /// Two replicas on one Redis append to one chain: each remembers the head it last wrote, and
