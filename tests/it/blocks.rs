@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use sentinel::slack::blocks::{self, limits, BlocksError};
+use sentinel::domain::{ActionId, Status};
+use sentinel::slack::blocks::{self, limits, BlocksError, ExecutionState, SampleIncident};
 use serde_json::{json, Value};
 
 const HOSTILE: &str = "<!channel> <https://evil.example|click> & <@U123> <#C1|general>";
@@ -41,9 +42,13 @@ fn hostile_incident() -> Value {
     i
 }
 
-/// An incident whose reversible fix ran and was verified.
+/// An incident whose reversible fix (a raised memory limit) ran and was verified, with the
+/// records `pipeline::execute` really writes.
 fn executed_incident() -> Value {
     let mut i = incident();
+    let proposed: sentinel::domain::ProposedAction =
+        serde_json::from_value(i["proposed_action"].clone()).unwrap();
+    let (before, after) = blocks::sample_records(&proposed.plan().unwrap(), "inc-01jdx3sample");
     i["status"] = json!("resolved");
     i["resolved_at"] = json!("2026-11-28T10:05:00.000Z");
     i["approvals"] = json!(["slack:U123 (operator)"]);
@@ -51,11 +56,41 @@ fn executed_incident() -> Value {
         "action": i["proposed_action"].clone(),
         "approved_by": "slack:U123 (operator)",
         "started_at": "2026-11-28T10:01:00.000Z", "finished_at": "2026-11-28T10:01:02.000Z",
-        "before": {"container": "web-1", "memory_mb": 512},
-        "after": {"container": "web-1", "memory_mb": 768},
+        "before": before,
+        "after": after,
         "reversible": true, "rolled_back_at": null
     });
     i
+}
+
+/// The sweep's incident for one action, status and execution state.
+fn sample(action: Option<ActionId>, status: Status, execution: ExecutionState) -> SampleIncident {
+    blocks::sample_incidents()
+        .into_iter()
+        .find(|s| s.action == action && s.status == status && s.execution == execution)
+        .unwrap_or_else(|| panic!("no sample {action:?} {status} {execution:?}"))
+}
+
+/// The text of the card's fix section (`*Proposed fix*`, `*Fix applied*`, …).
+fn fix_section(rendered: &blocks::Rendered) -> String {
+    rendered
+        .blocks
+        .iter()
+        .filter_map(|b| b["text"]["text"].as_str())
+        .find(|t| t.starts_with("*Proposed fix*") || t.starts_with("*Fix "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The card's context line (id, opened, approved by, rolled back, resolved).
+fn context_line(rendered: &blocks::Rendered) -> String {
+    rendered
+        .blocks
+        .iter()
+        .find(|b| b["type"] == "context")
+        .and_then(|b| b["elements"][0]["text"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Every string anywhere in `value`, with its path.
@@ -255,10 +290,13 @@ fn the_card_offers_rollback_with_a_confirmation_after_a_reversible_fix() {
     assert_eq!(rollback["confirm"]["confirm"]["text"], "Roll back");
     let all = serde_json::to_string(&rendered.blocks).unwrap();
     assert!(
-        all.contains("memory_mb: 512 → 768"),
+        all.contains("memory limit: 512 MB → 768 MB"),
         "before → after: {all}"
     );
-    assert!(all.contains("approved by slack:U123 (operator)"), "{all}");
+    assert!(
+        all.contains("approved by Slack user U123 (operator)"),
+        "{all}"
+    );
 
     // Rolled back, or not reversible: no Rollback.
     let mut rolled = executed_incident();
@@ -324,6 +362,271 @@ fn unknown_templates_and_missing_values_are_errors_not_panics() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cards for every action and outcome, with the records the executor writes
+
+/// What the card says after each action ran, in words: sizes in MB, names, counts.
+#[test]
+fn an_executed_fix_reads_as_before_and_after_for_people() {
+    let expected: [(ActionId, &[&str]); 5] = [
+        (
+            ActionId::SandboxCleanup,
+            &[
+                "• logs, tmp, cache: 3 files (120 MB) → 3 files moved to the quarantine (120 MB)",
+                "• files: logs/app.log, logs/app.log.1, tmp/upload.bin",
+                "• quarantine: /srv/sentinel/sandbox/.sentinel-quarantine/inc-sample",
+            ],
+        ),
+        (
+            ActionId::ContainerStart,
+            &[
+                "• state: exited → running",
+                "• started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC",
+            ],
+        ),
+        (
+            ActionId::ContainerRestart,
+            &["• started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC"],
+        ),
+        (
+            ActionId::ContainerMemoryLimit,
+            &[
+                "• memory limit: 512 MB → 768 MB",
+                "• memory + swap limit: 1024 MB → 1280 MB",
+            ],
+        ),
+        (ActionId::NotifyOnly, &[]),
+    ];
+    for (action, lines) in expected {
+        let s = sample(Some(action), Status::Resolved, ExecutionState::Executed);
+        let rendered = card(s.incident.clone(), "");
+        let section = fix_section(&rendered);
+        assert!(section.starts_with("*Fix applied*\n`"), "{section}");
+        if lines.is_empty() {
+            assert!(!section.contains("Before → after"), "{section}");
+        } else {
+            let shown: Vec<&str> = section
+                .split_once("*Before → after*\n")
+                .unwrap_or_else(|| panic!("{action}: {section}"))
+                .1
+                .lines()
+                .collect();
+            assert_eq!(shown, lines, "{action}");
+        }
+        // Not raw JSON: no braces, brackets or quotes from the records.
+        assert!(!section.contains(['{', '[', '"']), "{section}");
+        assert_no_slack_control_sequences(&rendered);
+    }
+    // The parameters read as words too.
+    let s = sample(
+        Some(ActionId::SandboxCleanup),
+        Status::AwaitingApproval,
+        ExecutionState::None,
+    );
+    let section = fix_section(&card(s.incident, ""));
+    assert!(
+        section.starts_with("*Proposed fix*\n`sandbox_cleanup` dirs=logs, tmp, cache\n"),
+        "{section}"
+    );
+    assert!(
+        section.contains("*What it would change*\n• logs, tmp, cache: 3 files (120 MB) → moved to the quarantine"),
+        "{section}"
+    );
+}
+
+/// Every action through every outcome: the card renders, passes the Block Kit checks, and
+/// says what happened.
+#[test]
+fn cards_for_every_action_and_outcome_render_and_say_what_happened() {
+    let outcomes = [
+        (
+            "executed",
+            Status::Verifying,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "verified",
+            Status::Resolved,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "rolled back",
+            Status::RolledBack,
+            ExecutionState::RolledBack,
+            "*Fix rolled back*",
+        ),
+        (
+            "failed",
+            Status::Failed,
+            ExecutionState::Failed,
+            "*Fix failed*",
+        ),
+        (
+            "interrupted",
+            Status::Executing,
+            ExecutionState::Unfinished,
+            "*Fix running*",
+        ),
+        (
+            "escalated",
+            Status::Escalated,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "expired approval",
+            Status::Escalated,
+            ExecutionState::None,
+            "*Proposed fix*",
+        ),
+    ];
+    for action in ActionId::ALL {
+        for (outcome, status, execution, heading) in outcomes {
+            let s = sample(Some(action), status, execution);
+            let what = format!("{action}, {outcome}");
+            let rendered = card(s.incident.clone(), "https://sentinel.example.com");
+            assert_no_slack_control_sequences(&rendered);
+            assert!(
+                rendered.text.contains(&status.as_str().replace('_', " ")),
+                "{what}: {}",
+                rendered.text
+            );
+            let section = fix_section(&rendered);
+            assert!(
+                section.starts_with(&format!("{heading}\n`{action}`")),
+                "{what}: {section}"
+            );
+            let ids = action_ids(&rendered);
+            assert!(!ids.contains(&"approve".to_owned()), "{what}: {ids:?}");
+            match execution {
+                ExecutionState::Failed if action != ActionId::NotifyOnly => {
+                    assert!(
+                        section.contains("→ no result: the fix failed"),
+                        "{what}: {section}"
+                    )
+                }
+                ExecutionState::Unfinished => {
+                    assert!(section.contains("not finished yet"), "{what}: {section}")
+                }
+                ExecutionState::RolledBack => {
+                    assert!(section.contains("• rolled back"), "{what}: {section}");
+                    assert!(
+                        context_line(&rendered).contains("rolled back 2026-11-28 10:09 UTC"),
+                        "{what}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every (action, status, execution) sample renders, each one checked as Block Kit.
+    for s in blocks::sample_incidents() {
+        blocks::render(
+            "incident_card",
+            &json!({ "incident": s.incident, "public_url": "" }),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The records the executor really writes
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The sweep's records must have the shapes `pipeline::execute` writes: run the real
+/// executor on a real sandbox and a real container and compare, then draw the card from
+/// the real records.
+#[tokio::test]
+async fn the_sample_records_have_the_shapes_the_executor_writes() {
+    use sentinel::domain::{ActionPlan, Actor, CleanupDir, Incident, Role, Timestamp};
+    use sentinel::pipeline::{approve, execute::Executor};
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = sentinel::config::Settings::defaults();
+    settings.sandbox_dir = data.path().join("sandbox");
+    std::fs::create_dir_all(settings.sandbox_dir.join("logs")).unwrap();
+    std::fs::write(
+        settings.sandbox_dir.join("logs/app.log"),
+        vec![b'x'; 3 << 20],
+    )
+    .unwrap();
+    let executor = Executor::new(&settings);
+    let admin = Actor::SlackUser {
+        user_id: "U1".into(),
+        role: Role::Admin,
+    };
+    // Runs `plan` for real, as the pipeline does: snapshot, approval, run.
+    async fn run(executor: &Executor, admin: &Actor, plan: &ActionPlan) -> Value {
+        let action = plan.action();
+        let mut sample = sample(Some(action), Status::AwaitingApproval, ExecutionState::None);
+        sample.incident["proposed_action"] = serde_json::to_value(plan.to_proposed()).unwrap();
+        let awaiting: Incident = serde_json::from_value(sample.incident.clone()).unwrap();
+        let before = executor.snapshot(plan).await.unwrap();
+        let approval = approve::approve(&awaiting, admin, false, Timestamp::now()).unwrap();
+        let after = executor
+            .run(&approval.action.unwrap(), &before)
+            .await
+            .unwrap();
+        let (sample_before, sample_after) = blocks::sample_records(plan, "inc-sample");
+        assert_eq!(
+            keys(&before),
+            keys(&sample_before),
+            "{action} before: {before}"
+        );
+        assert_eq!(keys(&after), keys(&sample_after), "{action} after: {after}");
+        let mut executed = sample.incident;
+        executed["status"] = json!("verifying");
+        executed["execution"] = json!({
+            "action": plan.to_proposed(), "approved_by": "slack:U1 (admin)",
+            "started_at": "2026-11-28T10:01:00.000Z", "finished_at": "2026-11-28T10:01:02.000Z",
+            "before": before, "after": after, "reversible": action.reversible(),
+            "rolled_back_at": null,
+        });
+        executed
+    }
+    let cleanup = ActionPlan::SandboxCleanup {
+        dirs: CleanupDir::ALL.to_vec(),
+    };
+    let executed = run(&executor, &admin, &cleanup).await;
+    let section = fix_section(&card(executed, ""));
+    assert!(
+        section
+            .contains("• logs, tmp, cache: 1 file (3 MB) → 1 file moved to the quarantine (3 MB)"),
+        "{section}"
+    );
+    assert!(section.contains("• files: logs/app.log"), "{section}");
+
+    let container = crate::containers::Container::run(
+        "sentinel-cards",
+        &["--memory", "64m"],
+        &["sleep", "3600"],
+    );
+    let raise = ActionPlan::ContainerMemoryLimit {
+        container: container.0.clone(),
+        factor: 1.5,
+    };
+    let executed = run(&executor, &admin, &raise).await;
+    let rendered = card(executed, "");
+    let section = fix_section(&rendered);
+    assert!(
+        section.contains("• memory limit: 64 MB → 96 MB"),
+        "{section}"
+    );
+    assert!(!section.contains(['{', '"']), "{section}");
+    assert_eq!(action_ids(&rendered), ["rollback", "silence"]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snapshots
 
 fn snapshot_path(name: &str) -> PathBuf {
@@ -379,6 +682,19 @@ fn every_template_matches_its_snapshot() {
     assert_snapshot(
         "incident_card_executed",
         &json!({ "text": rolled.text, "blocks": rolled.blocks }),
+    );
+    let cleaned = card(
+        sample(
+            Some(ActionId::SandboxCleanup),
+            Status::Resolved,
+            ExecutionState::Executed,
+        )
+        .incident,
+        "",
+    );
+    assert_snapshot(
+        "incident_card_cleanup_executed",
+        &json!({ "text": cleaned.text, "blocks": cleaned.blocks }),
     );
 }
 
