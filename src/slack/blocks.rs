@@ -179,6 +179,14 @@ fn environment() -> Environment<'static> {
     env.add_global("ICONS", JinjaValue::from(minijinja::value::Serde(json!({
         "critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"
     }))));
+    // The statuses from which the state machine allows rolled_back: where a rollback is
+    // accepted (`approve::check_rollback`), so where the card offers one.
+    let rollback_statuses: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|status| status.can_transition_to(Status::RolledBack))
+        .map(Status::as_str)
+        .collect();
+    env.add_global("ROLLBACK_STATUSES", JinjaValue::from(rollback_statuses));
     env.add_global(
         "UNITS",
         JinjaValue::from(minijinja::value::Serde(json!({
@@ -1646,6 +1654,33 @@ mod tests {
             person("policy (low risk, automatic)"),
             "policy (low risk, automatic)"
         );
+    }
+
+    #[test]
+    fn the_rollback_button_is_offered_exactly_where_a_rollback_is_accepted() {
+        use crate::domain::{Actor, Role};
+        let admin = Actor::SlackUser {
+            user_id: "U1".into(),
+            role: Role::Admin,
+        };
+        let mut offered = 0;
+        for sample in sample_incidents() {
+            let incident: crate::domain::Incident =
+                serde_json::from_value(sample.incident.clone()).unwrap();
+            let accepted = crate::pipeline::approve::check_rollback(&incident, &admin).is_ok();
+            let card = render(
+                "incident_card",
+                &json!({"incident": sample.incident, "public_url": ""}),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", sample.label()));
+            let shown = serde_json::to_string(&card.blocks)
+                .unwrap()
+                .contains(r#""action_id":"rollback""#);
+            assert_eq!(shown, accepted, "{}", sample.label());
+            offered += usize::from(shown);
+        }
+        // Three reversible actions, executed or failed or unfinished, verifying or resolved.
+        assert_eq!(offered, 3 * 3 * 2);
     }
 
     #[test]

@@ -530,6 +530,38 @@ fn cards_for_every_action_and_outcome_render_and_say_what_happened() {
     }
 }
 
+#[test]
+fn rollback_is_offered_after_an_executed_reversible_fix_and_never_otherwise() {
+    for action in ActionId::ALL {
+        for status in [Status::Verifying, Status::Resolved] {
+            let s = sample(Some(action), status, ExecutionState::Executed);
+            let ids = action_ids(&card(s.incident, ""));
+            assert_eq!(
+                ids.contains(&"rollback".to_owned()),
+                action.reversible(),
+                "{action} {status}: {ids:?}"
+            );
+        }
+        let not_offered = [
+            (Status::RolledBack, ExecutionState::RolledBack),
+            (Status::Resolved, ExecutionState::RolledBack),
+            (Status::Escalated, ExecutionState::Executed),
+            (Status::Executing, ExecutionState::Unfinished),
+            (Status::Failed, ExecutionState::Failed),
+            (Status::AwaitingApproval, ExecutionState::None),
+            (Status::Resolved, ExecutionState::None),
+        ];
+        for (status, execution) in not_offered {
+            let s = sample(Some(action), status, execution);
+            let ids = action_ids(&card(s.incident, ""));
+            assert!(
+                !ids.contains(&"rollback".to_owned()),
+                "{action} {status} {execution:?}: {ids:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The records the executor really writes
 
