@@ -704,6 +704,68 @@ pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> 
     Ok(rendered)
 }
 
+/// Renders `template` like [`render`]; when that fails, logs the error, counts it in
+/// `sentinel_slack_render_failures_total{template}` and returns [`fallback`] instead, so the
+/// message is still posted. For the incident card and its thread replies: a card that
+/// cannot be drawn must not hide the incident.
+pub fn render_or_fallback(template: &str, context: &Value) -> Rendered {
+    match render(template, context) {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            let name = NAMES
+                .iter()
+                .copied()
+                .find(|name| *name == template)
+                .unwrap_or("unknown");
+            let incident = context
+                .pointer("/incident/id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            tracing::error!(template = name, incident, error = %e, "cannot render a template; posting the plain-text fallback");
+            crate::telemetry::metrics::metrics().slack_render_failure(name);
+            fallback(template, context)
+        }
+    }
+}
+
+/// The plain-text card for a message whose template failed: one `section` naming the
+/// incident, its signal, resource and status in words, and saying the full card could not
+/// be drawn. Built in code (no template), from whatever the context still holds.
+pub fn fallback(template: &str, context: &Value) -> Rendered {
+    let incident = context.get("incident").unwrap_or(&Value::Null);
+    let words = |key: &str, otherwise: &str| match incident.get(key).and_then(Value::as_str) {
+        Some(text) if !text.trim().is_empty() => escape(&text.replace('_', " ")),
+        _ => otherwise.to_owned(),
+    };
+    let id = words("id", "an unknown incident");
+    let signal = words("signal", "an unknown signal");
+    let resource = match incident.get("resource").and_then(Value::as_str) {
+        Some(resource) if !resource.is_empty() => escape(resource),
+        _ => "an unknown resource".to_owned(),
+    };
+    let status = words("status", "unknown");
+    let what = if template == "incident_card" {
+        "card"
+    } else {
+        "message"
+    };
+    let line = format!("Incident {id}: {signal} on {resource}, status {status}.");
+    let body = format!(
+        ":warning: *{}*\n_The full {what} could not be drawn; `/sentinel show {}` has the details._",
+        truncate_escaped(&line, 2000),
+        truncate_escaped(&id, 200),
+    );
+    let document = json!({
+        "text": truncate_escaped(&line, 300),
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": truncate_escaped(&body, limits::TEXT)}}],
+    });
+    check_document(template, document).unwrap_or_else(|_| Rendered {
+        text: "An incident card could not be drawn.".to_owned(),
+        blocks: vec![json!({"type": "section", "text": {"type": "mrkdwn",
+            "text": "An incident card could not be drawn; see `/sentinel incidents`."}})],
+    })
+}
+
 /// [`render`] without the cache: render, parse, check.
 fn render_checked(template: &str, context: &Value) -> Result<Rendered, BlocksError> {
     if !NAMES.contains(&template) {
@@ -717,15 +779,27 @@ fn render_checked(template: &str, context: &Value) -> Result<Rendered, BlocksErr
         template: template.to_owned(),
         message,
     };
+    // One line (`undefined value: `i.version` is undefined (in incident_card:15)`), not
+    // minijinja's alternate form with the template excerpt and every variable.
     let source = ENV
         .get_template(template)
-        .map_err(|e| render_error(format!("{e:#}")))?;
+        .map_err(|e| render_error(e.to_string()))?;
     let output = source
         .render(JinjaValue::from(minijinja::value::Serde(context)))
-        .map_err(|e| render_error(format!("{e:#}")))?;
+        .map_err(|e| render_error(e.to_string()))?;
     let cleaned = strip_trailing_commas(&output);
-    let mut document: Value = serde_json::from_str(&cleaned)
+    let document: Value = serde_json::from_str(&cleaned)
         .map_err(|e| invalid(format!("the template wrote invalid JSON: {e}")))?;
+    check_document(template, document)
+}
+
+/// Parses and checks a written document (`{"text", "blocks"}` or `{"text", "view"}`):
+/// Block Kit types, the round trip and Slack's limits.
+fn check_document(template: &str, mut document: Value) -> Result<Rendered, BlocksError> {
+    let invalid = |message: String| BlocksError::Invalid {
+        template: template.to_owned(),
+        message,
+    };
     let text = document
         .get("text")
         .and_then(Value::as_str)
@@ -1681,6 +1755,49 @@ mod tests {
         }
         // Three reversible actions, executed or failed or unfinished, verifying or resolved.
         assert_eq!(offered, 3 * 3 * 2);
+    }
+
+    #[test]
+    fn a_failed_render_falls_back_to_plain_text_and_is_counted() {
+        let metrics = crate::telemetry::metrics::metrics();
+        let before = metrics.slack_render_failures("incident_card");
+        // An incident without most of its fields (no version, no timeline): the card
+        // template cannot draw it.
+        let broken = json!({
+            "incident": {"id": "inc-broken", "signal": "container_memory",
+                         "resource": "<!channel>", "status": "awaiting_approval"},
+        });
+        let error = render("incident_card", &broken).unwrap_err().to_string();
+        assert!(error.contains("undefined value"), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+        let shown = render_or_fallback("incident_card", &broken);
+        assert_eq!(metrics.slack_render_failures("incident_card"), before + 1);
+        assert_eq!(shown, fallback("incident_card", &broken));
+        assert_eq!(shown.blocks.len(), 1);
+        assert_eq!(shown.blocks[0]["type"], "section");
+        let text = shown.blocks[0]["text"]["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "Incident inc-broken: container memory on &lt;!channel&gt;, status awaiting approval."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("could not be drawn"), "{text}");
+        // A reply without its entry falls back too, and is counted under its template.
+        let replies = metrics.slack_render_failures("timeline_reply");
+        let reply =
+            render_or_fallback("timeline_reply", &json!({ "incident": broken["incident"] }));
+        assert_eq!(metrics.slack_render_failures("timeline_reply"), replies + 1);
+        assert!(
+            reply.text.starts_with("Incident inc-broken"),
+            "{}",
+            reply.text
+        );
+        // Nothing at all to go on still gives a valid card.
+        let empty = fallback("incident_card", &json!({}));
+        let text = empty.blocks[0]["text"]["text"].as_str().unwrap();
+        assert!(text.contains("an unknown incident"), "{text}");
+        assert!(text.contains("full card could not be drawn"), "{text}");
     }
 
     #[test]

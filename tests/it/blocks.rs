@@ -562,6 +562,44 @@ fn rollback_is_offered_after_an_executed_reversible_fix_and_never_otherwise() {
     }
 }
 
+#[test]
+fn a_card_that_cannot_be_drawn_is_posted_as_plain_text_and_counted() {
+    let metrics = sentinel::telemetry::metrics::metrics();
+    let before = metrics.slack_render_failures("incident_card");
+    // A deliberately broken context: an incident that lost its version and timeline.
+    let mut broken = incident();
+    broken.as_object_mut().unwrap().remove("version");
+    broken.as_object_mut().unwrap().remove("timeline");
+    let context = json!({ "incident": broken, "public_url": "" });
+    assert!(blocks::render("incident_card", &context).is_err());
+    let shown = blocks::render_or_fallback("incident_card", &context);
+    assert!(metrics.slack_render_failures("incident_card") > before);
+    assert_eq!(shown.blocks.len(), 1);
+    assert_eq!(shown.blocks[0]["type"], "section");
+    assert_eq!(shown.blocks[0]["text"]["type"], "mrkdwn");
+    let text = shown.blocks[0]["text"]["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        ":warning: *Incident inc-01jdx3sample: container memory on web-1, status awaiting approval.*\n\
+         _The full card could not be drawn; `/sentinel show inc-01jdx3sample` has the details._"
+    );
+    assert_no_slack_control_sequences(&shown);
+    // The counter is served at /metrics under its template.
+    let exposition = metrics.render(None);
+    let series = r#"sentinel_slack_render_failures_total{template="incident_card"} "#;
+    let line = exposition
+        .lines()
+        .find(|l| l.starts_with(series))
+        .expect("the series is exported");
+    assert!(line[series.len()..].parse::<u64>().unwrap() >= 1, "{line}");
+    // A card that renders is the card itself.
+    let fine = blocks::sample_context("incident_card");
+    assert_eq!(
+        blocks::render_or_fallback("incident_card", &fine),
+        blocks::render("incident_card", &fine).unwrap()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The records the executor really writes
 
@@ -727,6 +765,11 @@ fn every_template_matches_its_snapshot() {
     assert_snapshot(
         "incident_card_cleanup_executed",
         &json!({ "text": cleaned.text, "blocks": cleaned.blocks }),
+    );
+    let fallback = blocks::fallback("incident_card", &json!({ "incident": incident() }));
+    assert_snapshot(
+        "incident_card_fallback",
+        &json!({ "text": fallback.text, "blocks": fallback.blocks }),
     );
 }
 
