@@ -1458,6 +1458,55 @@ pub fn sample_incidents() -> Vec<SampleIncident> {
     samples
 }
 
+/// What [`render_every_sample`] covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Sample incidents, one per (action, status, execution state).
+    pub incidents: usize,
+    /// Renders in all, every template.
+    pub renders: usize,
+}
+
+/// Renders every template with its sample and every incident template with every
+/// [`sample_incidents`] incident (the card with and without a status page, each timeline
+/// entry as a reply, the detail, the reject dialog, the lists): what `sentinel config
+/// check` runs. The error names the template and the pair.
+pub fn render_every_sample() -> Result<Sweep, String> {
+    let mut renders = 0;
+    let mut check = |name: &str, context: &Value, label: &str| {
+        renders += 1;
+        render_checked(name, context)
+            .map(drop)
+            .map_err(|e| format!("{e} (with {label})"))
+    };
+    for name in NAMES {
+        check(name, &sample_context(name), "its sample")?;
+    }
+    let samples = sample_incidents();
+    for sample in &samples {
+        let incident = &sample.incident;
+        let label = sample.label();
+        for public_url in ["", "https://sentinel.example.com"] {
+            let context = json!({ "incident": incident, "public_url": public_url });
+            check("incident_card", &context, &label)?;
+        }
+        for entry in incident["timeline"].as_array().into_iter().flatten() {
+            let context = json!({ "incident": incident, "entry": entry });
+            check("timeline_reply", &context, &label)?;
+        }
+        check("incident_detail", &json!({ "incident": incident }), &label)?;
+        check("reject_modal", &json!({ "incident": incident }), &label)?;
+        check("incidents", &json!({ "incidents": [incident] }), &label)?;
+        let mut status = sample_context("status");
+        status["incidents"] = json!([incident]);
+        check("status", &status, &label)?;
+    }
+    Ok(Sweep {
+        incidents: samples.len(),
+        renders,
+    })
+}
+
 /// An incident for the sample contexts: awaiting approval, with a proposal and a snapshot.
 fn sample_incident() -> Value {
     json!({
@@ -1728,6 +1777,36 @@ mod tests {
             person("policy (low risk, automatic)"),
             "policy (low risk, automatic)"
         );
+    }
+
+    #[test]
+    fn the_sweep_covers_every_action_status_and_execution_state() {
+        use crate::domain::ActionId;
+        let samples = sample_incidents();
+        let expected = Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len());
+        assert_eq!(samples.len(), expected);
+        assert_eq!(samples.len(), 286);
+        let labels: HashSet<String> = samples.iter().map(SampleIncident::label).collect();
+        assert_eq!(labels.len(), samples.len(), "every pair once");
+        for sample in &samples {
+            // The samples are real incidents: they parse back into the domain type.
+            let incident: crate::domain::Incident =
+                serde_json::from_value(sample.incident.clone()).unwrap();
+            assert_eq!(incident.status, sample.status);
+            assert_eq!(
+                incident.proposed_action.map(|p| p.action),
+                sample.action,
+                "{}",
+                sample.label()
+            );
+            assert_eq!(
+                incident.execution.is_some(),
+                sample.execution != ExecutionState::None
+            );
+        }
+        let sweep = render_every_sample().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sweep.incidents, 286);
+        assert!(sweep.renders > 286 * 6, "{sweep:?}");
     }
 
     #[test]

@@ -831,7 +831,33 @@ fn config_check_renders_every_template() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("7 render within Slack's limits"),
+        stdout.contains("7 render within Slack's limits (286 sample incidents"),
         "{stdout}"
     );
+}
+
+/// The sweep `config check` runs: every catalogue action and none, every status, every
+/// execution state an action has (none, executed, rolled back, failed, unfinished).
+#[test]
+fn the_config_check_sweep_covers_every_action_and_status() {
+    let samples = blocks::sample_incidents();
+    assert_eq!(
+        samples.len(),
+        Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len())
+    );
+    assert_eq!(samples.len(), 286);
+    for action in std::iter::once(None).chain(ActionId::ALL.into_iter().map(Some)) {
+        for status in Status::ALL {
+            assert!(
+                samples
+                    .iter()
+                    .any(|s| s.action == action && s.status == status),
+                "no sample for {action:?} × {status}"
+            );
+        }
+    }
+    let sweep = blocks::render_every_sample().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sweep.incidents, 286);
+    // Six incident templates per sample, a reply per timeline entry, plus the samples.
+    assert!(sweep.renders >= 286 * 7 + 7, "{sweep:?}");
 }
