@@ -176,6 +176,9 @@ fn environment() -> Environment<'static> {
     });
     env.add_filter("person", |value: JinjaValue| person(&text_of(&value)));
     env.add_filter("plain", |value: JinjaValue| plain(&json_of(&value)));
+    env.add_filter("upper_first", |value: JinjaValue| {
+        upper_first(&text_of(&value))
+    });
     env.add_global("ICONS", JinjaValue::from(minijinja::value::Serde(json!({
         "critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"
     }))));
@@ -221,6 +224,16 @@ fn json_of(value: &JinjaValue) -> Value {
         return Value::Null;
     }
     serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The first character in upper case, the rest as it is (Jinja's `capitalize` would lower
+/// `web-1`'s neighbours, `U123` included).
+fn upper_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// Who acted, as a person reads it: `slack:U123 (admin)` → `Slack user U123 (admin)`,

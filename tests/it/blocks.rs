@@ -93,6 +93,14 @@ fn context_line(rendered: &blocks::Rendered) -> String {
         .to_owned()
 }
 
+fn reply(incident: &Value, entry: Value) -> blocks::Rendered {
+    blocks::render(
+        "timeline_reply",
+        &json!({ "incident": incident, "entry": entry }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Every string anywhere in `value`, with its path.
 fn strings<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a str)>) {
     match value {
@@ -598,6 +606,122 @@ fn a_card_that_cannot_be_drawn_is_posted_as_plain_text_and_counted() {
         blocks::render_or_fallback("incident_card", &fine),
         blocks::render("incident_card", &fine).unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread replies
+
+#[test]
+fn thread_replies_are_one_sentence_without_repeating_the_step() {
+    let i = incident();
+    let at = "2026-11-28T10:00:00.000Z";
+    let cases = [
+        (
+            json!({"at": at, "step": "analyzing", "actor": "sentinel", "message": "analyzing"}),
+            ":mag: Analyzing the incident",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "detected", "actor": "sentinel",
+                   "message": "container memory of web-1 is 72.4 % (threshold 60 %)"}),
+            ":rotating_light: Detected: container memory of web-1 is 72.4 % (threshold 60 %)",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "awaiting_approval", "actor": "sentinel",
+                   "message": "waiting for an admin to approve: high risk"}),
+            ":raising_hand: Waiting for an admin to approve: high risk",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "approved", "actor": "slack:U123 (operator)",
+                   "message": "approved container_memory_limit"}),
+            ":white_check_mark: Approved container_memory_limit",
+            "by Slack user U123 (operator)",
+        ),
+        (
+            json!({"at": at, "step": "rejected", "actor": "api:ci-bot (operator)",
+                   "message": "rejected: not during the release"}),
+            ":no_entry_sign: Rejected: not during the release",
+            "by ci-bot (operator) through the API",
+        ),
+        (
+            json!({"at": at, "step": "resolved", "actor": "sentinel",
+                   "message": "verified: container_memory on web-1 is 41.2 %, under its threshold (was 72.4 %)"}),
+            ":large_green_circle: Verified: container_memory on web-1 is 41.2 %, under its threshold (was 72.4 %)",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "failed", "actor": "sentinel",
+                   "message": "container_memory_limit failed: docker: no such container"}),
+            ":x: The fix `container_memory_limit` failed: docker: no such container",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "escalated", "actor": "sentinel",
+                   "message": "the approval request expired after 30m without an answer"}),
+            ":sos: Escalated to people: the approval request expired after 30m without an answer",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "rolled_back", "actor": "slack:U9 (admin)",
+                   "message": "rolled back container_memory_limit: memory 805306368 → 536870912"}),
+            ":leftwards_arrow_with_hook: Rolled back container_memory_limit: memory 805306368 → 536870912",
+            "by Slack user U9 (admin)",
+        ),
+        (
+            json!({"at": at, "step": "analyzed", "actor": "analyzer:rules",
+                   "message": "web-1 grew → proposed container_memory_limit (medium risk, confidence 0.80)"}),
+            ":mag: Analyzed: web-1 grew → proposed container_memory_limit (medium risk, confidence 0.80)",
+            "by Sentinel's rules analyzer",
+        ),
+    ];
+    for (entry, sentence, by) in cases {
+        let rendered = reply(&i, entry.clone());
+        let text = rendered.blocks[0]["text"]["text"].as_str().unwrap();
+        assert_eq!(text, sentence.replace('>', "&gt;"), "{entry}");
+        let context = rendered.blocks[1]["elements"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            context,
+            format!("{by} · 2026-11-28 10:00 UTC · inc-01jdx3sample")
+        );
+        assert!(
+            !rendered.text.starts_with(':'),
+            "the fallback text is the sentence alone"
+        );
+    }
+    // "Fix executed" reads the execution record, not the raw message.
+    let executed = executed_incident();
+    let rendered = reply(
+        &executed,
+        json!({"at": at, "step": "verifying", "actor": "sentinel",
+               "message": "executed container_memory_limit: memory 536870912 → 805306368"}),
+    );
+    assert_eq!(
+        rendered.text,
+        "Fix executed: `container_memory_limit`: memory limit: 512 MB → 768 MB; \
+         memory + swap limit: 1024 MB → 1280 MB"
+    );
+    // No reply of any sample repeats its step as "step: step".
+    for s in blocks::sample_incidents() {
+        for entry in s.incident["timeline"].as_array().unwrap() {
+            let rendered = reply(&s.incident, entry.clone());
+            let label = entry["step"].as_str().unwrap().replace('_', " ");
+            let lower = rendered.text.to_lowercase();
+            assert!(
+                !lower.contains(&format!("{label}: {label}")),
+                "{}: {}",
+                s.label(),
+                rendered.text
+            );
+            let step = entry["step"].as_str().unwrap();
+            assert!(
+                !step.contains('_') || !rendered.text.contains(step),
+                "the step in words, not {step}: {}",
+                rendered.text
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
