@@ -124,23 +124,27 @@ pub fn main() -> ExitCode {
             let Some(settings) = load(cli.config.as_deref()) else {
                 return ExitCode::from(2);
             };
-            // Every Block Kit template must render its sample within Slack's limits.
+            // Every Block Kit template must render within Slack's limits: its sample, and
+            // every incident template for every (action, status) pair and execution state.
             let names = crate::slack::blocks::template_names();
-            for name in names {
-                let context = crate::slack::blocks::sample_context(name);
-                if let Err(e) = crate::slack::blocks::render(name, &context) {
+            let sweep = match crate::slack::blocks::render_every_sample() {
+                Ok(sweep) => sweep,
+                Err(e) => {
                     eprintln!("sentinel: {e}");
                     return ExitCode::from(2);
                 }
-            }
+            };
             println!("configuration is valid");
             for (key, value) in settings.summary() {
                 println!("  {key:<22} {value}");
             }
             println!(
-                "  {:<22} {} render within Slack's limits",
+                "  {:<22} {} render within Slack's limits ({} sample incidents: every action \
+                 and status, {} renders)",
                 "block kit templates",
-                names.len()
+                names.len(),
+                sweep.incidents,
+                sweep.renders
             );
             ExitCode::SUCCESS
         }

@@ -31,6 +31,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use slack_morphism::prelude::{SlackBlock, SlackView};
 
+use crate::domain::Status;
+
 /// A rendered template: what `chat.postMessage`, `chat.update` or a slash-command answer
 /// takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,9 +168,28 @@ fn environment() -> Environment<'static> {
     env.add_filter("label", |value: JinjaValue| {
         text_of(&value).replace('_', " ")
     });
+    env.add_filter("changes", |execution: JinjaValue| {
+        JinjaValue::from(execution_changes(&json_of(&execution)))
+    });
+    env.add_filter("preview", |snapshot: JinjaValue, fix: JinjaValue| {
+        JinjaValue::from(proposal_changes(&json_of(&fix), &json_of(&snapshot)))
+    });
+    env.add_filter("person", |value: JinjaValue| person(&text_of(&value)));
+    env.add_filter("plain", |value: JinjaValue| plain(&json_of(&value)));
+    env.add_filter("upper_first", |value: JinjaValue| {
+        upper_first(&text_of(&value))
+    });
     env.add_global("ICONS", JinjaValue::from(minijinja::value::Serde(json!({
         "critical": ":red_circle:", "warning": ":large_orange_circle:", "info": ":large_blue_circle:"
     }))));
+    // The statuses from which the state machine allows rolled_back: where a rollback is
+    // accepted (`approve::check_rollback`), so where the card offers one.
+    let rollback_statuses: Vec<&str> = Status::ALL
+        .into_iter()
+        .filter(|status| status.can_transition_to(Status::RolledBack))
+        .map(Status::as_str)
+        .collect();
+    env.add_global("ROLLBACK_STATUSES", JinjaValue::from(rollback_statuses));
     env.add_global(
         "UNITS",
         JinjaValue::from(minijinja::value::Serde(json!({
@@ -195,6 +216,421 @@ fn text_of(value: &JinjaValue) -> String {
             None => value.to_string(),
         },
     }
+}
+
+/// A template value as JSON (`null` for none/undefined), for the Rust-side descriptions.
+fn json_of(value: &JinjaValue) -> Value {
+    if value.is_undefined() || value.is_none() {
+        return Value::Null;
+    }
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The first character in upper case, the rest as it is (Jinja's `capitalize` would lower
+/// `web-1`'s neighbours, `U123` included).
+fn upper_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Who acted, as a person reads it: `slack:U123 (admin)` → `Slack user U123 (admin)`,
+/// `api:ci-bot (operator)` → `ci-bot (operator) through the API`, `sentinel` → `Sentinel`,
+/// `analyzer:rules` → `Sentinel's rules analyzer`. Several (`a and b`) are each rewritten;
+/// anything else stays as it is.
+pub fn person(actor: &str) -> String {
+    let one = |who: &str| -> String {
+        let who = who.trim();
+        if who == "sentinel" {
+            "Sentinel".to_owned()
+        } else if let Some(name) = who.strip_prefix("analyzer:") {
+            format!("Sentinel's {name} analyzer")
+        } else if let Some(name) = who.strip_prefix("api:") {
+            format!("{name} through the API")
+        } else if let Some(user) = who.strip_prefix("slack:") {
+            format!("Slack user {user}")
+        } else {
+            who.to_owned()
+        }
+    };
+    actor
+        .split(" and ")
+        .map(one)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution records for people
+//
+// `Execution.before` is the snapshot `pipeline::execute::Executor::snapshot` took, `after`
+// what `Executor::run` returned (null until it returns, and for good when it failed):
+//
+// - `sandbox_cleanup`: before `{dirs, files, bytes, sample}`, after `{moved_files,
+//   moved_bytes, skipped, quarantine}`;
+// - `container_start`, `container_restart`, `container_memory_limit`: both `{id, name, state,
+//   started_at, restart_count, memory, memory_swap}` (`docker inspect`, bytes, 0 = no limit,
+//   -1 = unlimited swap; state and started_at may be null);
+// - `notify_only`: `{}` and `{}`;
+// - a snapshot that could not be taken: `{error}`.
+//
+// The functions below accept any JSON, so an older or unexpected record still reads.
+
+/// `1 file`, `3 files`.
+fn count(n: &Value, one: &str, many: &str) -> String {
+    match n.as_u64().or_else(|| n.as_array().map(|a| a.len() as u64)) {
+        Some(1) => format!("1 {one}"),
+        Some(n) => format!("{n} {many}"),
+        None => format!("{} {many}", plain(n)),
+    }
+}
+
+/// Bytes as megabytes (MiB, as Docker's `64m`): `125829120` → `120 MB`, `1572864` → `1.5 MB`.
+fn megabytes(value: &Value) -> String {
+    match value.as_f64() {
+        Some(bytes) => {
+            let mb = bytes / 1_048_576.0;
+            if (mb - mb.round()).abs() < 0.05 {
+                format!("{} MB", mb.round() as i64)
+            } else if mb.abs() < 0.1 {
+                format!("{} bytes", bytes.round() as i64)
+            } else {
+                format!("{mb:.1} MB")
+            }
+        }
+        None => plain(value),
+    }
+}
+
+/// Docker's memory limit: 0 means none.
+fn memory_limit(value: &Value) -> String {
+    match value.as_i64() {
+        Some(0) => "none".to_owned(),
+        _ => megabytes(value),
+    }
+}
+
+/// Docker's memory + swap limit: -1 unlimited, 0 the default (twice the memory limit).
+fn swap_limit(value: &Value) -> String {
+    match value.as_i64() {
+        Some(-1) => "unlimited".to_owned(),
+        Some(0) => "default".to_owned(),
+        _ => megabytes(value),
+    }
+}
+
+/// A container id as `docker ps` shows it: the first 12 characters.
+fn short_id(value: &Value) -> String {
+    match value.as_str() {
+        Some(id) => id.chars().take(12).collect(),
+        None => plain(value),
+    }
+}
+
+fn timestamp(value: &Value) -> String {
+    match value.as_str() {
+        Some(text) => when(text),
+        None => plain(value),
+    }
+}
+
+/// Any JSON as short text: `–` for null, `yes`/`no`, numbers as people write them, lists
+/// joined with commas, objects as `key: value`.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => "–".to_owned(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+            Some(f) => format!("{f:.1}"),
+            None => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "none".to_owned(),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join(", "),
+        Value::Object(map) if map.is_empty() => "–".to_owned(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{}: {}", k.replace('_', " "), plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Writes one field's value for people.
+type Format = fn(&Value) -> String;
+
+/// The fields of a container's state, in the order people look for them.
+const CONTAINER_FIELDS: &[(&str, &str, Format)] = &[
+    ("state", "state", plain),
+    ("memory", "memory limit", memory_limit),
+    ("memory_swap", "memory + swap limit", swap_limit),
+    ("restart_count", "restarts", plain),
+    ("started_at", "started", timestamp),
+    ("name", "name", plain),
+    ("id", "container id", short_id),
+];
+
+/// One key as a label and a formatter: container fields by name, anything else generically.
+fn field(key: &str) -> (String, Format) {
+    match CONTAINER_FIELDS.iter().find(|(k, _, _)| *k == key) {
+        Some((_, label, format)) => ((*label).to_owned(), *format),
+        None => (key.replace('_', " "), plain),
+    }
+}
+
+/// `label: before → after` for every key whose value differs, keys only on one side
+/// included (`–` on the other); known container fields first, then the rest by name.
+fn diff_lines(before: &Value, after: &Value, skip: &[&str], lines: &mut Vec<String>) {
+    let empty = serde_json::Map::new();
+    let b = before.as_object().unwrap_or(&empty);
+    let a = after.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&str> = CONTAINER_FIELDS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .filter(|k| b.contains_key(*k) || a.contains_key(*k))
+        .collect();
+    let mut rest: Vec<&str> = b
+        .keys()
+        .chain(a.keys())
+        .map(String::as_str)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    rest.sort_unstable();
+    rest.dedup();
+    keys.extend(rest);
+    for key in keys.into_iter().filter(|k| !skip.contains(k)) {
+        let (old, new) = (b.get(key), a.get(key));
+        let absent = |v: Option<&Value>| v.is_none_or(Value::is_null);
+        if old == new || (absent(old) && absent(new)) {
+            continue;
+        }
+        let (label, format) = field(key);
+        let show = |v: Option<&Value>| v.map_or_else(|| "–".to_owned(), format);
+        lines.push(format!("{label}: {} → {}", show(old), show(new)));
+    }
+}
+
+/// The state a container fix starts from, in a few words: `exited, memory limit 512 MB`.
+fn container_summary(state: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = state.get("state").filter(|v| !v.is_null()) {
+        parts.push(plain(s));
+    }
+    if let Some(m) = state.get("memory").filter(|v| !v.is_null()) {
+        parts.push(format!("memory limit {}", memory_limit(m)));
+    }
+    if parts.is_empty() {
+        "–".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Which cleanup directories, from the snapshot (or the action's parameters).
+fn cleanup_dirs(before: &Value, params: &Value) -> String {
+    match before.get("dirs").or_else(|| params.get("dirs")) {
+        Some(dirs) if !dirs.is_null() => plain(dirs),
+        _ => "logs, tmp, cache".to_owned(),
+    }
+}
+
+/// What a cleanup snapshot holds: `3 files (120 MB)`.
+fn cleanup_found(before: &Value) -> String {
+    match before.get("files") {
+        Some(files) => format!(
+            "{} ({})",
+            count(files, "file", "files"),
+            megabytes(before.get("bytes").unwrap_or(&Value::Null))
+        ),
+        None => "–".to_owned(),
+    }
+}
+
+/// A few of the planned file names: `logs/a.log, logs/b.log and 8 more`.
+fn cleanup_sample(before: &Value) -> Option<String> {
+    let names: Vec<String> = before
+        .get("sample")?
+        .as_array()?
+        .iter()
+        .map(plain)
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let shown = names.len().min(5);
+    let total = before
+        .get("files")
+        .and_then(Value::as_u64)
+        .unwrap_or(names.len() as u64);
+    let more = total.saturating_sub(shown as u64);
+    let mut text = names[..shown].join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    Some(text)
+}
+
+/// The keys a cleanup record is described by; any others are listed generically.
+const CLEANUP_KEYS: &[&str] = &[
+    "dirs",
+    "files",
+    "bytes",
+    "sample",
+    "moved_files",
+    "moved_bytes",
+    "skipped",
+    "quarantine",
+    "error",
+];
+
+/// What an execution record changed, one line per change, for people: the `changes`
+/// filter. Empty when there is nothing to say (`notify_only`).
+pub fn execution_changes(execution: &Value) -> Vec<String> {
+    let null = Value::Null;
+    let action = execution
+        .pointer("/action/action")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let params = execution.pointer("/action/params").unwrap_or(&null);
+    let before = execution.get("before").unwrap_or(&null);
+    let after = execution.get("after").unwrap_or(&null);
+    let finished = execution.get("finished_at").is_some_and(|v| !v.is_null());
+    // `after` stays null while the fix runs, and for good when it failed.
+    let pending = after.is_null().then_some(if finished {
+        "no result: the fix failed"
+    } else {
+        "not finished yet"
+    });
+    let mut lines = Vec::new();
+    if let Some(error) = before.get("error") {
+        lines.push(format!(
+            "state before: could not be read ({})",
+            plain(error)
+        ));
+    }
+    match action {
+        "sandbox_cleanup" => {
+            let done = match pending {
+                Some(pending) => pending.to_owned(),
+                None => format!(
+                    "{} moved to the quarantine ({})",
+                    count(after.get("moved_files").unwrap_or(&null), "file", "files"),
+                    megabytes(after.get("moved_bytes").unwrap_or(&null))
+                ),
+            };
+            lines.push(format!(
+                "{}: {} → {done}",
+                cleanup_dirs(before, params),
+                cleanup_found(before)
+            ));
+            if let Some(sample) = cleanup_sample(before) {
+                lines.push(format!("files: {sample}"));
+            }
+            if let Some(skipped) = after.get("skipped") {
+                let left = skipped
+                    .as_u64()
+                    .or_else(|| skipped.as_array().map(|a| a.len() as u64));
+                if left != Some(0) {
+                    lines.push(format!(
+                        "skipped: {} left in place",
+                        count(skipped, "file", "files")
+                    ));
+                }
+            }
+            if let Some(quarantine) = after.get("quarantine").filter(|q| !q.is_null()) {
+                lines.push(format!("quarantine: {}", plain(quarantine)));
+            }
+            diff_lines(before, after, CLEANUP_KEYS, &mut lines);
+        }
+        _ => match pending {
+            Some(pending) if before.as_object().is_some_and(|b| !b.is_empty()) => {
+                lines.push(format!("{} → {pending}", container_summary(before)));
+            }
+            Some(pending) => lines.push(pending.to_owned()),
+            None => {
+                let from = lines.len();
+                diff_lines(before, after, &["error"], &mut lines);
+                let something = |v: &Value| v.as_object().is_some_and(|m| !m.is_empty());
+                if lines.len() == from && (something(before) || something(after)) {
+                    lines.push("no visible change".to_owned());
+                }
+            }
+        },
+    }
+    if execution
+        .get("rolled_back_at")
+        .is_some_and(|v| !v.is_null())
+    {
+        lines.push(match action {
+            "sandbox_cleanup" => "rolled back: the quarantined files were put back".to_owned(),
+            "container_start" => "rolled back: the container was stopped again".to_owned(),
+            "container_memory_limit" => format!(
+                "rolled back: the memory limit is {} again",
+                memory_limit(before.get("memory").unwrap_or(&null))
+            ),
+            _ => "rolled back".to_owned(),
+        });
+    }
+    lines
+}
+
+/// What a proposed fix would change, from the snapshot taken when it was proposed: the
+/// `preview` filter (`snapshot|preview(fix)`). Empty when there is nothing to say.
+pub fn proposal_changes(fix: &Value, snapshot: &Value) -> Vec<String> {
+    let null = Value::Null;
+    let params = fix.get("params").unwrap_or(&null);
+    let mut lines = Vec::new();
+    if let Some(error) = snapshot.get("error") {
+        lines.push(format!(
+            "current state: could not be read ({})",
+            plain(error)
+        ));
+        return lines;
+    }
+    if !snapshot.is_object() {
+        return lines;
+    }
+    let state = || plain(snapshot.get("state").unwrap_or(&null));
+    match fix.get("action").and_then(Value::as_str).unwrap_or("") {
+        "sandbox_cleanup" => {
+            lines.push(format!(
+                "{}: {} → moved to the quarantine",
+                cleanup_dirs(snapshot, params),
+                cleanup_found(snapshot)
+            ));
+            if let Some(sample) = cleanup_sample(snapshot) {
+                lines.push(format!("files: {sample}"));
+            }
+        }
+        "container_start" => lines.push(format!("state: {} → running", state())),
+        "container_restart" => lines.push(format!(
+            "state: {}, started {} → restarted",
+            state(),
+            timestamp(snapshot.get("started_at").unwrap_or(&null))
+        )),
+        "container_memory_limit" => {
+            let memory = snapshot.get("memory").unwrap_or(&null);
+            let factor = params.get("factor").and_then(Value::as_f64);
+            match (memory.as_f64(), factor) {
+                (Some(m), Some(f)) if m > 0.0 => lines.push(format!(
+                    "memory limit: {} → {} (×{})",
+                    memory_limit(memory),
+                    megabytes(&json!((m * f).round())),
+                    plain(&json!(f))
+                )),
+                (Some(m), _) if m <= 0.0 => {
+                    lines.push("memory limit: none, so there is nothing to raise".to_owned())
+                }
+                (Some(_), None) => lines.push(format!("memory limit: {}", memory_limit(memory))),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    lines
 }
 
 /// Escapes Slack's three control characters (docs.slack.dev "Escaping text").
@@ -281,6 +717,68 @@ pub fn render(template: &str, context: &Value) -> Result<Rendered, BlocksError> 
     Ok(rendered)
 }
 
+/// Renders `template` like [`render`]; when that fails, logs the error, counts it in
+/// `sentinel_slack_render_failures_total{template}` and returns [`fallback`] instead, so the
+/// message is still posted. For the incident card and its thread replies: a card that
+/// cannot be drawn must not hide the incident.
+pub fn render_or_fallback(template: &str, context: &Value) -> Rendered {
+    match render(template, context) {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            let name = NAMES
+                .iter()
+                .copied()
+                .find(|name| *name == template)
+                .unwrap_or("unknown");
+            let incident = context
+                .pointer("/incident/id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            tracing::error!(template = name, incident, error = %e, "cannot render a template; posting the plain-text fallback");
+            crate::telemetry::metrics::metrics().slack_render_failure(name);
+            fallback(template, context)
+        }
+    }
+}
+
+/// The plain-text card for a message whose template failed: one `section` naming the
+/// incident, its signal, resource and status in words, and saying the full card could not
+/// be drawn. Built in code (no template), from whatever the context still holds.
+pub fn fallback(template: &str, context: &Value) -> Rendered {
+    let incident = context.get("incident").unwrap_or(&Value::Null);
+    let words = |key: &str, otherwise: &str| match incident.get(key).and_then(Value::as_str) {
+        Some(text) if !text.trim().is_empty() => escape(&text.replace('_', " ")),
+        _ => otherwise.to_owned(),
+    };
+    let id = words("id", "an unknown incident");
+    let signal = words("signal", "an unknown signal");
+    let resource = match incident.get("resource").and_then(Value::as_str) {
+        Some(resource) if !resource.is_empty() => escape(resource),
+        _ => "an unknown resource".to_owned(),
+    };
+    let status = words("status", "unknown");
+    let what = if template == "incident_card" {
+        "card"
+    } else {
+        "message"
+    };
+    let line = format!("Incident {id}: {signal} on {resource}, status {status}.");
+    let body = format!(
+        ":warning: *{}*\n_The full {what} could not be drawn; `/sentinel show {}` has the details._",
+        truncate_escaped(&line, 2000),
+        truncate_escaped(&id, 200),
+    );
+    let document = json!({
+        "text": truncate_escaped(&line, 300),
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": truncate_escaped(&body, limits::TEXT)}}],
+    });
+    check_document(template, document).unwrap_or_else(|_| Rendered {
+        text: "An incident card could not be drawn.".to_owned(),
+        blocks: vec![json!({"type": "section", "text": {"type": "mrkdwn",
+            "text": "An incident card could not be drawn; see `/sentinel incidents`."}})],
+    })
+}
+
 /// [`render`] without the cache: render, parse, check.
 fn render_checked(template: &str, context: &Value) -> Result<Rendered, BlocksError> {
     if !NAMES.contains(&template) {
@@ -294,15 +792,27 @@ fn render_checked(template: &str, context: &Value) -> Result<Rendered, BlocksErr
         template: template.to_owned(),
         message,
     };
+    // One line (`undefined value: `i.version` is undefined (in incident_card:15)`), not
+    // minijinja's alternate form with the template excerpt and every variable.
     let source = ENV
         .get_template(template)
-        .map_err(|e| render_error(format!("{e:#}")))?;
+        .map_err(|e| render_error(e.to_string()))?;
     let output = source
         .render(JinjaValue::from(minijinja::value::Serde(context)))
-        .map_err(|e| render_error(format!("{e:#}")))?;
+        .map_err(|e| render_error(e.to_string()))?;
     let cleaned = strip_trailing_commas(&output);
-    let mut document: Value = serde_json::from_str(&cleaned)
+    let document: Value = serde_json::from_str(&cleaned)
         .map_err(|e| invalid(format!("the template wrote invalid JSON: {e}")))?;
+    check_document(template, document)
+}
+
+/// Parses and checks a written document (`{"text", "blocks"}` or `{"text", "view"}`):
+/// Block Kit types, the round trip and Slack's limits.
+fn check_document(template: &str, mut document: Value) -> Result<Rendered, BlocksError> {
+    let invalid = |message: String| BlocksError::Invalid {
+        template: template.to_owned(),
+        message,
+    };
     let text = document
         .get("text")
         .and_then(Value::as_str)
@@ -667,6 +1177,349 @@ impl Checker {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sample incidents for every (action, status) pair
+
+/// How far an incident's fix got, as the execution records that occur: none yet; executed
+/// (`finished_at` and `after` set); executed then rolled back; failed (`finished_at` set,
+/// `after` null); still running or interrupted (neither set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionState {
+    None,
+    Executed,
+    RolledBack,
+    Failed,
+    Unfinished,
+}
+
+impl ExecutionState {
+    pub const ALL: [ExecutionState; 5] = [
+        ExecutionState::None,
+        ExecutionState::Executed,
+        ExecutionState::RolledBack,
+        ExecutionState::Failed,
+        ExecutionState::Unfinished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::None => "no execution",
+            ExecutionState::Executed => "executed",
+            ExecutionState::RolledBack => "rolled back",
+            ExecutionState::Failed => "failed",
+            ExecutionState::Unfinished => "unfinished",
+        }
+    }
+}
+
+/// One incident of the sweep: the pair it stands for and its JSON.
+#[derive(Debug, Clone)]
+pub struct SampleIncident {
+    /// The proposed (and maybe executed) catalogue action; `None`: nothing proposed.
+    pub action: Option<crate::domain::ActionId>,
+    pub status: Status,
+    pub execution: ExecutionState,
+    /// `serde_json::to_value(&Incident)`, as the card sync renders it.
+    pub incident: Value,
+}
+
+impl SampleIncident {
+    /// `action sandbox_cleanup, status resolved, executed`: what a failure names.
+    pub fn label(&self) -> String {
+        format!(
+            "action {}, status {}, {}",
+            self.action.map_or("none", |a| a.as_str()),
+            self.status,
+            self.execution.as_str()
+        )
+    }
+}
+
+/// A realistic plan for each catalogue action.
+fn sample_plan(action: crate::domain::ActionId) -> crate::domain::ActionPlan {
+    use crate::domain::{ActionId, ActionPlan, CleanupDir};
+    let container = "web-1".to_owned();
+    match action {
+        ActionId::SandboxCleanup => ActionPlan::SandboxCleanup {
+            dirs: CleanupDir::ALL.to_vec(),
+        },
+        ActionId::ContainerStart => ActionPlan::ContainerStart { container },
+        ActionId::ContainerRestart => ActionPlan::ContainerRestart { container },
+        ActionId::ContainerMemoryLimit => ActionPlan::ContainerMemoryLimit {
+            container,
+            factor: 1.5,
+        },
+        ActionId::NotifyOnly => ActionPlan::NotifyOnly,
+    }
+}
+
+/// The signal an action is proposed for (SPEC §12.2), on its resource.
+fn sample_detection(action: Option<crate::domain::ActionId>) -> crate::domain::Detection {
+    use crate::domain::{ActionId, Detection, Resource, Severity, Signal, Source};
+    let (signal, resource, value, threshold, source) = match action {
+        Some(ActionId::SandboxCleanup) => (
+            Signal::SandboxSize,
+            "sandbox",
+            512.0,
+            100.0,
+            Source::Sandbox,
+        ),
+        Some(ActionId::ContainerStart) => {
+            (Signal::ContainerDown, "web-1", 1.0, 1.0, Source::Docker)
+        }
+        Some(ActionId::ContainerRestart | ActionId::ContainerMemoryLimit) => {
+            (Signal::ContainerMemory, "web-1", 92.4, 80.0, Source::Docker)
+        }
+        Some(ActionId::NotifyOnly) => (Signal::HostMemory, "host", 91.0, 85.0, Source::Local),
+        None => (Signal::HostCpu, "host", 97.0, 85.0, Source::Local),
+    };
+    Detection {
+        signal,
+        resource: Resource::parse(resource).expect("a valid sample resource"),
+        severity: Severity::Warning,
+        value,
+        threshold,
+        source,
+        summary: format!(
+            "{} of {resource} is {value} (threshold {threshold})",
+            signal.as_str().replace('_', " ")
+        ),
+        labels: Default::default(),
+    }
+}
+
+/// `docker inspect` as `pipeline::execute` records it (`container_state`).
+fn sample_container(running: bool, started_at: &str, memory: i64, memory_swap: i64) -> Value {
+    json!({
+        "id": "3f9c2d5e8a7b41c6d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7",
+        "name": "web-1",
+        "state": if running { "running" } else { "exited" },
+        "started_at": started_at,
+        "restart_count": 0,
+        "memory": memory,
+        "memory_swap": memory_swap,
+    })
+}
+
+/// What `Executor::snapshot` records before the fix, and what `Executor::run` returns after
+/// it, for a plan (the shapes listed above [`execution_changes`]).
+pub fn sample_records(plan: &crate::domain::ActionPlan, incident: &str) -> (Value, Value) {
+    use crate::domain::ActionPlan;
+    const MB: i64 = 1 << 20;
+    const EARLIER: &str = "2026-11-28T08:00:00.123456789Z";
+    const NOW: &str = "2026-11-28T10:01:01.987654321Z";
+    match plan {
+        ActionPlan::NotifyOnly => (json!({}), json!({})),
+        ActionPlan::SandboxCleanup { .. } => (
+            json!({
+                "dirs": plan.to_proposed().params.get("dirs"),
+                "files": 3,
+                "bytes": 120 * MB,
+                "sample": ["logs/app.log", "logs/app.log.1", "tmp/upload.bin"],
+            }),
+            json!({
+                "moved_files": 3,
+                "moved_bytes": 120 * MB,
+                "skipped": 0,
+                "quarantine": format!("/srv/sentinel/sandbox/.sentinel-quarantine/{incident}"),
+            }),
+        ),
+        ActionPlan::ContainerStart { .. } => (
+            sample_container(false, EARLIER, 512 * MB, 1024 * MB),
+            sample_container(true, NOW, 512 * MB, 1024 * MB),
+        ),
+        ActionPlan::ContainerRestart { .. } => (
+            sample_container(true, EARLIER, 512 * MB, 1024 * MB),
+            sample_container(true, NOW, 512 * MB, 1024 * MB),
+        ),
+        ActionPlan::ContainerMemoryLimit { factor, .. } => {
+            let memory = ((512 * MB) as f64 * factor).round() as i64;
+            (
+                sample_container(true, EARLIER, 512 * MB, 1024 * MB),
+                sample_container(true, EARLIER, memory, 1024 * MB + (memory - 512 * MB)),
+            )
+        }
+    }
+}
+
+/// The timeline entry that brought an incident to `status`, worded as the pipeline words it.
+fn status_entry(status: Status, action: &str, operator: &str) -> (&'static str, String, String) {
+    let sentinel = "sentinel".to_owned();
+    let step = status.as_str();
+    let (actor, message) = match status {
+        Status::Detected => (sentinel, "host cpu of host is 97 (threshold 85)".to_owned()),
+        Status::Analyzing => (sentinel, "analyzing".to_owned()),
+        Status::AwaitingApproval => (
+            sentinel,
+            "waiting for an operator to approve: medium risk needs an operator".to_owned(),
+        ),
+        Status::Approved => (operator.to_owned(), format!("approved {action}")),
+        Status::Rejected => (
+            operator.to_owned(),
+            "rejected: not during the release".to_owned(),
+        ),
+        Status::Executing => (sentinel, format!("executing {action}")),
+        Status::Verifying => (sentinel, format!("executed {action}: done")),
+        Status::Resolved => (
+            sentinel,
+            "verified: the signal is under its threshold".to_owned(),
+        ),
+        Status::RolledBack => (operator.to_owned(), format!("rolled back {action}: done")),
+        Status::Escalated => (
+            sentinel,
+            "the approval request expired after 30m without an answer".to_owned(),
+        ),
+        Status::Failed if action == "none" => (
+            sentinel,
+            "lost the execution lease before running; nothing was done".to_owned(),
+        ),
+        Status::Failed => (
+            sentinel,
+            format!("{action} failed: docker: no such container"),
+        ),
+    };
+    (step, actor, message)
+}
+
+/// Incidents for every catalogue action (and none) × every [`Status`] × every
+/// [`ExecutionState`] (only "no execution" without an action), built from the domain types
+/// and serialised as the card sync serialises them, so they follow the types.
+pub fn sample_incidents() -> Vec<SampleIncident> {
+    use crate::domain::{ActionId, Execution, Incident, IncidentId};
+    let at = |minute: i64| {
+        crate::domain::Timestamp::from_unix_millis(1_795_860_000_000 + minute * 60_000)
+    };
+    let operator = "slack:U123 (operator)";
+    let mut samples = Vec::new();
+    let actions = std::iter::once(None).chain(ActionId::ALL.into_iter().map(Some));
+    for action in actions {
+        for status in Status::ALL {
+            let states: &[ExecutionState] = if action.is_some() {
+                &ExecutionState::ALL
+            } else {
+                &[ExecutionState::None]
+            };
+            for &state in states {
+                let id = IncidentId::parse("inc-sample").expect("a valid sample id");
+                let detection = sample_detection(action);
+                let mut incident = Incident::open(id.clone(), &detection, at(0));
+                if status != Status::Detected {
+                    incident.record("analyzing", "sentinel", "analyzing", at(1));
+                }
+                let name = action.map_or("none", |a| a.as_str());
+                if let Some(action) = action {
+                    let plan = sample_plan(action);
+                    let (before, after) = sample_records(&plan, id.as_str());
+                    incident.proposed_action = Some(plan.to_proposed());
+                    incident.risk = Some(action.risk_floor());
+                    incident.root_cause =
+                        Some(format!("{} needs {name}", detection.resource.as_str()));
+                    incident.confidence = Some(0.8);
+                    incident.analyzer = Some("rules".to_owned());
+                    incident.evidence = vec![detection.summary.clone()];
+                    incident.snapshot = Some(before.clone());
+                    incident.record(
+                        "analyzed",
+                        "analyzer:rules",
+                        format!(
+                            "proposed {name} ({} risk, confidence 0.80)",
+                            action.risk_floor()
+                        ),
+                        at(1),
+                    );
+                    let approved_by = if action.risk_floor() == crate::domain::Risk::Low {
+                        "policy (low risk, automatic)".to_owned()
+                    } else {
+                        incident.approvals = vec![operator.to_owned()];
+                        operator.to_owned()
+                    };
+                    let execution = |finished: bool, after: Value, rolled_back: bool| Execution {
+                        action: plan.to_proposed(),
+                        approved_by: approved_by.clone(),
+                        started_at: at(2),
+                        finished_at: finished.then(|| at(3)),
+                        before: before.clone(),
+                        after,
+                        reversible: action.reversible(),
+                        rolled_back_at: rolled_back.then(|| at(9)),
+                    };
+                    incident.execution = match state {
+                        ExecutionState::None => None,
+                        ExecutionState::Executed => Some(execution(true, after, false)),
+                        ExecutionState::RolledBack => Some(execution(true, after, true)),
+                        ExecutionState::Failed => Some(execution(true, Value::Null, false)),
+                        ExecutionState::Unfinished => Some(execution(false, Value::Null, false)),
+                    };
+                }
+                if status != Status::Detected {
+                    let (step, actor, message) = status_entry(status, name, operator);
+                    incident.record(step, &actor, message, at(5));
+                }
+                incident.status = status;
+                incident.resolved_at = (status == Status::Resolved).then(|| at(5));
+                incident.version = 7;
+                let incident = serde_json::to_value(&incident).expect("an incident serialises");
+                samples.push(SampleIncident {
+                    action,
+                    status,
+                    execution: state,
+                    incident,
+                });
+            }
+        }
+    }
+    samples
+}
+
+/// What [`render_every_sample`] covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Sample incidents, one per (action, status, execution state).
+    pub incidents: usize,
+    /// Renders in all, every template.
+    pub renders: usize,
+}
+
+/// Renders every template with its sample and every incident template with every
+/// [`sample_incidents`] incident (the card with and without a status page, each timeline
+/// entry as a reply, the detail, the reject dialog, the lists): what `sentinel config
+/// check` runs. The error names the template and the pair.
+pub fn render_every_sample() -> Result<Sweep, String> {
+    let mut renders = 0;
+    let mut check = |name: &str, context: &Value, label: &str| {
+        renders += 1;
+        render_checked(name, context)
+            .map(drop)
+            .map_err(|e| format!("{e} (with {label})"))
+    };
+    for name in NAMES {
+        check(name, &sample_context(name), "its sample")?;
+    }
+    let samples = sample_incidents();
+    for sample in &samples {
+        let incident = &sample.incident;
+        let label = sample.label();
+        for public_url in ["", "https://sentinel.example.com"] {
+            let context = json!({ "incident": incident, "public_url": public_url });
+            check("incident_card", &context, &label)?;
+        }
+        for entry in incident["timeline"].as_array().into_iter().flatten() {
+            let context = json!({ "incident": incident, "entry": entry });
+            check("timeline_reply", &context, &label)?;
+        }
+        check("incident_detail", &json!({ "incident": incident }), &label)?;
+        check("reject_modal", &json!({ "incident": incident }), &label)?;
+        check("incidents", &json!({ "incidents": [incident] }), &label)?;
+        let mut status = sample_context("status");
+        status["incidents"] = json!([incident]);
+        check("status", &status, &label)?;
+    }
+    Ok(Sweep {
+        incidents: samples.len(),
+        renders,
+    })
+}
+
 /// An incident for the sample contexts: awaiting approval, with a proposal and a snapshot.
 fn sample_incident() -> Value {
     json!({
@@ -674,7 +1527,7 @@ fn sample_incident() -> Value {
         "signal": "container_memory", "resource": "web-1", "severity": "warning",
         "status": "awaiting_approval", "value": 72.4, "threshold": 60.0, "risk": "medium",
         "proposed_action": {"action": "container_memory_limit",
-                            "params": {"container": "web-1", "memory_mb": 768}},
+                            "params": {"container": "web-1", "factor": 1.5}},
         "root_cause": "web-1 grew past its 512 MB limit after the 10:00 deploy; no leak pattern",
         "confidence": 0.8, "analyzer": "rules",
         "opened_at": "2026-11-28T10:00:00.000Z", "updated_at": "2026-11-28T10:00:05.000Z",
@@ -683,14 +1536,19 @@ fn sample_incident() -> Value {
             {"at": "2026-11-28T10:00:00.000Z", "step": "detected", "actor": "sentinel",
              "message": "container memory of web-1 is 72.4 % (threshold 60 %)"},
             {"at": "2026-11-28T10:00:02.000Z", "step": "analyzing", "actor": "sentinel",
-             "message": "rules analyzer"},
+             "message": "analyzing"},
+            {"at": "2026-11-28T10:00:04.000Z", "step": "analyzed", "actor": "analyzer:rules",
+             "message": "web-1 grew past its 512 MB limit → proposed container_memory_limit (medium risk, confidence 0.80)"},
             {"at": "2026-11-28T10:00:05.000Z", "step": "awaiting_approval", "actor": "sentinel",
-             "message": "medium risk: an operator must approve"}
+             "message": "waiting for an operator to approve: medium risk needs an operator"}
         ],
         "source": "docker", "summary": "container memory of web-1 is 72.4 % (threshold 60 %)",
         "occurrences": 3, "last_seen_at": "2026-11-28T10:00:05.000Z", "resolved_at": null,
         "labels": {"team": "web"}, "evidence": ["memory 370 MB of 512 MB"],
-        "snapshot": {"container": "web-1", "memory_mb": 512},
+        "snapshot": {"id": "3f9c2d5e8a7b41c6d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7",
+                     "name": "web-1", "state": "running",
+                     "started_at": "2026-11-28T08:00:00.123456789Z", "restart_count": 0,
+                     "memory": 536870912, "memory_swap": 1073741824},
         "approvals": [], "execution": null
     })
 }
@@ -732,7 +1590,8 @@ pub fn sample_context(template: &str) -> Value {
         "timeline_reply" => json!({
             "incident": incident,
             "entry": {"at": "2026-11-28T10:00:05.000Z", "step": "awaiting_approval",
-                      "actor": "sentinel", "message": "medium risk: an operator must approve"}
+                      "actor": "sentinel",
+                      "message": "waiting for an operator to approve: medium risk needs an operator"}
         }),
         _ => Value::Null,
     }
@@ -811,6 +1670,226 @@ mod tests {
     fn the_names_are_the_templates() {
         let names: Vec<&str> = TEMPLATES.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, NAMES);
+    }
+
+    fn execution(action: crate::domain::ActionId, state: ExecutionState) -> Value {
+        let sample = sample_incidents()
+            .into_iter()
+            .find(|s| {
+                s.action == Some(action) && s.status == Status::Resolved && s.execution == state
+            })
+            .expect("a sample");
+        sample.incident["execution"].clone()
+    }
+
+    #[test]
+    fn execution_records_read_as_changes_for_people() {
+        use crate::domain::ActionId::*;
+        use ExecutionState::*;
+        let q = "/srv/sentinel/sandbox/.sentinel-quarantine/inc-sample";
+        assert_eq!(
+            execution_changes(&execution(SandboxCleanup, Executed)),
+            [
+                "logs, tmp, cache: 3 files (120 MB) → 3 files moved to the quarantine (120 MB)",
+                "files: logs/app.log, logs/app.log.1, tmp/upload.bin",
+                &format!("quarantine: {q}"),
+            ]
+        );
+        assert_eq!(
+            execution_changes(&execution(SandboxCleanup, RolledBack))
+                .last()
+                .unwrap(),
+            "rolled back: the quarantined files were put back"
+        );
+        assert_eq!(
+            execution_changes(&execution(ContainerMemoryLimit, Executed)),
+            [
+                "memory limit: 512 MB → 768 MB",
+                "memory + swap limit: 1024 MB → 1280 MB"
+            ]
+        );
+        assert_eq!(
+            execution_changes(&execution(ContainerStart, Executed)),
+            [
+                "state: exited → running",
+                "started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC"
+            ]
+        );
+        assert_eq!(
+            execution_changes(&execution(ContainerRestart, Executed)),
+            ["started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC"]
+        );
+        assert_eq!(
+            execution_changes(&execution(ContainerMemoryLimit, Failed)),
+            ["running, memory limit 512 MB → no result: the fix failed"]
+        );
+        assert_eq!(
+            execution_changes(&execution(SandboxCleanup, Unfinished))[0],
+            "logs, tmp, cache: 3 files (120 MB) → not finished yet"
+        );
+        assert!(execution_changes(&execution(NotifyOnly, Executed)).is_empty());
+        assert_eq!(
+            execution_changes(&execution(NotifyOnly, Unfinished)),
+            ["not finished yet"]
+        );
+    }
+
+    #[test]
+    fn odd_records_read_too_keys_on_one_side_nested_values_and_nulls() {
+        let record = json!({
+            "action": {"action": "container_restart", "params": {}},
+            "finished_at": "2026-11-28T10:01:00.000Z",
+            "before": {"state": null, "only_before": 1, "limits": {"cpu": 2}, "memory": 0},
+            "after": {"state": "running", "only_after": [1, 2], "limits": {"cpu": 4},
+                      "memory": 268435456},
+        });
+        assert_eq!(
+            execution_changes(&record),
+            [
+                "state: – → running",
+                "memory limit: none → 256 MB",
+                "limits: cpu: 2 → cpu: 4",
+                "only after: – → 1, 2",
+                "only before: 1 → –",
+            ]
+        );
+        // A snapshot that failed, a cleanup report with a list of skipped names, no record.
+        let record = json!({
+            "action": {"action": "sandbox_cleanup", "params": {"dirs": ["logs"]}},
+            "finished_at": "2026-11-28T10:01:00.000Z",
+            "before": {"error": "sandbox: permission denied"},
+            "after": {"moved_files": 1, "moved_bytes": 1572864, "skipped": ["logs/x: changed"],
+                      "quarantine": null},
+        });
+        assert_eq!(
+            execution_changes(&record),
+            [
+                "state before: could not be read (sandbox: permission denied)",
+                "logs: – → 1 file moved to the quarantine (1.5 MB)",
+                "skipped: 1 file left in place",
+            ]
+        );
+        assert_eq!(execution_changes(&Value::Null), ["not finished yet"]);
+        assert!(proposal_changes(&Value::Null, &Value::Null).is_empty());
+    }
+
+    #[test]
+    fn actors_read_as_people() {
+        assert_eq!(person("slack:U123 (admin)"), "Slack user U123 (admin)");
+        assert_eq!(
+            person("api:ci-bot (operator)"),
+            "ci-bot (operator) through the API"
+        );
+        assert_eq!(person("sentinel"), "Sentinel");
+        assert_eq!(person("analyzer:rules"), "Sentinel's rules analyzer");
+        assert_eq!(
+            person("slack:U1 (admin) and slack:U2 (admin)"),
+            "Slack user U1 (admin) and Slack user U2 (admin)"
+        );
+        assert_eq!(
+            person("policy (low risk, automatic)"),
+            "policy (low risk, automatic)"
+        );
+    }
+
+    #[test]
+    fn the_sweep_covers_every_action_status_and_execution_state() {
+        use crate::domain::ActionId;
+        let samples = sample_incidents();
+        let expected = Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len());
+        assert_eq!(samples.len(), expected);
+        assert_eq!(samples.len(), 286);
+        let labels: HashSet<String> = samples.iter().map(SampleIncident::label).collect();
+        assert_eq!(labels.len(), samples.len(), "every pair once");
+        for sample in &samples {
+            // The samples are real incidents: they parse back into the domain type.
+            let incident: crate::domain::Incident =
+                serde_json::from_value(sample.incident.clone()).unwrap();
+            assert_eq!(incident.status, sample.status);
+            assert_eq!(
+                incident.proposed_action.map(|p| p.action),
+                sample.action,
+                "{}",
+                sample.label()
+            );
+            assert_eq!(
+                incident.execution.is_some(),
+                sample.execution != ExecutionState::None
+            );
+        }
+        let sweep = render_every_sample().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sweep.incidents, 286);
+        assert!(sweep.renders > 286 * 6, "{sweep:?}");
+    }
+
+    #[test]
+    fn the_rollback_button_is_offered_exactly_where_a_rollback_is_accepted() {
+        use crate::domain::{Actor, Role};
+        let admin = Actor::SlackUser {
+            user_id: "U1".into(),
+            role: Role::Admin,
+        };
+        let mut offered = 0;
+        for sample in sample_incidents() {
+            let incident: crate::domain::Incident =
+                serde_json::from_value(sample.incident.clone()).unwrap();
+            let accepted = crate::pipeline::approve::check_rollback(&incident, &admin).is_ok();
+            let card = render(
+                "incident_card",
+                &json!({"incident": sample.incident, "public_url": ""}),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", sample.label()));
+            let shown = serde_json::to_string(&card.blocks)
+                .unwrap()
+                .contains(r#""action_id":"rollback""#);
+            assert_eq!(shown, accepted, "{}", sample.label());
+            offered += usize::from(shown);
+        }
+        // Three reversible actions, executed or failed or unfinished, verifying or resolved.
+        assert_eq!(offered, 3 * 3 * 2);
+    }
+
+    #[test]
+    fn a_failed_render_falls_back_to_plain_text_and_is_counted() {
+        let metrics = crate::telemetry::metrics::metrics();
+        let before = metrics.slack_render_failures("incident_card");
+        // An incident without most of its fields (no version, no timeline): the card
+        // template cannot draw it.
+        let broken = json!({
+            "incident": {"id": "inc-broken", "signal": "container_memory",
+                         "resource": "<!channel>", "status": "awaiting_approval"},
+        });
+        let error = render("incident_card", &broken).unwrap_err().to_string();
+        assert!(error.contains("undefined value"), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+        let shown = render_or_fallback("incident_card", &broken);
+        assert_eq!(metrics.slack_render_failures("incident_card"), before + 1);
+        assert_eq!(shown, fallback("incident_card", &broken));
+        assert_eq!(shown.blocks.len(), 1);
+        assert_eq!(shown.blocks[0]["type"], "section");
+        let text = shown.blocks[0]["text"]["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "Incident inc-broken: container memory on &lt;!channel&gt;, status awaiting approval."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("could not be drawn"), "{text}");
+        // A reply without its entry falls back too, and is counted under its template.
+        let replies = metrics.slack_render_failures("timeline_reply");
+        let reply =
+            render_or_fallback("timeline_reply", &json!({ "incident": broken["incident"] }));
+        assert_eq!(metrics.slack_render_failures("timeline_reply"), replies + 1);
+        assert!(
+            reply.text.starts_with("Incident inc-broken"),
+            "{}",
+            reply.text
+        );
+        // Nothing at all to go on still gives a valid card.
+        let empty = fallback("incident_card", &json!({}));
+        let text = empty.blocks[0]["text"]["text"].as_str().unwrap();
+        assert!(text.contains("an unknown incident"), "{text}");
+        assert!(text.contains("full card could not be drawn"), "{text}");
     }
 
     #[test]

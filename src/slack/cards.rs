@@ -44,10 +44,17 @@ const RECENTLY_RESOLVED: Duration = Duration::from_secs(3600);
 
 /// The card of `incident` as it should look now.
 pub fn render_card(incident: &Incident, public_url: &str) -> Result<Rendered, BlocksError> {
-    blocks::render(
-        "incident_card",
-        &json!({ "incident": incident, "public_url": public_url }),
-    )
+    blocks::render("incident_card", &card_context(incident, public_url))
+}
+
+/// The card, or its plain-text fallback when the template fails (counted and logged), so
+/// an incident is never left without a card.
+fn render_card_or_fallback(incident: &Incident, public_url: &str) -> Rendered {
+    blocks::render_or_fallback("incident_card", &card_context(incident, public_url))
+}
+
+fn card_context(incident: &Incident, public_url: &str) -> serde_json::Value {
+    json!({ "incident": incident, "public_url": public_url })
 }
 
 /// A digest of the decision the card shows, leaving out the observation (value, occurrence
@@ -179,14 +186,10 @@ impl CardSync {
             }
             let digest = card_digest(&incident);
             let (version, occurrences) = (incident.version, incident.occurrences);
-            let posted = match render_card(&incident, &self.public_url) {
-                Ok(card) => {
-                    calls
-                        .call(|| api.post_message(&channel, None, &card.text, &card.blocks))
-                        .await
-                }
-                Err(e) => Err(CallError::Refused(rendering_failed(e))),
-            };
+            let card = render_card_or_fallback(&incident, &self.public_url);
+            let posted = calls
+                .call(|| api.post_message(&channel, None, &card.text, &card.blocks))
+                .await;
             called = true;
             let card = match posted {
                 Ok(ts) => SlackCard {
@@ -229,14 +232,10 @@ impl CardSync {
         let digest = card_digest(&incident);
         if digest != card.digest || refresh_due(&incident, &card, Timestamp::now(), self.refresh) {
             let (version, occurrences) = (incident.version, incident.occurrences);
-            let updated = match render_card(&incident, &self.public_url) {
-                Ok(new) => {
-                    calls
-                        .call(|| api.update_message(&card.channel, &ts, &new.text, &new.blocks))
-                        .await
-                }
-                Err(e) => Err(CallError::Refused(rendering_failed(e))),
-            };
+            let new = render_card_or_fallback(&incident, &self.public_url);
+            let updated = calls
+                .call(|| api.update_message(&card.channel, &ts, &new.text, &new.blocks))
+                .await;
             called = true;
             let error = match updated {
                 Ok(()) => None,
@@ -288,13 +287,11 @@ impl CardSync {
                 continue;
             }
             let context = json!({ "incident": &incident, "entry": entry });
-            let posted = match blocks::render("timeline_reply", &context) {
-                Ok(reply) => calls
-                    .call(|| api.post_message(&card.channel, Some(&ts), &reply.text, &reply.blocks))
-                    .await
-                    .map(drop),
-                Err(e) => Err(CallError::Refused(rendering_failed(e))),
-            };
+            let reply = blocks::render_or_fallback("timeline_reply", &context);
+            let posted = calls
+                .call(|| api.post_message(&card.channel, Some(&ts), &reply.text, &reply.blocks))
+                .await
+                .map(drop);
             called = true;
             let error = match posted {
                 Ok(()) => None,
@@ -343,13 +340,6 @@ impl CardSync {
                 Err(other) => return Err(other),
             }
         }
-    }
-}
-
-fn rendering_failed(e: BlocksError) -> crate::slack::client::SlackError {
-    crate::slack::client::SlackError::Api {
-        method: "render".to_owned(),
-        error: e.to_string(),
     }
 }
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     approval_wait: Histogram,
     slack_requests: IntCounterVec,
     slack_api_calls: IntCounterVec,
+    slack_render_failures: IntCounterVec,
     monitor_cycle: Histogram,
     collector_errors: IntCounterVec,
     llm_calls: IntCounterVec,
@@ -160,6 +161,13 @@ impl Metrics {
                  rate_limited, http_<code>, transport).",
                 &["method", "status"],
             ),
+            slack_render_failures: counter(
+                &registry,
+                "sentinel_slack_render_failures_total",
+                "Slack messages whose template failed to render and were posted as the \
+                 plain-text fallback instead, by template.",
+                &["template"],
+            ),
             monitor_cycle: histogram(
                 &registry,
                 "sentinel_monitor_cycle_seconds",
@@ -223,6 +231,9 @@ impl Metrics {
         }
         for method in SLACK_METHODS {
             self.slack_api_calls.with_label_values(&[method, "ok"]);
+        }
+        for template in crate::slack::blocks::template_names() {
+            self.slack_render_failures.with_label_values(&[template]);
         }
         for collector in ["prometheus", "host", "docker", "sandbox"] {
             self.collector_errors.with_label_values(&[collector]);
@@ -294,6 +305,21 @@ impl Metrics {
         self.slack_api_calls
             .with_label_values(&[method, status])
             .inc();
+    }
+
+    /// A template failed to render and its plain-text fallback was posted instead.
+    /// `template` is one of `slack::blocks::template_names()` (or `unknown`).
+    pub fn slack_render_failure(&self, template: &str) {
+        self.slack_render_failures
+            .with_label_values(&[template])
+            .inc();
+    }
+
+    /// How many times `template` fell back to plain text in this process.
+    pub fn slack_render_failures(&self, template: &str) -> u64 {
+        self.slack_render_failures
+            .with_label_values(&[template])
+            .get()
     }
 
     pub fn monitor_cycle(&self, duration: Duration) {
@@ -371,5 +397,22 @@ mod tests {
             assert!(name.starts_with("sentinel_"), "{name}");
             assert!(!family.help().is_empty(), "{name} has no help");
         }
+    }
+
+    #[test]
+    fn render_failures_are_counted_per_template_from_zero() {
+        let metrics = Metrics::new();
+        let text = metrics.render(None);
+        assert!(
+            text.contains(r#"sentinel_slack_render_failures_total{template="incident_card"} 0"#),
+            "every template's series starts at zero"
+        );
+        metrics.slack_render_failure("incident_card");
+        metrics.slack_render_failure("incident_card");
+        assert_eq!(metrics.slack_render_failures("incident_card"), 2);
+        assert_eq!(metrics.slack_render_failures("timeline_reply"), 0);
+        assert!(metrics
+            .render(None)
+            .contains(r#"sentinel_slack_render_failures_total{template="incident_card"} 2"#));
     }
 }

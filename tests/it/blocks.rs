@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use sentinel::slack::blocks::{self, limits, BlocksError};
+use sentinel::domain::{ActionId, Status};
+use sentinel::slack::blocks::{self, limits, BlocksError, ExecutionState, SampleIncident};
 use serde_json::{json, Value};
 
 const HOSTILE: &str = "<!channel> <https://evil.example|click> & <@U123> <#C1|general>";
@@ -41,9 +42,13 @@ fn hostile_incident() -> Value {
     i
 }
 
-/// An incident whose reversible fix ran and was verified.
+/// An incident whose reversible fix (a raised memory limit) ran and was verified, with the
+/// records `pipeline::execute` really writes.
 fn executed_incident() -> Value {
     let mut i = incident();
+    let proposed: sentinel::domain::ProposedAction =
+        serde_json::from_value(i["proposed_action"].clone()).unwrap();
+    let (before, after) = blocks::sample_records(&proposed.plan().unwrap(), "inc-01jdx3sample");
     i["status"] = json!("resolved");
     i["resolved_at"] = json!("2026-11-28T10:05:00.000Z");
     i["approvals"] = json!(["slack:U123 (operator)"]);
@@ -51,11 +56,49 @@ fn executed_incident() -> Value {
         "action": i["proposed_action"].clone(),
         "approved_by": "slack:U123 (operator)",
         "started_at": "2026-11-28T10:01:00.000Z", "finished_at": "2026-11-28T10:01:02.000Z",
-        "before": {"container": "web-1", "memory_mb": 512},
-        "after": {"container": "web-1", "memory_mb": 768},
+        "before": before,
+        "after": after,
         "reversible": true, "rolled_back_at": null
     });
     i
+}
+
+/// The sweep's incident for one action, status and execution state.
+fn sample(action: Option<ActionId>, status: Status, execution: ExecutionState) -> SampleIncident {
+    blocks::sample_incidents()
+        .into_iter()
+        .find(|s| s.action == action && s.status == status && s.execution == execution)
+        .unwrap_or_else(|| panic!("no sample {action:?} {status} {execution:?}"))
+}
+
+/// The text of the card's fix section (`*Proposed fix*`, `*Fix applied*`, …).
+fn fix_section(rendered: &blocks::Rendered) -> String {
+    rendered
+        .blocks
+        .iter()
+        .filter_map(|b| b["text"]["text"].as_str())
+        .find(|t| t.starts_with("*Proposed fix*") || t.starts_with("*Fix "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The card's context line (id, opened, approved by, rolled back, resolved).
+fn context_line(rendered: &blocks::Rendered) -> String {
+    rendered
+        .blocks
+        .iter()
+        .find(|b| b["type"] == "context")
+        .and_then(|b| b["elements"][0]["text"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn reply(incident: &Value, entry: Value) -> blocks::Rendered {
+    blocks::render(
+        "timeline_reply",
+        &json!({ "incident": incident, "entry": entry }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every string anywhere in `value`, with its path.
@@ -255,10 +298,13 @@ fn the_card_offers_rollback_with_a_confirmation_after_a_reversible_fix() {
     assert_eq!(rollback["confirm"]["confirm"]["text"], "Roll back");
     let all = serde_json::to_string(&rendered.blocks).unwrap();
     assert!(
-        all.contains("memory_mb: 512 → 768"),
+        all.contains("memory limit: 512 MB → 768 MB"),
         "before → after: {all}"
     );
-    assert!(all.contains("approved by slack:U123 (operator)"), "{all}");
+    assert!(
+        all.contains("approved by Slack user U123 (operator)"),
+        "{all}"
+    );
 
     // Rolled back, or not reversible: no Rollback.
     let mut rolled = executed_incident();
@@ -324,6 +370,457 @@ fn unknown_templates_and_missing_values_are_errors_not_panics() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cards for every action and outcome, with the records the executor writes
+
+/// What the card says after each action ran, in words: sizes in MB, names, counts.
+#[test]
+fn an_executed_fix_reads_as_before_and_after_for_people() {
+    let expected: [(ActionId, &[&str]); 5] = [
+        (
+            ActionId::SandboxCleanup,
+            &[
+                "• logs, tmp, cache: 3 files (120 MB) → 3 files moved to the quarantine (120 MB)",
+                "• files: logs/app.log, logs/app.log.1, tmp/upload.bin",
+                "• quarantine: /srv/sentinel/sandbox/.sentinel-quarantine/inc-sample",
+            ],
+        ),
+        (
+            ActionId::ContainerStart,
+            &[
+                "• state: exited → running",
+                "• started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC",
+            ],
+        ),
+        (
+            ActionId::ContainerRestart,
+            &["• started: 2026-11-28 08:00 UTC → 2026-11-28 10:01 UTC"],
+        ),
+        (
+            ActionId::ContainerMemoryLimit,
+            &[
+                "• memory limit: 512 MB → 768 MB",
+                "• memory + swap limit: 1024 MB → 1280 MB",
+            ],
+        ),
+        (ActionId::NotifyOnly, &[]),
+    ];
+    for (action, lines) in expected {
+        let s = sample(Some(action), Status::Resolved, ExecutionState::Executed);
+        let rendered = card(s.incident.clone(), "");
+        let section = fix_section(&rendered);
+        assert!(section.starts_with("*Fix applied*\n`"), "{section}");
+        if lines.is_empty() {
+            assert!(!section.contains("Before → after"), "{section}");
+        } else {
+            let shown: Vec<&str> = section
+                .split_once("*Before → after*\n")
+                .unwrap_or_else(|| panic!("{action}: {section}"))
+                .1
+                .lines()
+                .collect();
+            assert_eq!(shown, lines, "{action}");
+        }
+        // Not raw JSON: no braces, brackets or quotes from the records.
+        assert!(!section.contains(['{', '[', '"']), "{section}");
+        assert_no_slack_control_sequences(&rendered);
+    }
+    // The parameters read as words too.
+    let s = sample(
+        Some(ActionId::SandboxCleanup),
+        Status::AwaitingApproval,
+        ExecutionState::None,
+    );
+    let section = fix_section(&card(s.incident, ""));
+    assert!(
+        section.starts_with("*Proposed fix*\n`sandbox_cleanup` dirs=logs, tmp, cache\n"),
+        "{section}"
+    );
+    assert!(
+        section.contains("*What it would change*\n• logs, tmp, cache: 3 files (120 MB) → moved to the quarantine"),
+        "{section}"
+    );
+}
+
+/// Every action through every outcome: the card renders, passes the Block Kit checks, and
+/// says what happened.
+#[test]
+fn cards_for_every_action_and_outcome_render_and_say_what_happened() {
+    let outcomes = [
+        (
+            "executed",
+            Status::Verifying,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "verified",
+            Status::Resolved,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "rolled back",
+            Status::RolledBack,
+            ExecutionState::RolledBack,
+            "*Fix rolled back*",
+        ),
+        (
+            "failed",
+            Status::Failed,
+            ExecutionState::Failed,
+            "*Fix failed*",
+        ),
+        (
+            "interrupted",
+            Status::Executing,
+            ExecutionState::Unfinished,
+            "*Fix running*",
+        ),
+        (
+            "escalated",
+            Status::Escalated,
+            ExecutionState::Executed,
+            "*Fix applied*",
+        ),
+        (
+            "expired approval",
+            Status::Escalated,
+            ExecutionState::None,
+            "*Proposed fix*",
+        ),
+    ];
+    for action in ActionId::ALL {
+        for (outcome, status, execution, heading) in outcomes {
+            let s = sample(Some(action), status, execution);
+            let what = format!("{action}, {outcome}");
+            let rendered = card(s.incident.clone(), "https://sentinel.example.com");
+            assert_no_slack_control_sequences(&rendered);
+            assert!(
+                rendered.text.contains(&status.as_str().replace('_', " ")),
+                "{what}: {}",
+                rendered.text
+            );
+            let section = fix_section(&rendered);
+            assert!(
+                section.starts_with(&format!("{heading}\n`{action}`")),
+                "{what}: {section}"
+            );
+            let ids = action_ids(&rendered);
+            assert!(!ids.contains(&"approve".to_owned()), "{what}: {ids:?}");
+            match execution {
+                ExecutionState::Failed if action != ActionId::NotifyOnly => {
+                    assert!(
+                        section.contains("→ no result: the fix failed"),
+                        "{what}: {section}"
+                    )
+                }
+                ExecutionState::Unfinished => {
+                    assert!(section.contains("not finished yet"), "{what}: {section}")
+                }
+                ExecutionState::RolledBack => {
+                    assert!(section.contains("• rolled back"), "{what}: {section}");
+                    assert!(
+                        context_line(&rendered).contains("rolled back 2026-11-28 10:09 UTC"),
+                        "{what}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every (action, status, execution) sample renders, each one checked as Block Kit.
+    for s in blocks::sample_incidents() {
+        blocks::render(
+            "incident_card",
+            &json!({ "incident": s.incident, "public_url": "" }),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", s.label()));
+    }
+}
+
+#[test]
+fn rollback_is_offered_after_an_executed_reversible_fix_and_never_otherwise() {
+    for action in ActionId::ALL {
+        for status in [Status::Verifying, Status::Resolved] {
+            let s = sample(Some(action), status, ExecutionState::Executed);
+            let ids = action_ids(&card(s.incident, ""));
+            assert_eq!(
+                ids.contains(&"rollback".to_owned()),
+                action.reversible(),
+                "{action} {status}: {ids:?}"
+            );
+        }
+        let not_offered = [
+            (Status::RolledBack, ExecutionState::RolledBack),
+            (Status::Resolved, ExecutionState::RolledBack),
+            (Status::Escalated, ExecutionState::Executed),
+            (Status::Executing, ExecutionState::Unfinished),
+            (Status::Failed, ExecutionState::Failed),
+            (Status::AwaitingApproval, ExecutionState::None),
+            (Status::Resolved, ExecutionState::None),
+        ];
+        for (status, execution) in not_offered {
+            let s = sample(Some(action), status, execution);
+            let ids = action_ids(&card(s.incident, ""));
+            assert!(
+                !ids.contains(&"rollback".to_owned()),
+                "{action} {status} {execution:?}: {ids:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_card_that_cannot_be_drawn_is_posted_as_plain_text_and_counted() {
+    let metrics = sentinel::telemetry::metrics::metrics();
+    let before = metrics.slack_render_failures("incident_card");
+    // A deliberately broken context: an incident that lost its version and timeline.
+    let mut broken = incident();
+    broken.as_object_mut().unwrap().remove("version");
+    broken.as_object_mut().unwrap().remove("timeline");
+    let context = json!({ "incident": broken, "public_url": "" });
+    assert!(blocks::render("incident_card", &context).is_err());
+    let shown = blocks::render_or_fallback("incident_card", &context);
+    assert!(metrics.slack_render_failures("incident_card") > before);
+    assert_eq!(shown.blocks.len(), 1);
+    assert_eq!(shown.blocks[0]["type"], "section");
+    assert_eq!(shown.blocks[0]["text"]["type"], "mrkdwn");
+    let text = shown.blocks[0]["text"]["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        ":warning: *Incident inc-01jdx3sample: container memory on web-1, status awaiting approval.*\n\
+         _The full card could not be drawn; `/sentinel show inc-01jdx3sample` has the details._"
+    );
+    assert_no_slack_control_sequences(&shown);
+    // The counter is served at /metrics under its template.
+    let exposition = metrics.render(None);
+    let series = r#"sentinel_slack_render_failures_total{template="incident_card"} "#;
+    let line = exposition
+        .lines()
+        .find(|l| l.starts_with(series))
+        .expect("the series is exported");
+    assert!(line[series.len()..].parse::<u64>().unwrap() >= 1, "{line}");
+    // A card that renders is the card itself.
+    let fine = blocks::sample_context("incident_card");
+    assert_eq!(
+        blocks::render_or_fallback("incident_card", &fine),
+        blocks::render("incident_card", &fine).unwrap()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread replies
+
+#[test]
+fn thread_replies_are_one_sentence_without_repeating_the_step() {
+    let i = incident();
+    let at = "2026-11-28T10:00:00.000Z";
+    let cases = [
+        (
+            json!({"at": at, "step": "analyzing", "actor": "sentinel", "message": "analyzing"}),
+            ":mag: Analyzing the incident",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "detected", "actor": "sentinel",
+                   "message": "container memory of web-1 is 72.4 % (threshold 60 %)"}),
+            ":rotating_light: Detected: container memory of web-1 is 72.4 % (threshold 60 %)",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "awaiting_approval", "actor": "sentinel",
+                   "message": "waiting for an admin to approve: high risk"}),
+            ":raising_hand: Waiting for an admin to approve: high risk",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "approved", "actor": "slack:U123 (operator)",
+                   "message": "approved container_memory_limit"}),
+            ":white_check_mark: Approved container_memory_limit",
+            "by Slack user U123 (operator)",
+        ),
+        (
+            json!({"at": at, "step": "rejected", "actor": "api:ci-bot (operator)",
+                   "message": "rejected: not during the release"}),
+            ":no_entry_sign: Rejected: not during the release",
+            "by ci-bot (operator) through the API",
+        ),
+        (
+            json!({"at": at, "step": "resolved", "actor": "sentinel",
+                   "message": "verified: container_memory on web-1 is 41.2 %, under its threshold (was 72.4 %)"}),
+            ":large_green_circle: Verified: container_memory on web-1 is 41.2 %, under its threshold (was 72.4 %)",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "failed", "actor": "sentinel",
+                   "message": "container_memory_limit failed: docker: no such container"}),
+            ":x: The fix `container_memory_limit` failed: docker: no such container",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "escalated", "actor": "sentinel",
+                   "message": "the approval request expired after 30m without an answer"}),
+            ":sos: Escalated to people: the approval request expired after 30m without an answer",
+            "by Sentinel",
+        ),
+        (
+            json!({"at": at, "step": "rolled_back", "actor": "slack:U9 (admin)",
+                   "message": "rolled back container_memory_limit: memory 805306368 → 536870912"}),
+            ":leftwards_arrow_with_hook: Rolled back container_memory_limit: memory 805306368 → 536870912",
+            "by Slack user U9 (admin)",
+        ),
+        (
+            json!({"at": at, "step": "analyzed", "actor": "analyzer:rules",
+                   "message": "web-1 grew → proposed container_memory_limit (medium risk, confidence 0.80)"}),
+            ":mag: Analyzed: web-1 grew → proposed container_memory_limit (medium risk, confidence 0.80)",
+            "by Sentinel's rules analyzer",
+        ),
+    ];
+    for (entry, sentence, by) in cases {
+        let rendered = reply(&i, entry.clone());
+        let text = rendered.blocks[0]["text"]["text"].as_str().unwrap();
+        assert_eq!(text, sentence.replace('>', "&gt;"), "{entry}");
+        let context = rendered.blocks[1]["elements"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            context,
+            format!("{by} · 2026-11-28 10:00 UTC · inc-01jdx3sample")
+        );
+        assert!(
+            !rendered.text.starts_with(':'),
+            "the fallback text is the sentence alone"
+        );
+    }
+    // "Fix executed" reads the execution record, not the raw message.
+    let executed = executed_incident();
+    let rendered = reply(
+        &executed,
+        json!({"at": at, "step": "verifying", "actor": "sentinel",
+               "message": "executed container_memory_limit: memory 536870912 → 805306368"}),
+    );
+    assert_eq!(
+        rendered.text,
+        "Fix executed: `container_memory_limit`: memory limit: 512 MB → 768 MB; \
+         memory + swap limit: 1024 MB → 1280 MB"
+    );
+    // No reply of any sample repeats its step as "step: step".
+    for s in blocks::sample_incidents() {
+        for entry in s.incident["timeline"].as_array().unwrap() {
+            let rendered = reply(&s.incident, entry.clone());
+            let label = entry["step"].as_str().unwrap().replace('_', " ");
+            let lower = rendered.text.to_lowercase();
+            assert!(
+                !lower.contains(&format!("{label}: {label}")),
+                "{}: {}",
+                s.label(),
+                rendered.text
+            );
+            let step = entry["step"].as_str().unwrap();
+            assert!(
+                !step.contains('_') || !rendered.text.contains(step),
+                "the step in words, not {step}: {}",
+                rendered.text
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The records the executor really writes
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The sweep's records must have the shapes `pipeline::execute` writes: run the real
+/// executor on a real sandbox and a real container and compare, then draw the card from
+/// the real records.
+#[tokio::test]
+async fn the_sample_records_have_the_shapes_the_executor_writes() {
+    use sentinel::domain::{ActionPlan, Actor, CleanupDir, Incident, Role, Timestamp};
+    use sentinel::pipeline::{approve, execute::Executor};
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = sentinel::config::Settings::defaults();
+    settings.sandbox_dir = data.path().join("sandbox");
+    std::fs::create_dir_all(settings.sandbox_dir.join("logs")).unwrap();
+    std::fs::write(
+        settings.sandbox_dir.join("logs/app.log"),
+        vec![b'x'; 3 << 20],
+    )
+    .unwrap();
+    let executor = Executor::new(&settings);
+    let admin = Actor::SlackUser {
+        user_id: "U1".into(),
+        role: Role::Admin,
+    };
+    // Runs `plan` for real, as the pipeline does: snapshot, approval, run.
+    async fn run(executor: &Executor, admin: &Actor, plan: &ActionPlan) -> Value {
+        let action = plan.action();
+        let mut sample = sample(Some(action), Status::AwaitingApproval, ExecutionState::None);
+        sample.incident["proposed_action"] = serde_json::to_value(plan.to_proposed()).unwrap();
+        let awaiting: Incident = serde_json::from_value(sample.incident.clone()).unwrap();
+        let before = executor.snapshot(plan).await.unwrap();
+        let approval = approve::approve(&awaiting, admin, None, false, Timestamp::now()).unwrap();
+        let after = executor
+            .run(&approval.action.unwrap(), &before)
+            .await
+            .unwrap();
+        let (sample_before, sample_after) = blocks::sample_records(plan, "inc-sample");
+        assert_eq!(
+            keys(&before),
+            keys(&sample_before),
+            "{action} before: {before}"
+        );
+        assert_eq!(keys(&after), keys(&sample_after), "{action} after: {after}");
+        let mut executed = sample.incident;
+        executed["status"] = json!("verifying");
+        executed["execution"] = json!({
+            "action": plan.to_proposed(), "approved_by": "slack:U1 (admin)",
+            "started_at": "2026-11-28T10:01:00.000Z", "finished_at": "2026-11-28T10:01:02.000Z",
+            "before": before, "after": after, "reversible": action.reversible(),
+            "rolled_back_at": null,
+        });
+        executed
+    }
+    let cleanup = ActionPlan::SandboxCleanup {
+        dirs: CleanupDir::ALL.to_vec(),
+    };
+    let executed = run(&executor, &admin, &cleanup).await;
+    let section = fix_section(&card(executed, ""));
+    assert!(
+        section
+            .contains("• logs, tmp, cache: 1 file (3 MB) → 1 file moved to the quarantine (3 MB)"),
+        "{section}"
+    );
+    assert!(section.contains("• files: logs/app.log"), "{section}");
+
+    let container = crate::containers::Container::run(
+        "sentinel-cards",
+        &["--memory", "64m"],
+        &["sleep", "3600"],
+    );
+    let raise = ActionPlan::ContainerMemoryLimit {
+        container: container.0.clone(),
+        factor: 1.5,
+    };
+    let executed = run(&executor, &admin, &raise).await;
+    let rendered = card(executed, "");
+    let section = fix_section(&rendered);
+    assert!(
+        section.contains("• memory limit: 64 MB → 96 MB"),
+        "{section}"
+    );
+    assert!(!section.contains(['{', '"']), "{section}");
+    assert_eq!(action_ids(&rendered), ["rollback", "silence"]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snapshots
 
 fn snapshot_path(name: &str) -> PathBuf {
@@ -379,6 +876,24 @@ fn every_template_matches_its_snapshot() {
     assert_snapshot(
         "incident_card_executed",
         &json!({ "text": rolled.text, "blocks": rolled.blocks }),
+    );
+    let cleaned = card(
+        sample(
+            Some(ActionId::SandboxCleanup),
+            Status::Resolved,
+            ExecutionState::Executed,
+        )
+        .incident,
+        "",
+    );
+    assert_snapshot(
+        "incident_card_cleanup_executed",
+        &json!({ "text": cleaned.text, "blocks": cleaned.blocks }),
+    );
+    let fallback = blocks::fallback("incident_card", &json!({ "incident": incident() }));
+    assert_snapshot(
+        "incident_card_fallback",
+        &json!({ "text": fallback.text, "blocks": fallback.blocks }),
     );
 }
 
@@ -440,7 +955,33 @@ fn config_check_renders_every_template() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("7 render within Slack's limits"),
+        stdout.contains("7 render within Slack's limits (286 sample incidents"),
         "{stdout}"
     );
+}
+
+/// The sweep `config check` runs: every catalogue action and none, every status, every
+/// execution state an action has (none, executed, rolled back, failed, unfinished).
+#[test]
+fn the_config_check_sweep_covers_every_action_and_status() {
+    let samples = blocks::sample_incidents();
+    assert_eq!(
+        samples.len(),
+        Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len())
+    );
+    assert_eq!(samples.len(), 286);
+    for action in std::iter::once(None).chain(ActionId::ALL.into_iter().map(Some)) {
+        for status in Status::ALL {
+            assert!(
+                samples
+                    .iter()
+                    .any(|s| s.action == action && s.status == status),
+                "no sample for {action:?} × {status}"
+            );
+        }
+    }
+    let sweep = blocks::render_every_sample().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sweep.incidents, 286);
+    // Six incident templates per sample, a reply per timeline entry, plus the samples.
+    assert!(sweep.renders >= 286 * 7 + 7, "{sweep:?}");
 }

@@ -1452,9 +1452,12 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
         .collect::<Vec<_>>();
     assert_eq!(replies.len(), expected, "one reply per status change");
     for (reply, entry) in replies.iter().zip(announced) {
-        assert!(
-            reply.text().contains(&entry.step.replace('_', " "))
-                || reply.text().contains(&entry.step),
+        // Each reply is the sentence its entry renders to (the step in words).
+        let context = json!({ "incident": &resolved, "entry": entry });
+        let expected = sentinel::slack::blocks::render("timeline_reply", &context).unwrap();
+        assert_eq!(
+            reply.text(),
+            expected.text,
             "replies out of order: {:?} for {:?}",
             reply.text(),
             entry.step

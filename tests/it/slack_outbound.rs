@@ -239,9 +239,16 @@ async fn an_incident_gets_a_card_kept_in_step_with_one_reply_per_timeline_entry(
         .iter()
         .map(|c| c.text().to_owned())
         .collect();
-    assert!(replies[0].starts_with("detected"), "{replies:?}");
-    assert!(replies[1].starts_with("analyzing"), "{replies:?}");
-    assert!(replies[2].starts_with("awaiting approval"), "{replies:?}");
+    // One sentence each, the step in words (blocks/timeline_reply.j2).
+    assert!(replies[0].starts_with("Detected: "), "{replies:?}");
+    assert!(
+        replies[1].starts_with("Analyzing the incident"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[2].starts_with("Waiting for approval from an operator"),
+        "{replies:?}"
+    );
     assert_eq!(cards_posted(&calls).len(), 1, "one card, never two");
 
     // The buttons carry the version the card was rendered from, which is what a click is
@@ -280,7 +287,11 @@ async fn an_incident_gets_a_card_kept_in_step_with_one_reply_per_timeline_entry(
         .find(|c| c.method == "chat.update" && c.ok())
         .unwrap();
     assert_eq!(button_version(&last.body["blocks"], "approve"), None);
-    assert!(replies_to(&calls, &ts)[3].text().starts_with("resolved"));
+    assert_eq!(
+        replies_to(&calls, &ts)[3].text(),
+        "Recovered without action",
+        "the message says the step already"
+    );
     // Nothing more happens once Slack shows everything.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
