@@ -17,13 +17,14 @@ use crate::domain::{
     Timestamp,
 };
 use crate::pipeline::analyze::llm::LlmAnalyzer;
-use crate::pipeline::approve::{self, DecisionError};
+use crate::pipeline::approve::DecisionError;
 use crate::pipeline::audit::{self, AuditEvent};
 use crate::pipeline::detect::{self, Scenario};
+use crate::pipeline::engine::{Effect, Event, Recovery};
 use crate::pipeline::execute::Executor;
 use crate::pipeline::intake::{self, Intake};
 use crate::pipeline::monitor::{Collectors, CycleReport};
-use crate::pipeline::remediate::{self, Job};
+use crate::pipeline::remediate::{self, Job, Stepped};
 use crate::store::{IncidentQuery, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,9 @@ pub struct AlertsOutcome {
     pub silenced: usize,
     /// Resolved alerts that had no open incident.
     pub ignored: usize,
+    /// Resolved alerts for incidents whose fix is running or being verified: recorded on
+    /// the incident, and verification takes them into account.
+    pub noted: usize,
 }
 
 /// The longest silence anyone can set.
@@ -232,7 +236,10 @@ impl Sentinel {
 
     /// Queues analysis of a newly opened incident.
     pub fn opened(&self, incident: &Incident) {
-        self.enqueue(Job::Analyze(incident.id.clone()));
+        self.enqueue(Job::Analyze {
+            id: incident.id.clone(),
+            resumed: false,
+        });
     }
 
     pub fn set_cycle(&self, report: CycleReport) {
@@ -348,45 +355,41 @@ impl Sentinel {
         Ok(intake)
     }
 
-    /// Applies a person's decision with compare-and-set. When the incident changed between
-    /// the read and the write (the card sync saving its Slack bookkeeping, a repeat
-    /// observation), the decision is made again on the fresh incident: the rules are checked
-    /// again, so of two racing approvals the second still finds it approved and gets 409.
+    /// Applies a person's decision through the incident engine: compare-and-set, and when
+    /// the incident changed between the read and the write the engine decides again on the
+    /// fresh incident, so of two racing approvals the second finds it approved and gets 409.
+    /// A refusal is audited. Returns the stored incident and the effects it unlocked.
     ///
     /// `seen` is an incident the caller has just read, used for the first attempt instead of
     /// reading it again; the compare-and-set still refuses it if it is out of date.
-    async fn decide<T>(
+    async fn decide(
         &self,
         id: &str,
         seen: Option<Incident>,
         actor: &Actor,
         verb: &str,
-        decision: impl Fn(&Incident) -> Result<(Incident, T), DecisionError>,
-    ) -> Result<(Incident, T), ServiceError> {
-        const ATTEMPTS: usize = 5;
-        let mut seen = seen.filter(|incident| incident.id.as_str() == id);
-        for _ in 0..ATTEMPTS {
-            let incident = match seen.take() {
-                Some(incident) => incident,
-                None => self.incident(id).await?,
-            };
-            let (next, outcome) = match decision(&incident) {
-                Ok(decided) => decided,
-                Err(e) => return Err(self.refused(&incident, actor, verb, e).await),
-            };
-            match self.store.update_incident(&next).await {
-                Ok(stored) => return Ok((stored, outcome)),
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(other) => return Err(other.into()),
+        event: &Event,
+    ) -> Result<(Incident, Vec<Effect>), ServiceError> {
+        let missing = || ServiceError::NotFound(format!("incident {id}"));
+        let parsed = IncidentId::parse(id).map_err(|_| missing())?;
+        let stepped = remediate::step(self.store.as_ref(), &parsed, seen, event, Timestamp::now())
+            .await?
+            .ok_or_else(missing)?;
+        match stepped {
+            Stepped::Moved { stored, effects } => Ok((stored, effects)),
+            Stepped::Refused { incident, error } => {
+                Err(self.refused(&incident, actor, verb, error).await)
             }
+            Stepped::Unchanged { incident, why, .. } => Err(ServiceError::Conflict(format!(
+                "cannot {verb} incident {}: {why}",
+                incident.id
+            ))),
         }
-        Err(ServiceError::Conflict(format!(
-            "incident {id} keeps changing; look again and retry"
-        )))
     }
 
-    /// Approves an incident's proposed fix; once approved, the fix is executed in the
-    /// background and its progress shows on the timeline.
+    /// Approves an incident's proposed fix, pinned to `proposal` when given (409 once it is
+    /// no longer the current one); once approved, the fix is executed in the background and
+    /// its progress shows on the timeline.
     #[tracing::instrument(name = "approve", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn approve(
         &self,
@@ -420,24 +423,27 @@ impl Sentinel {
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
-        let two_person = self.settings.actions.two_person_rule;
-        let (stored, action) = self
-            .decide(id, seen, actor, "approve", |incident| {
-                approve::approve(incident, actor, proposal, two_person, now)
-                    .map(|a| (a.incident, a.action))
-            })
-            .await?;
-        let event = match action {
-            Some(_) => AuditEvent::ApprovalGranted { incident: &stored },
-            None => AuditEvent::Step {
+        let event = Event::Approve {
+            actor: actor.clone(),
+            proposal: proposal.map(str::to_owned),
+            two_person_rule: self.settings.actions.two_person_rule,
+        };
+        let (stored, effects) = self.decide(id, seen, actor, "approve", &event).await?;
+        let runs = effects.iter().any(|e| matches!(e, Effect::Execute(_)));
+        let event = if runs {
+            AuditEvent::ApprovalGranted { incident: &stored }
+        } else {
+            AuditEvent::Step {
                 name: "ApprovalRecorded",
                 incident: &stored,
                 details: serde_json::json!({ "waiting_for": "a second admin" }),
-            },
+            }
         };
         audit::emit(self.store.as_ref(), actor, event, now).await?;
-        if let Some(action) = action {
-            self.enqueue(Job::Execute(action));
+        for effect in effects {
+            if let Effect::Execute(action) = effect {
+                self.enqueue(Job::Execute(action));
+            }
         }
         Ok(stored)
     }
@@ -451,11 +457,11 @@ impl Sentinel {
         reason: Option<&str>,
     ) -> Result<Incident, ServiceError> {
         let now = Timestamp::now();
-        let (stored, ()) = self
-            .decide(id, None, actor, "reject", |incident| {
-                approve::reject(incident, actor, reason, now).map(|next| (next, ()))
-            })
-            .await?;
+        let event = Event::Reject {
+            actor: actor.clone(),
+            reason: reason.map(str::to_owned),
+        };
+        let (stored, _) = self.decide(id, None, actor, "reject", &event).await?;
         audit::emit(
             self.store.as_ref(),
             actor,
@@ -470,20 +476,72 @@ impl Sentinel {
     }
 
     /// Rolls back an executed fix (admins): restores the memory limit, stops the started
-    /// container, or brings quarantined files back.
+    /// container, or brings quarantined files back. Any number of concurrent requests make
+    /// one undo: only the one stored transition into rolling back gets the permit.
     #[tracing::instrument(name = "rollback", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn rollback(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
-        let incident = self.incident(id).await?;
-        if let Err(e) = approve::check_rollback(&incident, actor) {
-            return Err(self.refused(&incident, actor, "rollback", e).await);
+        let event = Event::RollbackRequested {
+            actor: actor.clone(),
+        };
+        let (stored, effects) = self.decide(id, None, actor, "rollback", &event).await?;
+        let mut rolled = None;
+        for effect in effects {
+            if let Effect::Undo(permit) = effect {
+                rolled = remediate::undo(self, permit, actor).await?;
+            }
         }
-        match remediate::roll_back(self, &incident, actor).await? {
-            Some(rolled) => Ok(rolled),
-            None => Err(ServiceError::Conflict(format!(
+        rolled.ok_or_else(|| {
+            ServiceError::Conflict(format!(
                 "incident {} was not rolled back: see its timeline",
-                incident.id
-            ))),
+                stored.id
+            ))
+        })
+    }
+
+    /// Resolves an incident by hand (operators), with an optional note: before a fix runs it
+    /// closes the incident (step `recovered`); while a fix runs it is refused.
+    #[tracing::instrument(name = "resolve", skip_all, fields(incident = %id, actor = %actor))]
+    pub async fn resolve(
+        &self,
+        id: &str,
+        note: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        if let Some(has) = actor.role() {
+            if !has.allows(crate::domain::Role::Operator) {
+                return Err(ServiceError::Forbidden(format!(
+                    "resolving needs the operator role; you are {has}"
+                )));
+            }
         }
+        let note = note.map(str::trim).filter(|n| !n.is_empty());
+        if note.is_some_and(|n| n.chars().count() > 2000) {
+            return Err(ServiceError::Invalid(
+                "the note is longer than 2000 characters".to_owned(),
+            ));
+        }
+        let message = match note {
+            Some(note) => format!("resolved by hand: {note}"),
+            None => "resolved by hand".to_owned(),
+        };
+        let event = Event::Recovered {
+            by: Recovery::Person,
+            actor: actor.clone(),
+            message: message.clone(),
+        };
+        let now = Timestamp::now();
+        let (stored, _) = self.decide(id, None, actor, "resolve", &event).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::IncidentResolved {
+                incident: &stored,
+                message: &message,
+            },
+            now,
+        )
+        .await?;
+        Ok(stored)
     }
 
     pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
@@ -522,13 +580,17 @@ impl Sentinel {
                     let resolved = intake::resolve(
                         self.store.as_ref(),
                         &fingerprint,
+                        Recovery::AlertSource,
                         &Actor::Sentinel,
                         &message,
                         now,
                     )
                     .await?;
                     match resolved {
-                        Some(_) => outcome.resolved += 1,
+                        Some(i) if i.status == crate::domain::Status::Resolved => {
+                            outcome.resolved += 1
+                        }
+                        Some(_) => outcome.noted += 1,
                         None => outcome.ignored += 1,
                     }
                 }

@@ -211,6 +211,10 @@ pub struct Incident {
     /// Made up on purpose (`trigger-alert`, `/sentinel trigger`), not seen on a real target.
     #[serde(default)]
     pub synthetic: bool,
+    /// When a recovery (clean samples, the alert source, a person) arrived while a fix was
+    /// running or being verified: recorded, and verification takes it into account.
+    #[serde(default)]
+    pub recovered_at: Option<Timestamp>,
 }
 
 /// The observation half of an incident: the latest reading of its breach. Stored apart from
@@ -269,6 +273,31 @@ pub struct Execution {
     /// Set once rolled back.
     #[serde(default)]
     pub rolled_back_at: Option<Timestamp>,
+    /// The intent, recorded before the side effect: the proposal this runs and the fencing
+    /// token of the execution lease it ran under.
+    #[serde(default)]
+    pub proposal_id: Option<String>,
+    #[serde(default)]
+    pub fencing_token: Option<u64>,
+    /// Set by the one compare-and-set that grants the rollback permit; while it is set and
+    /// `rolled_back_at` is not, a rollback is under way (or was interrupted by a restart).
+    #[serde(default)]
+    pub rollback: Option<RollbackStart>,
+}
+
+/// Who started a rollback, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackStart {
+    /// `sentinel` (verification failed) or the person who asked.
+    pub by: String,
+    pub at: Timestamp,
+}
+
+impl Execution {
+    /// A rollback was granted and has not finished.
+    pub fn rolling_back(&self) -> bool {
+        self.rollback.is_some() && self.rolled_back_at.is_none()
+    }
 }
 
 impl Incident {
@@ -310,6 +339,7 @@ impl Incident {
             slack: None,
             proposal_id: None,
             synthetic: detection.source == Source::Trigger,
+            recovered_at: None,
         }
     }
 

@@ -172,6 +172,28 @@ pub fn approve(
     })
 }
 
+/// The permission of an incident approved before a restart, read back from what was stored
+/// (the policy's, when no person approved). `None` unless it is `approved` with a readable
+/// proposal and no execution yet: only a stored approval makes one.
+pub fn resume(incident: &Incident) -> Option<ApprovedAction> {
+    if incident.status != Status::Approved || incident.execution.is_some() {
+        return None;
+    }
+    let plan = incident.proposed_action.as_ref()?.plan().ok()?;
+    let risk = incident.risk.unwrap_or(Risk::High);
+    let approved_by = if incident.approvals.is_empty() {
+        format!("policy ({risk} risk, automatic)")
+    } else {
+        incident.approvals.join(" and ")
+    };
+    Some(ApprovedAction {
+        incident: incident.id.clone(),
+        plan,
+        risk,
+        approved_by,
+    })
+}
+
 /// Rejects the proposed fix, with an optional reason.
 pub fn reject(
     incident: &Incident,
@@ -392,6 +414,9 @@ mod tests {
             after: serde_json::json!({}),
             reversible: true,
             rolled_back_at: None,
+            rollback: None,
+            proposal_id: None,
+            fencing_token: None,
         };
         executed.execution = Some(execution.clone());
         assert_eq!(check_rollback(&executed, &person(Role::Admin)), Ok(()));

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::config::Settings;
 use crate::domain::{ActionPlan, IncidentId};
 use crate::pipeline::approve::ApprovedAction;
+use crate::pipeline::engine::RollbackPermit;
 use crate::runtime::cleanup;
 use crate::runtime::docker::DockerCollector;
 
@@ -170,14 +171,67 @@ impl Executor {
         }
     }
 
-    /// Undoes a reversible action: stops a started container, restores a memory limit,
-    /// brings quarantined files back.
-    pub async fn undo(
+    /// Whether an interrupted execution reached the target, judged from the target itself
+    /// (`now`, a fresh [`Self::snapshot`]) against the state recorded before it: a started
+    /// container runs, a restarted one has a new start time or restart count, a limit
+    /// changed, the incident's quarantine holds files.
+    pub fn reached(
         &self,
         incident: &IncidentId,
         plan: &ActionPlan,
         before: &Value,
-    ) -> Result<Value, ExecError> {
+        now: &Value,
+    ) -> bool {
+        match plan {
+            ActionPlan::NotifyOnly => false,
+            ActionPlan::ContainerStart { .. } => {
+                now.get("state") == Some(&json!("running"))
+                    && (before.get("state") != Some(&json!("running"))
+                        || before.get("started_at") != now.get("started_at"))
+            }
+            ActionPlan::ContainerRestart { .. } => {
+                before.get("started_at") != now.get("started_at")
+                    || before.get("restart_count") != now.get("restart_count")
+            }
+            ActionPlan::ContainerMemoryLimit { .. } => {
+                before.get("memory") != now.get("memory")
+                    || before.get("memory_swap") != now.get("memory_swap")
+            }
+            ActionPlan::SandboxCleanup { .. } => {
+                let quarantine = self
+                    .sandbox
+                    .join(cleanup::QUARANTINE_DIR)
+                    .join(cleanup_id(incident));
+                // symlink_metadata: the quarantine is ours, and a link there is not it.
+                std::fs::symlink_metadata(&quarantine).is_ok_and(|m| m.is_dir())
+                    && std::fs::read_dir(&quarantine).is_ok_and(|mut d| d.next().is_some())
+            }
+        }
+    }
+
+    /// Whether the target already looks as it did before the fix in what the undo restores
+    /// (a stopped container, the old limit), so a resumed rollback need not touch it again.
+    /// Cleanup's restore is idempotent on its own: never already undone here.
+    pub fn undone(plan: &ActionPlan, before: &Value, now: &Value) -> bool {
+        match plan {
+            ActionPlan::ContainerStart { .. } => {
+                now.get("state").is_some() && now.get("state") != Some(&json!("running"))
+            }
+            ActionPlan::ContainerMemoryLimit { .. } => {
+                before.get("memory") == now.get("memory")
+                    && before.get("memory_swap") == now.get("memory_swap")
+            }
+            ActionPlan::ContainerRestart { .. }
+            | ActionPlan::NotifyOnly
+            | ActionPlan::SandboxCleanup { .. } => false,
+        }
+    }
+
+    /// Undoes a reversible action: stops a started container, restores a memory limit,
+    /// brings quarantined files back. Needs the [`RollbackPermit`] that only the engine's one
+    /// stored transition into a rollback grants, so concurrent requests make one undo.
+    pub async fn undo(&self, permit: &RollbackPermit) -> Result<Value, ExecError> {
+        let (incident, plan, before) = (permit.incident(), permit.plan(), permit.before());
         match plan {
             ActionPlan::ContainerRestart { .. } | ActionPlan::NotifyOnly => Err(
                 ExecError::Refused(format!("{} cannot be undone", plan.action())),

@@ -10,6 +10,8 @@ use crate::domain::{
     Actor, Detection, Fingerprint, Incident, IncidentId, Silence, Status, Timestamp,
 };
 use crate::pipeline::audit::{self, AuditEvent};
+use crate::pipeline::engine::{Event, Recovery};
+use crate::pipeline::remediate::{self, Stepped};
 use crate::store::{Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,50 +95,45 @@ pub async fn open_or_update(
     }
 }
 
-/// Resolves the open incident of `fingerprint` because its signal recovered (or its source
-/// said so). `None` when there is no open incident, or when it cannot resolve now: while a
-/// fix is executing or being verified, verification decides.
+/// The open incident of `fingerprint` recovered (its signal is clean, or its source said
+/// so): the incident engine decides what that means at its status. Before a fix runs it
+/// resolves (step `recovered`); while a fix runs or is verified it is recorded, and
+/// verification uses it. Returns the incident as stored when it changed; `None` when there
+/// is no open incident or nothing changed (the recovery was already recorded).
 pub async fn resolve(
     store: &dyn Store,
     fingerprint: &Fingerprint,
+    by: Recovery,
     actor: &Actor,
     message: &str,
     now: Timestamp,
 ) -> StoreResult<Option<Incident>> {
-    loop {
-        let Some(mut incident) = store.open_incident_for(fingerprint).await? else {
-            return Ok(None);
-        };
-        // A fix is being decided on or running: verification, not the monitor, closes it.
-        if matches!(
-            incident.status,
-            Status::Analyzing | Status::Approved | Status::Executing | Status::Verifying
-        ) {
-            return Ok(None);
+    let Some(open) = store.open_incident_for(fingerprint).await? else {
+        return Ok(None);
+    };
+    let id = open.id.clone();
+    let event = Event::Recovered {
+        by,
+        actor: actor.clone(),
+        message: message.to_owned(),
+    };
+    let Some(Stepped::Moved { stored, .. }) =
+        remediate::step(store, &id, Some(open), &event, now).await?
+    else {
+        return Ok(None);
+    };
+    let audited = if stored.status == Status::Resolved {
+        AuditEvent::IncidentResolved {
+            incident: &stored,
+            message,
         }
-        if incident
-            .transition(Status::Resolved, &actor.to_string(), message, now)
-            .is_err()
-        {
-            return Ok(None);
+    } else {
+        AuditEvent::Step {
+            name: "RecoveryNoted",
+            incident: &stored,
+            details: serde_json::json!({ "message": message, "status": stored.status }),
         }
-        match store.update_incident(&incident).await {
-            Ok(stored) => {
-                audit::emit(
-                    store,
-                    actor,
-                    AuditEvent::IncidentResolved {
-                        incident: &stored,
-                        message,
-                    },
-                    now,
-                )
-                .await?;
-                return Ok(Some(stored));
-            }
-            Err(StoreError::VersionConflict { .. }) => continue,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(other) => return Err(other),
-        }
-    }
+    };
+    audit::emit(store, actor, audited, now).await?;
+    Ok(Some(stored))
 }

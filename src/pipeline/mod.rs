@@ -11,6 +11,7 @@ pub mod analyze;
 pub mod approve;
 pub mod audit;
 pub mod detect;
+pub mod engine;
 pub mod execute;
 pub mod intake;
 pub mod monitor;

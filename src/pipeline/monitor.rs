@@ -562,12 +562,22 @@ impl Monitor {
                 Decision::Recovered {
                     fingerprint,
                     message,
-                } => match intake::resolve(store, &fingerprint, &Actor::Sentinel, &message, now)
-                    .await
+                } => match intake::resolve(
+                    store,
+                    &fingerprint,
+                    crate::pipeline::engine::Recovery::Monitor,
+                    &Actor::Sentinel,
+                    &message,
+                    now,
+                )
+                .await
                 {
-                    Ok(Some(incident)) => {
+                    Ok(Some(incident)) if incident.status == crate::domain::Status::Resolved => {
                         tracing::info!(incident = %incident.id, %fingerprint, "incident recovered");
                         report.resolved += 1;
+                    }
+                    Ok(Some(incident)) => {
+                        tracing::info!(incident = %incident.id, %fingerprint, status = %incident.status, "recovery noted while a fix runs");
                     }
                     Ok(None) => {}
                     Err(e) => report.errors.push(format!("{fingerprint}: {e}")),

@@ -1,14 +1,20 @@
-//! Remediate: drive an incident through analyze → policy → (approve) → execute → verify,
-//! and roll back when the fix did not help (SPEC §1, §4).
+//! Remediate: the runner of the incident engine. It drives an incident through analyze →
+//! policy → (approve) → execute → verify, rolls back when the fix did not help, and picks
+//! up whatever a previous process left half-way (SPEC §1, §4, §12.1).
 //!
-//! In: [`Job`]s from intake (a new incident), from approvals (an approved action) and from
-//! execution (verify after `settle`). Out: incidents moved along the state machine, with a
-//! timeline entry and an audit entry for every step. The decisions are made by the pure
-//! stages (`analyze::rules`, `policy`, `approve`, `verify`); this module does their I/O.
+//! In: [`Job`]s from intake (a new incident), approvals (an approved action), execution
+//! (verify after `settle`) and restart recovery. Out: incidents moved by
+//! [`engine::apply`](crate::pipeline::engine::apply), with a timeline entry and an audit
+//! entry for every step. The decisions are the engine's and the pure stages'
+//! (`analyze::rules`, `policy`, `approve`, `verify`); this module only does their I/O:
+//! [`step`] reads, applies one event, stores with compare-and-set (again after a conflict)
+//! and hands back the effects, which exist only once the transition is stored.
 //!
-//! At most once: execution holds a per-incident lease whose fencing token is checked right
-//! before the side effect, and the move to `executing` is a compare-and-set, so concurrent
-//! approvals, retried requests and several replicas never run an action twice.
+//! At most once: execution holds a per-incident lease, renewed while the action runs, whose
+//! fencing token is checked right before the side effect; the move to `executing` (the
+//! intent, written before the side effect) is a compare-and-set; a rollback needs the permit
+//! of the one stored transition into rolling back. After a restart, `executing` is
+//! reconciled against the target rather than run again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,31 +26,110 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AnalyzerKind;
 use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp};
 use crate::pipeline::analyze::{self, rules, Analysis, Evidence};
-use crate::pipeline::approve::ApprovedAction;
+use crate::pipeline::approve::{ApprovedAction, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent};
+use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPermit};
 use crate::pipeline::execute::Executor;
 use crate::pipeline::policy::{self, PolicyInput, Verdict};
-use crate::pipeline::verify::{self, Judgement};
+use crate::pipeline::verify;
 use crate::runtime::sandbox;
 use crate::service::Sentinel;
-use crate::store::{IncidentQuery, StoreError};
+use crate::store::{IncidentQuery, Store, StoreError};
 
 /// Work for the remediation worker.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Job {
-    /// A new incident: analyze it and apply the policy.
-    Analyze(IncidentId),
+    /// Analyze an incident and apply the policy (`resumed`: again, after a restart).
+    Analyze { id: IncidentId, resumed: bool },
     /// An approved action: execute it.
     Execute(ApprovedAction),
     /// An executed fix: wait `settle`, then verify.
     Verify(IncidentId),
+    /// An execution interrupted by a restart: check the target, record what it shows.
+    Reconcile(IncidentId),
+    /// A granted rollback (resumed after a restart): undo the fix.
+    Undo(RollbackPermit),
 }
 
-/// How long an execution lease lives; longer than any action takes.
-const EXECUTION_LEASE: Duration = Duration::from_secs(300);
+/// How long an execution lease lives without renewal. The holder renews it every third of
+/// that while the action runs, so a process that died frees the target within this.
+const EXECUTION_LEASE: Duration = Duration::from_secs(15);
 
-/// Runs jobs until shutdown. On start, picks up incidents a previous process left half-way
-/// (`detected` ones not analyzed, `verifying` ones not verified).
+/// How long recovery waits for an execution lease a dead (or slower) holder still has.
+const LEASE_WAIT: Duration = Duration::from_secs(45);
+
+/// What applying one event did.
+#[derive(Debug)]
+pub enum Stepped {
+    /// Stored: `stored` is the incident as written, `effects` what it unlocked.
+    Moved {
+        stored: Incident,
+        effects: Vec<Effect>,
+    },
+    /// Nothing stored (the event does not apply at this status); effects that still apply.
+    Unchanged {
+        incident: Incident,
+        why: String,
+        effects: Vec<Effect>,
+    },
+    /// A person's request this status does not allow.
+    Refused {
+        incident: Incident,
+        error: DecisionError,
+    },
+}
+
+/// Applies `event` to the stored incident `id`: read, [`engine::apply`], compare-and-set,
+/// again on a fresh read after a conflict. `seen` is a copy the caller has just read, used
+/// for the first attempt. `None` when there is no such incident.
+pub async fn step(
+    store: &dyn Store,
+    id: &IncidentId,
+    seen: Option<Incident>,
+    event: &Event,
+    now: Timestamp,
+) -> Result<Option<Stepped>, StoreError> {
+    let mut seen = seen.filter(|incident| &incident.id == id);
+    loop {
+        let incident = match seen.take() {
+            Some(incident) => incident,
+            None => match store.get_incident(id).await? {
+                Some(incident) => incident,
+                None => return Ok(None),
+            },
+        };
+        match engine::apply(&incident, event, now) {
+            Outcome::Moved(transition) => match store.update_incident(transition.next()).await {
+                Ok(stored) => {
+                    let effects = transition.committed(&stored).unwrap_or_default();
+                    return Ok(Some(Stepped::Moved { stored, effects }));
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+            Outcome::Unchanged { why, effects } => {
+                tracing::debug!(incident = %id, event = event.name(), why, "event changes nothing");
+                return Ok(Some(Stepped::Unchanged {
+                    incident,
+                    why,
+                    effects,
+                }));
+            }
+            Outcome::Refused(error) => return Ok(Some(Stepped::Refused { incident, error })),
+        }
+    }
+}
+
+/// The stored incident, when `stepped` stored one.
+fn moved(stepped: Option<Stepped>) -> Option<(Incident, Vec<Effect>)> {
+    match stepped {
+        Some(Stepped::Moved { stored, effects }) => Some((stored, effects)),
+        _ => None,
+    }
+}
+
+/// Runs jobs until shutdown. On start, every incident a previous process left half-way
+/// moves on ([`recover`]).
 pub async fn run_worker(
     sentinel: Arc<Sentinel>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
@@ -67,33 +152,87 @@ pub async fn run_worker(
     running.abort_all();
 }
 
-async fn recover(sentinel: &Sentinel) {
-    let open = match sentinel
+/// Applies [`Event::Restarted`] to every incident that may have work under way (the open
+/// ones, and closed ones with a rollback started) and queues what it asks for.
+pub async fn recover(sentinel: &Sentinel) {
+    let recent = match sentinel
         .store
         .list_incidents(IncidentQuery {
-            open_only: true,
+            open_only: false,
             limit: 10_000,
         })
         .await
     {
-        Ok(open) => open,
+        Ok(recent) => recent,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list incidents to resume remediation");
             return;
         }
     };
-    for incident in open {
-        match incident.status {
-            Status::Detected => sentinel.enqueue(Job::Analyze(incident.id)),
-            Status::Verifying => sentinel.enqueue(Job::Verify(incident.id)),
-            _ => {}
+    let now = Timestamp::now();
+    for incident in recent {
+        let rolling = incident
+            .execution
+            .as_ref()
+            .is_some_and(Execution::rolling_back);
+        if !incident.is_open() && !rolling {
+            continue;
         }
+        let id = incident.id.clone();
+        let resumed_analysis = incident.status == Status::Analyzing;
+        let effects = match step(
+            sentinel.store.as_ref(),
+            &id,
+            Some(incident),
+            &Event::Restarted,
+            now,
+        )
+        .await
+        {
+            Ok(Some(Stepped::Moved { stored, effects })) => {
+                emit(
+                    sentinel,
+                    "RemediationResumed",
+                    &stored,
+                    json!({ "after": "restart" }),
+                )
+                .await;
+                effects
+            }
+            Ok(Some(Stepped::Unchanged { effects, .. })) => effects,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(incident = %id, error = %e, "cannot resume an incident");
+                continue;
+            }
+        };
+        dispatch(sentinel, &id, effects, resumed_analysis);
+    }
+}
+
+/// Queues the effects of a stored transition.
+fn dispatch(sentinel: &Sentinel, id: &IncidentId, effects: Vec<Effect>, resumed: bool) {
+    for effect in effects {
+        let job = match effect {
+            Effect::Analyze => Job::Analyze {
+                id: id.clone(),
+                resumed,
+            },
+            Effect::Execute(action) => Job::Execute(action),
+            Effect::Reconcile => Job::Reconcile(id.clone()),
+            Effect::Verify => Job::Verify(id.clone()),
+            Effect::Undo(permit) => Job::Undo(permit),
+        };
+        sentinel.enqueue(job);
     }
 }
 
 async fn handle(sentinel: &Sentinel, job: Job, shutdown: &CancellationToken) {
     let (what, result) = match job {
-        Job::Analyze(id) => (id.to_string(), analyze_and_decide(sentinel, &id).await),
+        Job::Analyze { id, resumed } => (
+            id.to_string(),
+            analyze_and_decide(sentinel, &id, resumed).await,
+        ),
         Job::Execute(action) => (
             action.incident().to_string(),
             execute(sentinel, action).await,
@@ -105,34 +244,14 @@ async fn handle(sentinel: &Sentinel, job: Job, shutdown: &CancellationToken) {
             }
             (id.to_string(), verify_fix(sentinel, &id).await)
         }
+        Job::Reconcile(id) => (id.to_string(), reconcile(sentinel, &id).await),
+        Job::Undo(permit) => (
+            permit.incident().to_string(),
+            undo(sentinel, permit, &Actor::Sentinel).await.map(drop),
+        ),
     };
     if let Err(e) = result {
         tracing::warn!(incident = %what, error = %e, "remediation step failed");
-    }
-}
-
-/// Reads, changes and stores an incident, retrying when someone else wrote it meanwhile.
-/// `change` returns `false` to leave it alone (the incident moved on); then `None`.
-pub async fn update_with<F>(
-    sentinel: &Sentinel,
-    id: &IncidentId,
-    mut change: F,
-) -> Result<Option<Incident>, StoreError>
-where
-    F: FnMut(&mut Incident) -> bool,
-{
-    loop {
-        let Some(mut incident) = sentinel.store.get_incident(id).await? else {
-            return Ok(None);
-        };
-        if !change(&mut incident) {
-            return Ok(None);
-        }
-        match sentinel.store.update_incident(&incident).await {
-            Ok(stored) => return Ok(Some(stored)),
-            Err(StoreError::VersionConflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
     }
 }
 
@@ -223,15 +342,15 @@ async fn analysis_for(
 }
 
 #[tracing::instrument(name = "analyze", skip_all, fields(incident = %id))]
-async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
+async fn analyze_and_decide(
+    sentinel: &Sentinel,
+    id: &IncidentId,
+    resumed: bool,
+) -> Result<(), StoreError> {
+    let store = sentinel.store.as_ref();
     let now = Timestamp::now();
-    let Some(incident) = update_with(sentinel, id, |i| {
-        i.status == Status::Detected
-            && i.transition(Status::Analyzing, "sentinel", "analyzing", now)
-                .is_ok()
-    })
-    .await?
-    else {
+    let started = step(store, id, None, &Event::AnalysisStarted { resumed }, now).await?;
+    let Some((incident, _)) = moved(started) else {
         return Ok(());
     };
     let evidence = gather_evidence(sentinel).await;
@@ -256,14 +375,13 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
         .and_then(|name| evidence.container(name))
         .is_some_and(|c| c.protected());
     let since = Timestamp::from_unix_millis(now.unix_millis() - 3_600_000);
-    let recent = sentinel
-        .store
+    let recent = store
         .auto_actions_since(since)
         .await?
         .get(&plan.key())
         .copied()
         .unwrap_or(0);
-    let paused = sentinel.store.control().await?.paused;
+    let paused = store.control().await?.paused;
     let settings = &sentinel.settings;
     let decision = policy::decide(&PolicyInput {
         plan: &plan,
@@ -279,70 +397,17 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
         Ok(snapshot) => snapshot,
         Err(e) => json!({ "error": e.to_string() }),
     };
-
-    let proposed = plan.to_proposed();
-    let stored = update_with(sentinel, id, |i| {
-        if i.status != Status::Analyzing {
-            return false;
-        }
-        let now = Timestamp::now();
-        for refusal in &refusals {
-            let step = if refusal.starts_with("the LLM") {
-                "analyzer_fell_back"
-            } else {
-                "proposal_refused"
-            };
-            i.record(step, "sentinel", refusal.clone(), now);
-        }
-        i.root_cause = Some(analysis.root_cause.clone());
-        i.propose(proposed.clone(), snapshot.clone());
-        i.risk = Some(decision.risk);
-        i.confidence = Some(analysis.confidence.clamp(0.0, 1.0));
-        i.analyzer = Some(analysis.analyzer.clone());
-        i.evidence = analysis.evidence.clone();
-        i.approvals.clear();
-        i.record(
-            "analyzed",
-            &format!("analyzer:{}", analysis.analyzer),
-            format!(
-                "{} → proposed {} ({} risk, confidence {:.2})",
-                analysis.root_cause,
-                plan.action(),
-                decision.risk,
-                analysis.confidence
-            ),
-            now,
-        );
-        let moved = match &decision.verdict {
-            Verdict::Automatic(_) => i.transition(
-                Status::Approved,
-                "sentinel",
-                format!(
-                    "approved by policy: {} risk runs automatically",
-                    decision.risk
-                ),
-                now,
-            ),
-            Verdict::NeedsApproval { role, why } => i.transition(
-                Status::AwaitingApproval,
-                "sentinel",
-                format!("waiting for an {role} to approve: {why}"),
-                now,
-            ),
-            Verdict::NotifyOnly => i.transition(
-                Status::Escalated,
-                "sentinel",
-                "no catalogue action fixes this; people are notified",
-                now,
-            ),
-            Verdict::DryRun { would } => {
-                i.transition(Status::Escalated, "sentinel", would.clone(), now)
-            }
-        };
-        moved.is_ok()
-    })
-    .await?;
-    let Some(stored) = stored else { return Ok(()) };
+    let analyzed = Event::Analyzed(Box::new(Analyzed {
+        analysis,
+        plan: plan.clone(),
+        decision: decision.clone(),
+        snapshot,
+        refusals: refusals.clone(),
+    }));
+    let stepped = step(store, id, None, &analyzed, Timestamp::now()).await?;
+    let Some((stored, effects)) = moved(stepped) else {
+        return Ok(());
+    };
     for refusal in &refusals {
         emit(
             sentinel,
@@ -358,6 +423,7 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
         &stored,
         json!({
             "proposed_action": stored.proposed_action,
+            "proposal_id": stored.proposal_id,
             "risk": stored.risk,
             "analyzer": stored.analyzer,
             "confidence": stored.confidence,
@@ -365,8 +431,8 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
         }),
     )
     .await;
-    match decision.verdict {
-        Verdict::Automatic(approval) => {
+    match &decision.verdict {
+        Verdict::Automatic(_) => {
             emit(
                 sentinel,
                 "ApprovalGranted",
@@ -374,11 +440,9 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
                 json!({ "by": "policy", "risk": decision.risk }),
             )
             .await;
-            sentinel
-                .store
+            store
                 .record_auto_action(&plan.key(), Timestamp::now())
                 .await?;
-            sentinel.enqueue(Job::Execute(ApprovedAction::automatic(&stored, approval)));
         }
         Verdict::NeedsApproval { role, why } => {
             emit(
@@ -399,7 +463,58 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
             .await;
         }
     }
+    dispatch(sentinel, id, effects, false);
     Ok(())
+}
+
+/// Takes the lease `name` for `holder`, waiting up to `wait` for another holder's to run
+/// out (a process killed mid-action leaves its lease behind until it expires).
+async fn acquire_waiting(
+    sentinel: &Sentinel,
+    name: &str,
+    holder: &str,
+    wait: Duration,
+) -> Result<Option<crate::store::Lease>, StoreError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let lease = sentinel
+            .store
+            .acquire_lease(name, holder, EXECUTION_LEASE, Timestamp::now())
+            .await?;
+        if lease.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(lease);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn holder_name() -> String {
+    format!("{}-{}", std::process::id(), IncidentId::generate().as_str())
+}
+
+/// Runs `work` while renewing the lease every third of its life.
+async fn renewing<T>(
+    sentinel: &Sentinel,
+    lease: &crate::store::Lease,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(EXECUTION_LEASE / 3);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renew.tick() => {
+                let renewed = sentinel
+                    .store
+                    .acquire_lease(&lease.name, &lease.holder, EXECUTION_LEASE, Timestamp::now())
+                    .await;
+                if !matches!(renewed, Ok(Some(_))) {
+                    tracing::warn!(lease = lease.name, ?renewed, "cannot renew the execution lease");
+                }
+            }
+        }
+    }
 }
 
 /// Executes an approved action at most once.
@@ -407,16 +522,12 @@ async fn analyze_and_decide(sentinel: &Sentinel, id: &IncidentId) -> Result<(), 
 pub async fn execute(sentinel: &Sentinel, action: ApprovedAction) -> Result<(), StoreError> {
     let id = action.incident().clone();
     let lease_name = format!("execute:{id}");
-    let holder = format!("{}-{}", std::process::id(), IncidentId::generate().as_str());
-    let Some(lease) = sentinel
-        .store
-        .acquire_lease(&lease_name, &holder, EXECUTION_LEASE, Timestamp::now())
-        .await?
+    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
     else {
         tracing::info!(incident = %id, "another worker is executing this incident");
         return Ok(());
     };
-    let result = execute_holding(sentinel, &action, lease.token, &lease_name).await;
+    let result = execute_holding(sentinel, &action, &lease).await;
     if let Err(e) = sentinel.store.release_lease(&lease).await {
         tracing::warn!(error = %e, "cannot release the execution lease");
     }
@@ -426,11 +537,11 @@ pub async fn execute(sentinel: &Sentinel, action: ApprovedAction) -> Result<(), 
 async fn execute_holding(
     sentinel: &Sentinel,
     action: &ApprovedAction,
-    token: u64,
-    lease_name: &str,
+    lease: &crate::store::Lease,
 ) -> Result<(), StoreError> {
+    let store = sentinel.store.as_ref();
     let id = action.incident();
-    let Some(incident) = sentinel.store.get_incident(id).await? else {
+    let Some(incident) = store.get_incident(id).await? else {
         return Ok(());
     };
     if incident.status != Status::Approved || incident.execution.is_some() {
@@ -444,22 +555,10 @@ async fn execute_holding(
     };
     let approved_state = incident.snapshot.clone().unwrap_or_default();
     if !Executor::unchanged(plan, &approved_state, &now_state) {
-        let stored = update_with(sentinel, id, |i| {
-            if i.status != Status::Approved {
-                return false;
-            }
-            i.propose(plan.to_proposed(), now_state.clone());
-            i.approvals.clear();
-            i.transition(
-                Status::AwaitingApproval,
-                "sentinel",
-                "the target changed since the proposal; approve again to run the fix on its current state",
-                Timestamp::now(),
-            )
-            .is_ok()
-        })
-        .await?;
-        if let Some(stored) = stored {
+        let changed = Event::TargetChanged {
+            snapshot: now_state.clone(),
+        };
+        if let Some((stored, _)) = moved(step(store, id, None, &changed, Timestamp::now()).await?) {
             emit(
                 sentinel,
                 "ApprovalRequested",
@@ -470,54 +569,37 @@ async fn execute_holding(
         }
         return Ok(());
     }
-    let started_at = Timestamp::now();
-    let Some(executing) = update_with(sentinel, id, |i| {
-        if i.status != Status::Approved || i.execution.is_some() {
-            return false;
-        }
-        i.execution = Some(Execution {
+    // The intent, before the side effect: which proposal runs, under which token.
+    let intent = Event::ExecutionStarted {
+        execution: Execution {
             action: plan.to_proposed(),
             approved_by: action.approved_by().to_owned(),
-            started_at,
+            started_at: Timestamp::now(),
             finished_at: None,
             before: now_state.clone(),
             after: json!(null),
             reversible: plan.action().reversible(),
             rolled_back_at: None,
-        });
-        i.transition(
-            Status::Executing,
-            "sentinel",
-            format!("executing {}", plan.action()),
-            started_at,
-        )
-        .is_ok()
-    })
-    .await?
-    else {
-        return Ok(());
+            rollback: None,
+            proposal_id: incident.proposal_id.clone(),
+            fencing_token: Some(lease.token),
+        },
     };
-    // The last check before the side effect: is this still the lease's holder?
-    if !sentinel
-        .store
-        .check_fence(lease_name, token, Timestamp::now())
-        .await?
-    {
-        update_with(sentinel, id, |i| {
-            i.status == Status::Executing
-                && i.transition(
-                    Status::Failed,
-                    "sentinel",
-                    "lost the execution lease before running; nothing was done",
-                    Timestamp::now(),
-                )
-                .is_ok()
-        })
-        .await?;
+    if moved(step(store, id, None, &intent, Timestamp::now()).await?).is_none() {
         return Ok(());
     }
-    let outcome = sentinel.executor.run(action, &now_state).await;
-    let finished = Timestamp::now();
+    // The last check before the side effect: is this still the lease's holder?
+    if !store
+        .check_fence(&lease.name, lease.token, Timestamp::now())
+        .await?
+    {
+        let lost = Event::ExecutionFailed {
+            message: "lost the execution lease before running; nothing was done".to_owned(),
+        };
+        step(store, id, None, &lost, Timestamp::now()).await?;
+        return Ok(());
+    }
+    let outcome = renewing(sentinel, lease, sentinel.executor.run(action, &now_state)).await;
     match outcome {
         Ok(after) => {
             let message = format!(
@@ -525,44 +607,34 @@ async fn execute_holding(
                 plan.action(),
                 describe_change(&now_state, &after)
             );
-            let stored = update_with(sentinel, id, |i| {
-                if i.status != Status::Executing {
-                    return false;
-                }
-                if let Some(execution) = i.execution.as_mut() {
-                    execution.after = after.clone();
-                    execution.finished_at = Some(finished);
-                }
-                i.transition(Status::Verifying, "sentinel", message.clone(), finished)
-                    .is_ok()
-            })
-            .await?;
-            if let Some(stored) = stored {
+            let done = Event::Executed {
+                after: after.clone(),
+                message,
+            };
+            if let Some((stored, effects)) =
+                moved(step(store, id, None, &done, Timestamp::now()).await?)
+            {
                 emit(
                     sentinel,
                     "ActionExecuted",
                     &stored,
                     json!({
                         "action": plan.to_proposed(), "approved_by": action.approved_by(),
+                        "proposal_id": stored.proposal_id,
                         "before": now_state, "after": after,
                     }),
                 )
                 .await;
-                sentinel.enqueue(Job::Verify(id.clone()));
+                dispatch(sentinel, id, effects, false);
             }
         }
         Err(e) => {
-            let message = format!("{} failed: {e}", plan.action());
-            let stored = update_with(sentinel, id, |i| {
-                if let Some(execution) = i.execution.as_mut() {
-                    execution.finished_at = Some(finished);
-                }
-                i.status == Status::Executing
-                    && i.transition(Status::Failed, "sentinel", message.clone(), finished)
-                        .is_ok()
-            })
-            .await?;
-            if let Some(stored) = stored {
+            let failed = Event::ExecutionFailed {
+                message: format!("{} failed: {e}", plan.action()),
+            };
+            if let Some((stored, _)) =
+                moved(step(store, id, None, &failed, Timestamp::now()).await?)
+            {
                 emit(
                     sentinel,
                     "ActionFailed",
@@ -573,77 +645,126 @@ async fn execute_holding(
             }
         }
     }
-    let _ = &executing;
     Ok(())
 }
 
-fn describe_change(before: &serde_json::Value, after: &serde_json::Value) -> String {
-    let mut changes = Vec::new();
-    if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
-        for (key, value) in a {
-            if let Some(old) = b.get(key) {
-                if old != value {
-                    changes.push(format!("{key} {old} → {value}"));
-                }
-            } else if !value.is_null() {
-                changes.push(format!("{key} {value}"));
+/// After a restart, an `executing` incident: nobody knows whether the side effect happened,
+/// so the target says. Holds the execution lease (the dead holder's runs out first), then
+/// records what the target shows (step `reconciled`) and verifies, or fails honestly.
+#[tracing::instrument(name = "reconcile", skip_all, fields(incident = %id))]
+async fn reconcile(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
+    let lease_name = format!("execute:{id}");
+    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
+    else {
+        tracing::warn!(incident = %id, "the execution lease stayed taken; reconciling later");
+        sentinel.enqueue(Job::Reconcile(id.clone()));
+        return Ok(());
+    };
+    let result = reconcile_holding(sentinel, id).await;
+    if let Err(e) = sentinel.store.release_lease(&lease).await {
+        tracing::warn!(error = %e, "cannot release the execution lease");
+    }
+    result
+}
+
+async fn reconcile_holding(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
+    let store = sentinel.store.as_ref();
+    let Some(incident) = store.get_incident(id).await? else {
+        return Ok(());
+    };
+    let Some(execution) = incident.execution.clone() else {
+        return Ok(());
+    };
+    if incident.status != Status::Executing {
+        return Ok(());
+    }
+    let plan = match execution.action.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            let failed = Event::ExecutionFailed {
+                message: format!("an interrupted fix cannot be read back: {e}"),
+            };
+            step(store, id, None, &failed, Timestamp::now()).await?;
+            return Ok(());
+        }
+    };
+    let event = match sentinel.executor.snapshot(&plan).await {
+        Ok(now_state) => {
+            let reached = sentinel
+                .executor
+                .reached(id, &plan, &execution.before, &now_state);
+            let message = if reached {
+                format!(
+                    "a restart interrupted {}; the target shows it was done: {}",
+                    plan.action(),
+                    describe_change(&execution.before, &now_state)
+                )
+            } else {
+                format!(
+                    "a restart interrupted {} before it reached the target",
+                    plan.action()
+                )
+            };
+            Event::Reconciled {
+                after: now_state,
+                reached_target: reached,
+                message,
             }
         }
+        // Without a look at the target nothing can be claimed: a person decides.
+        Err(e) => Event::ExecutionFailed {
+            message: format!(
+                "a restart interrupted {} and the target cannot be inspected ({e}); check it by hand",
+                plan.action()
+            ),
+        },
+    };
+    if let Some((stored, effects)) = moved(step(store, id, None, &event, Timestamp::now()).await?) {
+        emit(
+            sentinel,
+            "ExecutionReconciled",
+            &stored,
+            json!({ "status": stored.status, "after": stored.execution.as_ref().map(|e| &e.after) }),
+        )
+        .await;
+        dispatch(sentinel, id, effects, false);
     }
-    if changes.is_empty() {
-        "done".to_owned()
-    } else {
-        changes.join(", ")
-    }
+    Ok(())
 }
 
 /// After `settle`: measure again; resolve, or roll back what can be undone and escalate.
 #[tracing::instrument(name = "verify", skip_all, fields(incident = %id))]
 pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
-    let Some(incident) = sentinel.store.get_incident(id).await? else {
+    let store = sentinel.store.as_ref();
+    let Some(incident) = store.get_incident(id).await? else {
         return Ok(());
     };
     if incident.status != Status::Verifying {
         return Ok(());
     }
     let collected = sentinel.collectors.collect().await;
-    match verify::judge(&incident, &collected, &sentinel.settings.thresholds) {
-        Judgement::Resolved { message } => {
-            let stored = update_with(sentinel, id, |i| {
-                i.status == Status::Verifying
-                    && i.transition(
-                        Status::Resolved,
-                        "sentinel",
-                        message.clone(),
-                        Timestamp::now(),
-                    )
-                    .is_ok()
-            })
-            .await?;
-            if let Some(stored) = stored {
-                emit(
-                    sentinel,
-                    "VerificationSucceeded",
-                    &stored,
-                    json!({ "message": message }),
-                )
-                .await;
-            }
+    let judgement = verify::judge(&incident, &collected, &sentinel.settings.thresholds);
+    let event = Event::Verified(judgement.clone());
+    let Some((stored, effects)) = moved(step(store, id, None, &event, Timestamp::now()).await?)
+    else {
+        return Ok(());
+    };
+    match (&judgement, stored.status) {
+        (_, Status::Resolved) => {
+            let message = stored
+                .timeline
+                .last()
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            emit(
+                sentinel,
+                "VerificationSucceeded",
+                &stored,
+                json!({ "message": message }),
+            )
+            .await;
         }
-        Judgement::NotResolved { message } => {
-            let stored = update_with(sentinel, id, |i| {
-                i.status == Status::Verifying && {
-                    i.record(
-                        "verification_failed",
-                        "sentinel",
-                        message.clone(),
-                        Timestamp::now(),
-                    );
-                    true
-                }
-            })
-            .await?;
-            let Some(stored) = stored else { return Ok(()) };
+        (verify::Judgement::NotResolved { message }, _) => {
             emit(
                 sentinel,
                 "VerificationFailed",
@@ -651,113 +772,126 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
                 json!({ "message": message }),
             )
             .await;
-            let reversible = stored.execution.as_ref().is_some_and(|e| e.reversible);
-            if reversible {
-                if let Some(rolled) = roll_back(sentinel, &stored, &Actor::Sentinel).await? {
-                    escalate(
-                        sentinel,
-                        &rolled,
-                        "the fix did not help and was rolled back",
-                    )
-                    .await?;
-                }
-            } else {
-                escalate(
+            if stored.status == Status::Escalated {
+                emit(
                     sentinel,
+                    "IncidentEscalated",
                     &stored,
-                    "the fix did not help and cannot be undone",
+                    json!({ "why": "the fix did not help and cannot be undone" }),
                 )
-                .await?;
+                .await;
             }
+        }
+        _ => {}
+    }
+    for effect in effects {
+        if let Effect::Undo(permit) = effect {
+            undo(sentinel, permit, &Actor::Sentinel).await?;
         }
     }
     Ok(())
 }
 
-#[tracing::instrument(name = "escalate", skip_all, fields(incident = %incident.id))]
-async fn escalate(sentinel: &Sentinel, incident: &Incident, why: &str) -> Result<(), StoreError> {
-    let stored = update_with(sentinel, &incident.id, |i| {
-        i.transition(
-            Status::Escalated,
-            "sentinel",
-            format!("escalated: {why}"),
-            Timestamp::now(),
-        )
-        .is_ok()
-    })
-    .await?;
-    if let Some(stored) = stored {
-        emit(
-            sentinel,
-            "IncidentEscalated",
-            &stored,
-            json!({ "why": why }),
-        )
-        .await;
-    }
-    Ok(())
-}
-
-/// Undoes an executed, reversible fix and records it. `None` when the incident moved on or
-/// the undo failed (recorded on the timeline).
-#[tracing::instrument(name = "roll_back", skip_all, fields(incident = %incident.id, actor = %actor))]
-pub async fn roll_back(
+/// Undoes a fix under its permit and records how it went. Holds the execution lease (so a
+/// resumed rollback and a late one never overlap) and skips the call when the target
+/// already looks as before. `Some` with the incident as stored after a successful undo.
+#[tracing::instrument(name = "roll_back", skip_all, fields(incident = %permit.incident(), actor = %actor))]
+pub async fn undo(
     sentinel: &Sentinel,
-    incident: &Incident,
+    permit: RollbackPermit,
     actor: &Actor,
 ) -> Result<Option<Incident>, StoreError> {
-    let Some(execution) = incident.execution.clone() else {
+    let store = sentinel.store.as_ref();
+    let id = permit.incident().clone();
+    let lease_name = format!("execute:{id}");
+    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
+    else {
+        let failed = Event::RollbackFailed {
+            message: "another worker holds the target; try the rollback again".to_owned(),
+        };
+        step(store, &id, None, &failed, Timestamp::now()).await?;
         return Ok(None);
     };
-    let Ok(plan) = execution.action.plan() else {
+    let result = undo_holding(sentinel, &permit, actor, &lease).await;
+    if let Err(e) = store.release_lease(&lease).await {
+        tracing::warn!(error = %e, "cannot release the execution lease");
+    }
+    result
+}
+
+async fn undo_holding(
+    sentinel: &Sentinel,
+    permit: &RollbackPermit,
+    actor: &Actor,
+    lease: &crate::store::Lease,
+) -> Result<Option<Incident>, StoreError> {
+    let store = sentinel.store.as_ref();
+    let id = permit.incident();
+    let Some(incident) = store.get_incident(id).await? else {
         return Ok(None);
     };
-    match sentinel
-        .executor
-        .undo(&incident.id, &plan, &execution.before)
-        .await
-    {
+    let Some(execution) = incident.execution.clone().filter(Execution::rolling_back) else {
+        return Ok(None);
+    };
+    let plan = permit.plan();
+    let current = sentinel.executor.snapshot(plan).await.ok();
+    let already = current
+        .as_ref()
+        .is_some_and(|now| Executor::undone(plan, permit.before(), now));
+    let outcome = if already {
+        Ok(current.clone().unwrap_or_default())
+    } else {
+        renewing(sentinel, lease, sentinel.executor.undo(permit)).await
+    };
+    match outcome {
         Ok(restored) => {
-            let message = format!(
-                "rolled back {}: {}",
-                plan.action(),
-                describe_change(&execution.after, &restored)
-            );
-            let stored = update_with(sentinel, &incident.id, |i| {
-                let now = Timestamp::now();
-                if let Some(e) = i.execution.as_mut() {
-                    if e.rolled_back_at.is_some() {
-                        return false;
-                    }
-                    e.rolled_back_at = Some(now);
-                }
-                i.transition(Status::RolledBack, &actor.to_string(), message.clone(), now)
-                    .is_ok()
-            })
-            .await?;
-            if let Some(stored) = &stored {
+            let message = if already {
+                format!(
+                    "rolled back {}: the target already looked as before the fix",
+                    plan.action()
+                )
+            } else {
+                format!(
+                    "rolled back {}: {}",
+                    plan.action(),
+                    describe_change(&execution.after, &restored)
+                )
+            };
+            let done = Event::RolledBack {
+                restored: restored.clone(),
+                message,
+            };
+            let stored = moved(step(store, id, None, &done, Timestamp::now()).await?);
+            if let Some((stored, _)) = &stored {
                 let event = AuditEvent::Step {
                     name: "ActionRolledBack",
                     incident: stored,
-                    details: json!({ "action": execution.action, "restored": restored, "before": execution.before, "after": execution.after }),
+                    details: json!({
+                        "action": execution.action, "restored": restored,
+                        "before": execution.before, "after": execution.after,
+                        "call_made": !already,
+                    }),
                 };
-                audit::emit(sentinel.store.as_ref(), actor, event, Timestamp::now()).await?;
+                audit::emit(store, actor, event, Timestamp::now()).await?;
+                if stored.status == Status::Escalated {
+                    emit(
+                        sentinel,
+                        "IncidentEscalated",
+                        stored,
+                        json!({ "why": "the fix did not help and was rolled back" }),
+                    )
+                    .await;
+                }
             }
-            Ok(stored)
+            Ok(stored.map(|(stored, _)| stored))
         }
         Err(e) => {
-            let message = format!("rollback of {} failed: {e}", plan.action());
-            let stored = update_with(sentinel, &incident.id, |i| {
-                i.record(
-                    "rollback_failed",
-                    &actor.to_string(),
-                    message.clone(),
-                    Timestamp::now(),
-                );
-                true
-            })
-            .await?;
-            if let Some(stored) = stored {
+            let failed = Event::RollbackFailed {
+                message: format!("rollback of {} failed: {e}", plan.action()),
+            };
+            if let Some((stored, _)) =
+                moved(step(store, id, None, &failed, Timestamp::now()).await?)
+            {
                 emit(
                     sentinel,
                     "ActionFailed",
@@ -787,22 +921,13 @@ pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usi
         if incident.status != Status::AwaitingApproval {
             continue;
         }
-        let asked_at = waiting_since(&incident);
-        if now.since(asked_at) < timeout {
+        if now.since(waiting_since(&incident)) < timeout {
             continue;
         }
-        let message = format!(
-            "the approval request expired after {} without an answer",
-            humantime::format_duration(timeout)
-        );
-        let stored = update_with(sentinel, &incident.id, |i| {
-            i.status == Status::AwaitingApproval
-                && waiting_since(i) == asked_at
-                && i.transition(Status::Escalated, "sentinel", message.clone(), now)
-                    .is_ok()
-        })
-        .await?;
-        if let Some(stored) = stored {
+        let id = incident.id.clone();
+        let event = Event::Expire { waited: timeout };
+        let stepped = step(sentinel.store.as_ref(), &id, Some(incident), &event, now).await?;
+        if let Some((stored, _)) = moved(stepped) {
             emit(
                 sentinel,
                 "ApprovalExpired",
@@ -814,6 +939,26 @@ pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usi
         }
     }
     Ok(expired)
+}
+
+fn describe_change(before: &serde_json::Value, after: &serde_json::Value) -> String {
+    let mut changes = Vec::new();
+    if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
+        for (key, value) in a {
+            if let Some(old) = b.get(key) {
+                if old != value {
+                    changes.push(format!("{key} {old} → {value}"));
+                }
+            } else if !value.is_null() {
+                changes.push(format!("{key} {value}"));
+            }
+        }
+    }
+    if changes.is_empty() {
+        "done".to_owned()
+    } else {
+        changes.join(", ")
+    }
 }
 
 /// When the incident last started waiting for approval.

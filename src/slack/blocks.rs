@@ -1442,6 +1442,9 @@ pub fn sample_incidents() -> Vec<SampleIncident> {
                         after,
                         reversible: action.reversible(),
                         rolled_back_at: rolled_back.then(|| at(9)),
+                        rollback: None,
+                        proposal_id: None,
+                        fencing_token: None,
                     };
                     incident.execution = match state {
                         ExecutionState::None => None,

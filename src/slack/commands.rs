@@ -50,6 +50,7 @@ pub enum SlashCommand {
     Whoami,
     Approve(IncidentId),
     Reject(IncidentId, Option<String>),
+    Resolve(IncidentId, Option<String>),
     Rollback(IncidentId),
     Silence {
         /// A fingerprint (`signal:resource`) or a resource.
@@ -92,7 +93,7 @@ impl SlashCommand {
             Help | Whoami | Unknown(_) => None,
             Status | Incidents | Show(_) => Some(Role::Viewer),
             // Operators decide on medium risk; the service asks for admin on high risk.
-            Approve(_) | Reject(..) => Some(Role::Operator),
+            Approve(_) | Reject(..) | Resolve(..) => Some(Role::Operator),
             Silence { .. } | Unsilence(_) | Check => Some(Role::Operator),
             Rollback(_) | Pause | Resume | Trigger(_) => Some(Role::Admin),
         }
@@ -114,6 +115,7 @@ fn parse_known(text: &str) -> Option<SlashCommand> {
         ("whoami", []) => SlashCommand::Whoami,
         ("approve", [incident]) => SlashCommand::Approve(id(incident)?),
         ("reject", [incident, ..]) => SlashCommand::Reject(id(incident)?, rest_after(text, 2)),
+        ("resolve", [incident, ..]) => SlashCommand::Resolve(id(incident)?, rest_after(text, 2)),
         ("rollback", [incident]) => SlashCommand::Rollback(id(incident)?),
         ("silence", [target, duration, ..]) => SlashCommand::Silence {
             target: (*target).to_owned(),
@@ -294,6 +296,7 @@ async fn dispatch(ctx: &Ctx<'_>, command: SlashCommand) -> Reply {
         Whoami => whoami(ctx).await,
         Approve(id) => approve(ctx, id).await,
         Reject(id, reason) => reject(ctx, id, reason).await,
+        Resolve(id, note) => resolve(ctx, id, note).await,
         Rollback(id) => rollback(ctx, id).await,
         Silence {
             target,
@@ -426,6 +429,19 @@ commands! {
                 ctx.user(),
                 incident.id,
                 reason.map(|r| format!(": {}", escape(&r))).unwrap_or_default()
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `resolve <id> [note]` · operator · close an incident by hand (not while its fix runs)
+    async fn resolve(ctx: &Ctx<'_>, id: IncidentId, note: Option<String>) -> Reply {
+        match ctx.sentinel().resolve(id.as_str(), note.as_deref(), &ctx.actor()).await {
+            Ok(incident) => Reply::in_channel(format!(
+                "{} resolved {} by hand{}",
+                ctx.user(),
+                incident.id,
+                note.map(|n| format!(": {}", escape(&n))).unwrap_or_default()
             )),
             Err(e) => failed(e),
         }
@@ -800,6 +816,10 @@ mod tests {
             ("approve INC-ABC123", Approve(id("inc-abc123"))),
             ("reject inc-abc123", Reject(id("inc-abc123"), None)),
             (
+                "resolve inc-abc123 fixed by a deploy",
+                Resolve(id("inc-abc123"), Some("fixed by a deploy".into())),
+            ),
+            (
                 "reject inc-abc123   not  during the freeze ",
                 Reject(id("inc-abc123"), Some("not  during the freeze".into())),
             ),
@@ -877,6 +897,7 @@ mod tests {
             (Show(id("inc-a")), Some(Role::Viewer)),
             (Approve(id("inc-a")), Some(Role::Operator)),
             (Reject(id("inc-a"), None), Some(Role::Operator)),
+            (Resolve(id("inc-a"), None), Some(Role::Operator)),
             (Unsilence("x".into()), Some(Role::Operator)),
             (Check, Some(Role::Operator)),
             (Rollback(id("inc-a")), Some(Role::Admin)),
@@ -902,7 +923,7 @@ mod tests {
 
     #[test]
     fn every_help_line_has_usage_who_and_what() {
-        assert_eq!(HELP.len(), 14, "one per command but Unknown");
+        assert_eq!(HELP.len(), 15, "one per command but Unknown");
         for line in HELP {
             let (usage, who, what) =
                 help_entry(line).unwrap_or_else(|| panic!("malformed help line {line:?}"));
@@ -917,6 +938,7 @@ mod tests {
             let example = usage
                 .replace("<id>", "inc-abc")
                 .replace(" [reason]", "")
+                .replace(" [note]", "")
                 .replace("<fingerprint or resource>", "web-1")
                 .replace("<duration>", "1h")
                 .replace("<silence id, fingerprint or resource>", "web-1")

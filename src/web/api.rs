@@ -177,6 +177,30 @@ pub async fn reject(
     Ok(Json(incident).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    note: Option<String>,
+}
+
+/// `POST /api/incidents/{id}/resolve`: the body is optional, `{"note": "…"}` or nothing.
+pub async fn resolve(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let note = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let parsed: ResolveBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        parsed.note
+    };
+    let incident = state.sentinel.resolve(&id, note.as_deref(), &actor).await?;
+    Ok(Json(incident).into_response())
+}
+
 pub async fn rollback(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

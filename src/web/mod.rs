@@ -133,6 +133,12 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         route(
             Method::POST,
+            "/api/incidents/{id}/resolve",
+            AtLeast(Role::Operator),
+            api::resolve,
+        ),
+        route(
+            Method::POST,
             "/api/incidents/{id}/rollback",
             AtLeast(Role::Admin),
             api::rollback,

@@ -255,6 +255,12 @@ impl TestApp {
             after: serde_json::json!({}),
             reversible: true,
             rolled_back_at: (outcome == Status::RolledBack).then_some(now),
+            rollback: (outcome == Status::RolledBack).then(|| sentinel::domain::RollbackStart {
+                by: by.to_owned(),
+                at: now,
+            }),
+            proposal_id: None,
+            fencing_token: None,
         });
         incident
             .transition(Status::Verifying, "sentinel", "verifying", now)

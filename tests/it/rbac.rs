@@ -35,6 +35,11 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     ),
     (
         "POST",
+        "/api/incidents/{id}/resolve",
+        [401, 401, 403, 404, 404],
+    ),
+    (
+        "POST",
         "/api/incidents/{id}/rollback",
         [401, 401, 403, 403, 404],
     ),
