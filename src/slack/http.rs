@@ -122,12 +122,21 @@ impl Inbound {
         }
     }
 
-    /// Posts a reply in a thread through the outbox (durable, ordered, rate limited).
+    /// Posts a reply to a person in a thread. Sent at once, not behind the channel's card
+    /// and thread traffic in the outbox (SPEC §12.1: replies to people never wait behind
+    /// cards); only when that call fails (429, 5xx, a network error, `ok: false`) does it go
+    /// through the outbox, which retries, paces and parks it there, so nothing is lost.
     pub async fn post_in_thread(&self, channel: &str, thread_ts: &str, reply: &Reply) {
         let Some(slack) = &self.app.slack else {
             tracing::warn!("no SLACK_BOT_TOKEN: cannot answer in the thread");
             return;
         };
+        let sent = slack
+            .api
+            .post_message(channel, Some(thread_ts), &reply.text, &reply.blocks)
+            .await;
+        let Err(e) = sent else { return };
+        tracing::warn!(error = %e, channel, "a reply could not be sent at once; queued in the outbox");
         let rendered = Rendered {
             text: reply.text.clone(),
             blocks: reply.blocks.clone(),

@@ -1609,3 +1609,62 @@ async fn a_card_drawn_first_stays_valid_through_twenty_cycles_of_a_persisting_br
         .iter()
         .any(|e| e.step == "approved" && e.actor == format!("slack:{OPERATOR} (operator)")));
 }
+
+/// Replies to people never wait behind card traffic (SPEC §12.1): with 20 new incidents'
+/// cards and threads queued in the channel (about one call a second), an `@sentinel status`
+/// asked in that channel is answered in its thread within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_is_answered_within_two_seconds_during_a_burst_of_twenty_cards() {
+    let (app, double) = spawn_with_double("C1").await;
+    for n in 0..20 {
+        let detection = sentinel::domain::Detection {
+            signal: sentinel::domain::Signal::External,
+            resource: sentinel::domain::Resource::parse(&format!("burst-{n}")).unwrap(),
+            severity: sentinel::domain::Severity::Warning,
+            value: 1.0,
+            threshold: 1.0,
+            source: sentinel::domain::Source::Alertmanager,
+            summary: format!("burst alert {n}"),
+            labels: Default::default(),
+        };
+        sentinel::pipeline::intake::open_or_update(
+            app.store.as_ref(),
+            &detection,
+            sentinel::domain::Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    }
+    // The burst is under way: the first cards are going out.
+    double
+        .wait_until(Duration::from_secs(10), |calls| {
+            calls.iter().any(|c| c.method == "chat.postMessage")
+        })
+        .await;
+    let asked = Instant::now();
+    let body = event_body("Ev0BURST", APP_ID, OPERATOR, "status");
+    assert_eq!(event(&app, &body, &[]).await.status, 200);
+    let calls = double
+        .wait_until(Duration::from_secs(10), |calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.postMessage" && c.thread_ts() == Some("1700000000.000300")
+            })
+        })
+        .await;
+    let answered = calls
+        .iter()
+        .find(|c| c.method == "chat.postMessage" && c.thread_ts() == Some("1700000000.000300"))
+        .unwrap();
+    let waited = answered.at.duration_since(asked);
+    let cards = calls
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.thread_ts().is_none())
+        .count();
+    eprintln!("status answered after {waited:?}, with {cards} of 20 cards posted");
+    assert!(answered.ok(), "{answered:?}");
+    assert!(
+        cards < 20,
+        "the burst was over before the answer: not a test of it"
+    );
+    assert!(waited <= Duration::from_secs(2), "{waited:?}");
+}
