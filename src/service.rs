@@ -544,6 +544,33 @@ impl Sentinel {
         Ok(stored)
     }
 
+    /// Pauses or resumes automatic execution (admins), atomically in the store and audited
+    /// once: `false` when it already was so (nothing changed, nothing audited).
+    pub async fn set_paused(&self, paused: bool, actor: &Actor) -> Result<bool, ServiceError> {
+        if let Some(has) = actor.role() {
+            if !has.allows(crate::domain::Role::Admin) {
+                return Err(ServiceError::Forbidden(format!(
+                    "pausing and resuming need the admin role; you are {has}"
+                )));
+            }
+        }
+        let now = Timestamp::now();
+        let changed = self
+            .store
+            .switch_paused(paused, &actor.to_string(), now)
+            .await?;
+        if changed.is_none() {
+            return Ok(false);
+        }
+        let event = if paused {
+            AuditEvent::AutomationPaused
+        } else {
+            AuditEvent::AutomationResumed
+        };
+        audit::emit(self.store.as_ref(), actor, event, now).await?;
+        Ok(true)
+    }
+
     pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
         let entries = self.store.list_audit().await?;
         Ok(AuditReport {

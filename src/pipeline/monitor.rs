@@ -632,6 +632,39 @@ impl Monitor {
         report
     }
 
+    /// A cycle asked for by a person (`/sentinel check`), through the same fenced path as
+    /// the loop: it writes only while this replica holds (or can take) the monitor lease;
+    /// on another replica it reads the signals and writes nothing, and says so.
+    pub async fn check_now(&self) -> CycleReport {
+        let ttl = self.sentinel.settings.monitor.lease_ttl.0;
+        let lease = self
+            .sentinel
+            .store
+            .acquire_lease(LEASE, &self.holder, ttl, Timestamp::now())
+            .await;
+        match lease {
+            Ok(Some(lease)) => self.tick(Some(lease.token)).await,
+            Ok(None) => {
+                // No token of ours is live: the fence refuses every write.
+                let mut report = self.tick(Some(0)).await;
+                report
+                    .errors
+                    .retain(|e| !e.starts_with("lost the monitor lease"));
+                report.errors.push(
+                    "another replica runs the monitor; this check read the signals and wrote nothing"
+                        .to_owned(),
+                );
+                report
+            }
+            Err(e) => CycleReport {
+                started_at: Some(Timestamp::now()),
+                outcome: "failed".to_owned(),
+                errors: vec![format!("cannot reach the store for the monitor lease: {e}")],
+                ..CycleReport::default()
+            },
+        }
+    }
+
     /// Runs cycles every `interval` until shutdown, on the replica holding the lease.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let settings = Arc::clone(&self.sentinel.settings);

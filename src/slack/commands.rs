@@ -25,8 +25,7 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::domain::{Actor, IncidentId, Role, SilenceTarget, Status, Timestamp};
-use crate::pipeline::audit::{self, AuditEvent};
+use crate::domain::{Actor, IncidentId, Role, SilenceTarget, Status};
 use crate::pipeline::detect::Scenario;
 use crate::pipeline::intake::Intake;
 use crate::service::ServiceError;
@@ -37,7 +36,7 @@ use crate::slack::http::{
     Visibility,
 };
 use crate::slack::verify::VerifiedBody;
-use crate::store::{Control, IncidentQuery};
+use crate::store::IncidentQuery;
 use crate::web::error::ApiError;
 
 /// A parsed `/sentinel` command line.
@@ -525,7 +524,7 @@ commands! {
         let invocation = Arc::clone(ctx.invocation);
         let user = ctx.user();
         tokio::spawn(async move {
-            let report = inbound.monitor.tick(None).await;
+            let report = inbound.monitor.check_now().await;
             let reply = Reply::in_channel(format!("{user}'s check: {}", cycle_summary(&report)));
             follow_up(&inbound, &invocation, &reply).await;
         });
@@ -622,35 +621,16 @@ fn proposal(incident: &crate::domain::Incident) -> String {
 }
 
 async fn set_paused(ctx: &Ctx<'_>, paused: bool) -> Reply {
-    let store = &ctx.sentinel().store;
-    let actor = ctx.actor();
-    let current = match store.control().await {
-        Ok(control) => control,
-        Err(e) => return failed(e.into()),
-    };
-    if current.paused == paused {
-        return Reply::ephemeral(if paused {
-            "Automatic execution is already paused."
-        } else {
-            "Automatic execution is not paused."
-        });
-    }
-    let now = Timestamp::now();
-    let control = Control {
-        paused,
-        changed_by: Some(actor.to_string()),
-        changed_at: Some(now),
-    };
-    if let Err(e) = store.set_control(&control).await {
-        return failed(e.into());
-    }
-    let event = if paused {
-        AuditEvent::AutomationPaused
-    } else {
-        AuditEvent::AutomationResumed
-    };
-    if let Err(e) = audit::emit(store.as_ref(), &actor, event, now).await {
-        return failed(e.into());
+    match ctx.sentinel().set_paused(paused, &ctx.actor()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Reply::ephemeral(if paused {
+                "Automatic execution is already paused."
+            } else {
+                "Automatic execution is not paused."
+            })
+        }
+        Err(e) => return failed(e),
     }
     Reply::in_channel(if paused {
         format!(

@@ -896,6 +896,35 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn switch_paused(
+        &self,
+        paused: bool,
+        by: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<Control>> {
+        let by = by.to_owned();
+        self.write(move |txn| {
+            let mut singletons = txn.open_table(SINGLETONS).map_err(unavailable)?;
+            let current: Control = match singletons.get("control").map_err(unavailable)? {
+                Some(bytes) => decode(bytes.value())?,
+                None => Control::default(),
+            };
+            if current.paused == paused {
+                return Ok(None);
+            }
+            let next = Control {
+                paused,
+                changed_by: Some(by.clone()),
+                changed_at: Some(at),
+            };
+            singletons
+                .insert("control", encode(&next)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(Some(next))
+        })
+        .await
+    }
+
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
         let channel = channel.to_owned();
         let bytes = encode(payload)?;

@@ -200,6 +200,16 @@ pub trait Store: Send + Sync {
 
     async fn set_control(&self, control: &Control) -> StoreResult<()>;
 
+    /// Pauses (or resumes) automatic execution atomically: `Some` with the flags as stored
+    /// when this call changed them, `None` when they already were so (of two concurrent
+    /// pauses exactly one changes anything, and only it is audited).
+    async fn switch_paused(
+        &self,
+        paused: bool,
+        by: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<Control>>;
+
     /// Appends a message to the end of `channel`'s outbox queue; returns its `seq`.
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64>;
 

@@ -130,6 +130,14 @@ impl Store for Observed {
     async fn set_control(&self, control: &Control) -> StoreResult<()> {
         self.inner.set_control(control).await
     }
+    async fn switch_paused(
+        &self,
+        paused: bool,
+        by: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<Control>> {
+        self.inner.switch_paused(paused, by, at).await
+    }
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
         self.inner.outbox_push(channel, payload).await
     }

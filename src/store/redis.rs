@@ -79,6 +79,17 @@ redis.call('HSET', KEYS[1], 'card_rev', tostring(tonumber(ARGV[1]) + 1), 'card',
 return ''
 "#;
 
+/// Sets the pause flag only when it differs. KEYS: control key. ARGV: "1"/"0", new json.
+/// Returns 1 when it changed, 0 when it already was so.
+const SWITCH_PAUSED: &str = r#"
+local current = redis.call('GET', KEYS[1])
+local paused = false
+if current then paused = cjson.decode(current).paused == true end
+if (ARGV[1] == '1') == paused then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
 /// The hash fields an incident is read from: the decision, the card, the latest sighting.
 const INCIDENT_FIELDS: [&str; 6] = [
     "json",
@@ -211,6 +222,7 @@ pub struct RedisStore {
     update_incident: Script,
     record_sighting: Script,
     put_card: Script,
+    switch_paused: Script,
     append_audit: Script,
     acquire_lease: Script,
     release_lease: Script,
@@ -256,6 +268,7 @@ impl RedisStore {
             update_incident: Script::new(UPDATE_INCIDENT),
             record_sighting: Script::new(RECORD_SIGHTING),
             put_card: Script::new(PUT_CARD),
+            switch_paused: Script::new(SWITCH_PAUSED),
             append_audit: Script::new(APPEND_AUDIT),
             acquire_lease: Script::new(ACQUIRE_LEASE),
             release_lease: Script::new(RELEASE_LEASE),
@@ -741,6 +754,28 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn switch_paused(
+        &self,
+        paused: bool,
+        by: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<Control>> {
+        let next = Control {
+            paused,
+            changed_by: Some(by.to_owned()),
+            changed_at: Some(at),
+        };
+        let changed: i64 = self
+            .switch_paused
+            .key(self.key("control"))
+            .arg(if paused { "1" } else { "0" })
+            .arg(encode(&next)?)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok((changed == 1).then_some(next))
     }
 
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {

@@ -73,6 +73,7 @@ conformance!(
     concurrent_outbox_pushes_keep_every_message_in_one_order,
     an_incident_keeps_its_slack_card,
     sightings_count_without_bumping_the_version,
+    concurrent_pauses_change_the_flag_once,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1359,6 +1360,38 @@ async fn sightings_count_without_bumping_the_version(store: SharedStore) {
         .await
         .unwrap();
     assert_eq!(none, None);
+}
+
+/// Pause and resume are atomic: of 20 concurrent pauses exactly one changes the flag (and so
+/// only one is audited by the service), and the same for resumes.
+async fn concurrent_pauses_change_the_flag_once(store: SharedStore) {
+    let at = Timestamp::from_unix_millis(1_795_860_000_000);
+    for paused in [true, false] {
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .switch_paused(paused, &format!("api:k{n} (admin)"), at)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut changed = Vec::new();
+        for task in tasks {
+            if let Some(control) = task.await.unwrap() {
+                changed.push(control);
+            }
+        }
+        assert_eq!(changed.len(), 1, "paused={paused}: {changed:?}");
+        let stored = store.control().await.unwrap();
+        assert_eq!(stored, changed[0]);
+        assert_eq!(stored.paused, paused);
+        assert_eq!(
+            store.switch_paused(paused, "again", at).await.unwrap(),
+            None
+        );
+    }
 }
 
 /// Two replicas on one Redis append to one chain: each remembers the head it last wrote, and
