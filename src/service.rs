@@ -507,13 +507,7 @@ impl Sentinel {
         note: Option<&str>,
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
-        if let Some(has) = actor.role() {
-            if !has.allows(crate::domain::Role::Operator) {
-                return Err(ServiceError::Forbidden(format!(
-                    "resolving needs the operator role; you are {has}"
-                )));
-            }
-        }
+        require(actor, crate::domain::Role::Operator, "resolving")?;
         let note = note.map(str::trim).filter(|n| !n.is_empty());
         if note.is_some_and(|n| n.chars().count() > 2000) {
             return Err(ServiceError::Invalid(
@@ -547,13 +541,7 @@ impl Sentinel {
     /// Pauses or resumes automatic execution (admins), atomically in the store and audited
     /// once: `false` when it already was so (nothing changed, nothing audited).
     pub async fn set_paused(&self, paused: bool, actor: &Actor) -> Result<bool, ServiceError> {
-        if let Some(has) = actor.role() {
-            if !has.allows(crate::domain::Role::Admin) {
-                return Err(ServiceError::Forbidden(format!(
-                    "pausing and resuming need the admin role; you are {has}"
-                )));
-            }
-        }
+        require(actor, crate::domain::Role::Admin, "pausing or resuming automation")?;
         let now = Timestamp::now();
         let changed = self
             .store
@@ -716,6 +704,16 @@ impl Sentinel {
             return e.into();
         }
         error.into()
+    }
+}
+
+/// Refuses `actor` unless their role allows `needed` (Sentinel itself acts under policy).
+fn require(actor: &Actor, needed: crate::domain::Role, what: &str) -> Result<(), ServiceError> {
+    match actor.role() {
+        Some(has) if !has.allows(needed) => Err(ServiceError::Forbidden(format!(
+            "{what} needs the {needed} role; you are {has}"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -434,14 +434,7 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
 
         Event::RolledBack { restored, message } => match &incident.execution {
             Some(execution) if execution.rolling_back() => {
-                let automatic = execution
-                    .rollback
-                    .as_ref()
-                    .is_some_and(|r| r.by == "sentinel");
-                let by = execution
-                    .rollback
-                    .as_ref()
-                    .map_or_else(|| "sentinel".to_owned(), |r| r.by.clone());
+                let (by, automatic) = rollback_by(execution);
                 let mut next = incident.clone();
                 if let Some(execution) = next.execution.as_mut() {
                     execution.rolled_back_at = Some(now);
@@ -464,14 +457,7 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
 
         Event::RollbackFailed { message } => match &incident.execution {
             Some(execution) if execution.rolling_back() => {
-                let automatic = execution
-                    .rollback
-                    .as_ref()
-                    .is_some_and(|r| r.by == "sentinel");
-                let by = execution
-                    .rollback
-                    .as_ref()
-                    .map_or_else(|| "sentinel".to_owned(), |r| r.by.clone());
+                let (by, automatic) = rollback_by(execution);
                 let mut next = incident.clone();
                 // The permit is spent; a person may ask again.
                 if let Some(execution) = next.execution.as_mut() {
@@ -493,6 +479,14 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
         },
 
         Event::Restarted => restarted(incident, now),
+    }
+}
+
+/// Who started the rollback under way, and whether it was verification (not a person).
+fn rollback_by(execution: &Execution) -> (String, bool) {
+    match &execution.rollback {
+        Some(start) => (start.by.clone(), start.by == "sentinel"),
+        None => ("sentinel".to_owned(), true),
     }
 }
 

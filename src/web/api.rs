@@ -117,7 +117,17 @@ pub async fn get_incident(
     Ok(Json(state.sentinel.incident(&id).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// An optional JSON body: nothing (or white space) is `T::default()`, anything else must be
+/// a valid `T` (400 otherwise).
+fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     proposal_id: Option<String>,
@@ -131,13 +141,7 @@ pub async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let proposal = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let parsed: ApproveBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        parsed.proposal_id
-    };
+    let proposal = optional_body::<ApproveBody>(&body)?.proposal_id;
     let approved = state
         .sentinel
         .approve(&id, proposal.as_deref(), &actor)
@@ -145,7 +149,7 @@ pub async fn approve(
     Ok(Json(approved).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RejectBody {
     reason: Option<String>,
@@ -158,13 +162,7 @@ pub async fn reject(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let parsed: RejectBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        parsed.reason
-    };
+    let reason = optional_body::<RejectBody>(&body)?.reason;
     if reason.as_ref().is_some_and(|r| r.chars().count() > 2000) {
         return Err(ApiError::bad_request(
             "reason is longer than 2000 characters",
@@ -177,7 +175,7 @@ pub async fn reject(
     Ok(Json(incident).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
     note: Option<String>,
@@ -190,13 +188,7 @@ pub async fn resolve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let note = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let parsed: ResolveBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        parsed.note
-    };
+    let note = optional_body::<ResolveBody>(&body)?.note;
     let incident = state.sentinel.resolve(&id, note.as_deref(), &actor).await?;
     Ok(Json(incident).into_response())
 }
