@@ -11,6 +11,7 @@ mod containers;
 mod decisions;
 mod docker;
 mod durability;
+mod engine;
 mod helpers;
 mod leader;
 mod llm;
