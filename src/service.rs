@@ -434,7 +434,7 @@ impl Sentinel {
             AuditEvent::ApprovalGranted { incident: &stored }
         } else {
             AuditEvent::Step {
-                name: "ApprovalRecorded",
+                step: crate::pipeline::audit::Step::ApprovalRecorded,
                 incident: &stored,
                 details: serde_json::json!({ "waiting_for": "a second admin" }),
             }
@@ -541,7 +541,11 @@ impl Sentinel {
     /// Pauses or resumes automatic execution (admins), atomically in the store and audited
     /// once: `false` when it already was so (nothing changed, nothing audited).
     pub async fn set_paused(&self, paused: bool, actor: &Actor) -> Result<bool, ServiceError> {
-        require(actor, crate::domain::Role::Admin, "pausing or resuming automation")?;
+        require(
+            actor,
+            crate::domain::Role::Admin,
+            "pausing or resuming automation",
+        )?;
         let now = Timestamp::now();
         let changed = self
             .store

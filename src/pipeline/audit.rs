@@ -39,14 +39,55 @@ pub enum AuditEvent<'a> {
     },
     AutomationPaused,
     AutomationResumed,
-    /// A step of remediation: `ActionProposed`, `ApprovalRequested`, `ActionExecuted`,
-    /// `ActionFailed`, `VerificationSucceeded`, `VerificationFailed`, `ActionRolledBack`,
-    /// `ProposalRefused`, `AnalyzerFellBack`, `IncidentEscalated`.
+    /// A step of remediation ([`Step`]), with what it concerned.
     Step {
-        name: &'static str,
+        step: Step,
         incident: &'a Incident,
         details: serde_json::Value,
     },
+}
+
+/// The steps of remediation the audit log names; `Step::name` is the audit event's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ActionProposed,
+    ProposalRefused,
+    ApprovalRequested,
+    ApprovalRecorded,
+    ApprovalExpired,
+    ActionExecuted,
+    /// The policy approved a low-risk fix (audited as `ApprovalGranted`, actor `sentinel`).
+    ApprovalGrantedByPolicy,
+    ActionFailed,
+    ExecutionReconciled,
+    RemediationResumed,
+    VerificationSucceeded,
+    VerificationFailed,
+    ActionRolledBack,
+    IncidentEscalated,
+    RecoveryNoted,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::ActionProposed => "ActionProposed",
+            Step::ProposalRefused => "ProposalRefused",
+            Step::ApprovalRequested => "ApprovalRequested",
+            Step::ApprovalRecorded => "ApprovalRecorded",
+            Step::ApprovalExpired => "ApprovalExpired",
+            Step::ActionExecuted => "ActionExecuted",
+            Step::ApprovalGrantedByPolicy => "ApprovalGranted",
+            Step::ActionFailed => "ActionFailed",
+            Step::ExecutionReconciled => "ExecutionReconciled",
+            Step::RemediationResumed => "RemediationResumed",
+            Step::VerificationSucceeded => "VerificationSucceeded",
+            Step::VerificationFailed => "VerificationFailed",
+            Step::ActionRolledBack => "ActionRolledBack",
+            Step::IncidentEscalated => "IncidentEscalated",
+            Step::RecoveryNoted => "RecoveryNoted",
+        }
+    }
 }
 
 impl AuditEvent<'_> {
@@ -61,7 +102,7 @@ impl AuditEvent<'_> {
             AuditEvent::DecisionRefused { .. } => "DecisionRefused",
             AuditEvent::AutomationPaused => "AutomationPaused",
             AuditEvent::AutomationResumed => "AutomationResumed",
-            AuditEvent::Step { name, .. } => name,
+            AuditEvent::Step { step, .. } => step.name(),
         }
     }
 

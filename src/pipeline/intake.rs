@@ -129,7 +129,7 @@ pub async fn resolve(
         }
     } else {
         AuditEvent::Step {
-            name: "RecoveryNoted",
+            step: crate::pipeline::audit::Step::RecoveryNoted,
             incident: &stored,
             details: serde_json::json!({ "message": message, "status": stored.status }),
         }

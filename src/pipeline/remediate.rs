@@ -27,7 +27,7 @@ use crate::config::AnalyzerKind;
 use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp};
 use crate::pipeline::analyze::{self, rules, Analysis, Evidence};
 use crate::pipeline::approve::{ApprovedAction, DecisionError};
-use crate::pipeline::audit::{self, AuditEvent};
+use crate::pipeline::audit::{self, AuditEvent, Step};
 use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPermit};
 use crate::pipeline::execute::Executor;
 use crate::pipeline::policy::{self, PolicyInput, Verdict};
@@ -192,7 +192,7 @@ pub async fn recover(sentinel: &Sentinel) {
             Ok(Some(Stepped::Moved { stored, effects })) => {
                 emit(
                     sentinel,
-                    "RemediationResumed",
+                    Step::RemediationResumed,
                     &stored,
                     json!({ "after": "restart" }),
                 )
@@ -255,14 +255,9 @@ async fn handle(sentinel: &Sentinel, job: Job, shutdown: &CancellationToken) {
     }
 }
 
-async fn emit(
-    sentinel: &Sentinel,
-    name: &'static str,
-    incident: &Incident,
-    details: serde_json::Value,
-) {
+async fn emit(sentinel: &Sentinel, step: Step, incident: &Incident, details: serde_json::Value) {
     let event = AuditEvent::Step {
-        name,
+        step,
         incident,
         details,
     };
@@ -274,7 +269,7 @@ async fn emit(
     )
     .await
     {
-        tracing::error!(error = %e, event = name, "cannot write the audit log");
+        tracing::error!(error = %e, event = step.name(), "cannot write the audit log");
     }
 }
 
@@ -411,7 +406,7 @@ async fn analyze_and_decide(
     for refusal in &refusals {
         emit(
             sentinel,
-            "ProposalRefused",
+            Step::ProposalRefused,
             &stored,
             json!({ "why": refusal }),
         )
@@ -419,7 +414,7 @@ async fn analyze_and_decide(
     }
     emit(
         sentinel,
-        "ActionProposed",
+        Step::ActionProposed,
         &stored,
         json!({
             "proposed_action": stored.proposed_action,
@@ -435,7 +430,7 @@ async fn analyze_and_decide(
         Verdict::Automatic(_) => {
             emit(
                 sentinel,
-                "ApprovalGranted",
+                Step::ApprovalGrantedByPolicy,
                 &stored,
                 json!({ "by": "policy", "risk": decision.risk }),
             )
@@ -447,7 +442,7 @@ async fn analyze_and_decide(
         Verdict::NeedsApproval { role, why } => {
             emit(
                 sentinel,
-                "ApprovalRequested",
+                Step::ApprovalRequested,
                 &stored,
                 json!({ "role": role, "why": why }),
             )
@@ -456,7 +451,7 @@ async fn analyze_and_decide(
         Verdict::NotifyOnly | Verdict::DryRun { .. } => {
             emit(
                 sentinel,
-                "IncidentEscalated",
+                Step::IncidentEscalated,
                 &stored,
                 json!({ "status": stored.status }),
             )
@@ -561,7 +556,7 @@ async fn execute_holding(
         if let Some((stored, _)) = moved(step(store, id, None, &changed, Timestamp::now()).await?) {
             emit(
                 sentinel,
-                "ApprovalRequested",
+                Step::ApprovalRequested,
                 &stored,
                 json!({ "why": "target changed", "was": approved_state, "now": now_state }),
             )
@@ -616,7 +611,7 @@ async fn execute_holding(
             {
                 emit(
                     sentinel,
-                    "ActionExecuted",
+                    Step::ActionExecuted,
                     &stored,
                     json!({
                         "action": plan.to_proposed(), "approved_by": action.approved_by(),
@@ -637,7 +632,7 @@ async fn execute_holding(
             {
                 emit(
                     sentinel,
-                    "ActionFailed",
+                    Step::ActionFailed,
                     &stored,
                     json!({ "error": e.to_string() }),
                 )
@@ -722,7 +717,7 @@ async fn reconcile_holding(sentinel: &Sentinel, id: &IncidentId) -> Result<(), S
     if let Some((stored, effects)) = moved(step(store, id, None, &event, Timestamp::now()).await?) {
         emit(
             sentinel,
-            "ExecutionReconciled",
+            Step::ExecutionReconciled,
             &stored,
             json!({ "status": stored.status, "after": stored.execution.as_ref().map(|e| &e.after) }),
         )
@@ -758,7 +753,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
                 .unwrap_or_default();
             emit(
                 sentinel,
-                "VerificationSucceeded",
+                Step::VerificationSucceeded,
                 &stored,
                 json!({ "message": message }),
             )
@@ -767,7 +762,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
         (verify::Judgement::NotResolved { message }, _) => {
             emit(
                 sentinel,
-                "VerificationFailed",
+                Step::VerificationFailed,
                 &stored,
                 json!({ "message": message }),
             )
@@ -775,7 +770,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
             if stored.status == Status::Escalated {
                 emit(
                     sentinel,
-                    "IncidentEscalated",
+                    Step::IncidentEscalated,
                     &stored,
                     json!({ "why": "the fix did not help and cannot be undone" }),
                 )
@@ -864,7 +859,7 @@ async fn undo_holding(
             let stored = moved(step(store, id, None, &done, Timestamp::now()).await?);
             if let Some((stored, _)) = &stored {
                 let event = AuditEvent::Step {
-                    name: "ActionRolledBack",
+                    step: Step::ActionRolledBack,
                     incident: stored,
                     details: json!({
                         "action": execution.action, "restored": restored,
@@ -876,7 +871,7 @@ async fn undo_holding(
                 if stored.status == Status::Escalated {
                     emit(
                         sentinel,
-                        "IncidentEscalated",
+                        Step::IncidentEscalated,
                         stored,
                         json!({ "why": "the fix did not help and was rolled back" }),
                     )
@@ -894,7 +889,7 @@ async fn undo_holding(
             {
                 emit(
                     sentinel,
-                    "ActionFailed",
+                    Step::ActionFailed,
                     &stored,
                     json!({ "rollback": true, "error": e.to_string() }),
                 )
@@ -930,7 +925,7 @@ pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usi
         if let Some((stored, _)) = moved(stepped) {
             emit(
                 sentinel,
-                "ApprovalExpired",
+                Step::ApprovalExpired,
                 &stored,
                 json!({ "waited_seconds": timeout.as_secs() }),
             )
