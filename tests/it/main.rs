@@ -8,6 +8,7 @@ mod cleanup;
 mod cli;
 mod collectors;
 mod containers;
+mod crash;
 mod decisions;
 mod docker;
 mod durability;
