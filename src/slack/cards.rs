@@ -398,8 +398,13 @@ impl Cards {
         // Oldest first, so cards appear in the channel in the order incidents opened.
         incidents.reverse();
         for incident in incidents {
-            // No card for what was already over when nobody asked live (a restart, say).
-            if incident.slack.is_none() && !incident.is_open() {
+            // What was already over is history, not news: no new card for it, and no redraw
+            // of an old one (a changed template after an upgrade would redraw them all).
+            // An incident that closed recently still gets its last state drawn.
+            let over_for_a_while = incident
+                .resolved_at
+                .is_some_and(|at| Timestamp::now().since(at) > RECENTLY_RESOLVED);
+            if !incident.is_open() && (incident.slack.is_none() || over_for_a_while) {
                 continue;
             }
             self.consider(&incident).await;

@@ -672,3 +672,71 @@ async fn the_client_speaks_the_web_api_and_classifies_failures() {
     ));
     assert!(SlackApi::new("ftp://slack.example/", SecretString::from("t")).is_err());
 }
+
+/// On start, no cards are posted for incidents that were already closed, and old cards are
+/// not redrawn (SPEC §12.1): of five resolved incidents and one open one stored before the
+/// start, only the open one gets a card, and a card drawn for an incident that closed long
+/// ago is left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_posts_cards_only_for_open_incidents() {
+    let double = SlackDouble::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&double, dir.path(), Backend::Embedded, "");
+    let long_ago = Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 2 * 3_600_000);
+    let open_id = {
+        let store = sentinel::store::embedded::EmbeddedStore::open(
+            &settings.data_dir.join("sentinel.redb"),
+        )
+        .unwrap();
+        use sentinel::store::Store;
+        let detection = |n: usize| sentinel::domain::Detection {
+            signal: sentinel::domain::Signal::External,
+            resource: sentinel::domain::Resource::parse(&format!("old-{n}")).unwrap(),
+            severity: sentinel::domain::Severity::Warning,
+            value: 1.0,
+            threshold: 1.0,
+            source: sentinel::domain::Source::Alertmanager,
+            summary: format!("old alert {n}"),
+            labels: Default::default(),
+        };
+        for n in 0..5 {
+            let mut incident = Incident::open(IncidentId::generate(), &detection(n), long_ago);
+            incident
+                .transition(
+                    Status::Resolved,
+                    "sentinel",
+                    "resolved by its source",
+                    long_ago,
+                )
+                .unwrap();
+            store.create_incident(&incident).await.unwrap();
+            if n == 0 {
+                // One of them had a card, drawn from an older template.
+                let card = sentinel::domain::SlackCard {
+                    channel: CARDS.to_owned(),
+                    ts: Some("1600000000.000001".to_owned()),
+                    posted_entries: incident.timeline.len(),
+                    digest: "an older drawing".to_owned(),
+                    ..Default::default()
+                };
+                store.put_card(&incident.id, &card).await.unwrap();
+            }
+        }
+        let open = Incident::open(IncidentId::generate(), &detection(9), Timestamp::now());
+        store.create_incident(&open).await.unwrap();
+        open.id
+    };
+    let running = start(settings).await;
+    double
+        .wait_until(WAIT, |calls| !cards_posted(calls).is_empty())
+        .await;
+    // Give the first catch-up time to queue anything else it would.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = double.calls();
+    let cards = cards_posted(&calls);
+    assert_eq!(cards.len(), 1, "{cards:?}");
+    assert!(cards[0].text().contains(open_id.as_str()), "{:?}", cards[0]);
+    let redrawn = calls.iter().filter(|c| c.method == "chat.update").count();
+    assert_eq!(redrawn, 0, "an old card was redrawn");
+    running.stop().await;
+}
