@@ -27,10 +27,11 @@ status=0
 SENTINEL_CRASH_RUNS=$RUNS timeout $((300 + RUNS * 900)) \
     cargo test --test it crash:: -- --nocapture --test-threads=1 >"$work/out" 2>&1 || status=$?
 
-grep -E '^crash run:' "$work/out" || true
+# libtest writes "test <name> ... " before a test's first line of output: match anywhere.
+grep -oE 'crash run: .*' "$work/out" || true
 echo
-grep -E '^crash summary:' "$work/out" || true
-grep -E '^test result:' "$work/out" || true
+grep -oE 'crash summary: .*' "$work/out" || true
+grep -oE 'test result: .*' "$work/out" || true
 if ((status != 0)); then
     echo
     echo "cargo test exited with $status; failed checks:"
