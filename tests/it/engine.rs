@@ -6,11 +6,18 @@
 //!   /api/incidents/{id}/resolve` — at every status ends as the engine's table says, with
 //!   its timeline step and audit entry; one test per (door, status), so a failure names both.
 //!   Incidents are put at a status by writing them through the store with the real incident
-//!   API on an app whose remediation worker is off, so nothing moves them meanwhile.
-//! - Fifty concurrent rollbacks make one undo: one `stop` at Docker for a started container,
-//!   the quarantined files back once for a real automatic cleanup; one `ActionRolledBack`.
-//! - A recovery arriving while an analysis runs (an LLM double that answers slowly) is not
-//!   lost when the analysis finishes.
+//!   API on an app whose remediation worker is off, so nothing moves them meanwhile. Fifty
+//!   copies of one resolved alert at once record one recovery; during a rollback in flight an
+//!   alert is noted and a manual resolve refused.
+//! - Fifty concurrent rollbacks make one undo: one `stop` at Docker for a started container
+//!   (on both stores), the quarantined files back once for a real automatic cleanup; one
+//!   `ActionRolledBack`. A rollback while a newer incident holds the fingerprint is never left
+//!   half-way.
+//! - A recovery arriving while an analysis runs (an LLM double that answers slowly), through
+//!   each door, is not lost when the analysis finishes.
+//!
+//! Other tests' containers share the Docker daemon, so every app's monitor sees them too:
+//! assertions read this test's incident from the store rather than trusting cycle totals.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1177,6 +1184,76 @@ async fn rollback_with_a_newer_incident_open(backend: Backend) {
     // The newer incident is untouched and still open.
     let still = current(&app, &newer.id).await;
     assert!(still.is_open());
+}
+
+/// The same with a real cleanup: the sandbox fills up again and a newer incident waits for
+/// approval (the hourly budget of automatic cleanups is spent) when an admin rolls the first
+/// cleanup back.
+#[tokio::test]
+async fn a_cleanup_rollback_while_a_newer_incident_of_its_fingerprint_is_open_is_not_left_half_way()
+{
+    let app = spawn_app_with(Backend::Embedded, |s| {
+        s.actions.enabled = true;
+        s.actions.auto_budget_per_hour = 1;
+        s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let logs = app.sandbox.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let fill = |name: &str| {
+        let line = format!("{name}: request handled in 12 ms\n");
+        std::fs::write(logs.join(name), line.repeat(105_000_000 / line.len())).unwrap();
+    };
+    let fingerprint = sentinel::domain::Fingerprint::parse("sandbox_size:sandbox").unwrap();
+    let detect = || async {
+        for _ in 0..20 {
+            app.tick_monitor().await;
+            if let Some(open) = app.store.open_incident_for(&fingerprint).await.unwrap() {
+                return open;
+            }
+        }
+        panic!("the sandbox breach is never detected");
+    };
+    fill("first.log");
+    let first = detect().await;
+    wait_for(&app, &first.id, Status::Resolved).await;
+    // It fills up again: the second incident waits for approval.
+    fill("second.log");
+    let second = detect().await;
+    wait_for(&app, &second.id, Status::AwaitingApproval).await;
+
+    let reply = app
+        .post(
+            &format!("/api/incidents/{}/rollback", first.id),
+            Some(&app.keys.admin),
+            "",
+        )
+        .await;
+    let old = current(&app, &first.id).await;
+    let restored = logs.join("first.log").exists();
+    eprintln!(
+        "cleanup rollback with a newer incident open: {} {}; first.log restored: {restored}; \
+         old incident: {} rolling_back={}",
+        reply.status,
+        reply.body,
+        old.status,
+        old.execution.as_ref().unwrap().rolling_back()
+    );
+    assert!(
+        reply.status == 200 || reply.status == 409,
+        "a rollback answers 200 or 409, not {}: {}",
+        reply.status,
+        reply.body
+    );
+    assert!(
+        !old.execution.as_ref().unwrap().rolling_back(),
+        "the rollback is left half-way (first.log restored: {restored}): {:#?}",
+        old.timeline
+    );
+    match reply.status {
+        200 => assert!(restored, "rolled back, yet the file is not back"),
+        _ => assert!(!restored, "refused, yet the file is back"),
+    }
 }
 
 /// Polls until the incident is at `status` (bounded).
