@@ -102,7 +102,8 @@ pub struct AlertsOutcome {
     pub updated: usize,
     pub resolved: usize,
     pub silenced: usize,
-    /// Resolved alerts that had no open incident.
+    /// Resolved alerts that changed nothing: no open incident, or one whose recovery was
+    /// already recorded.
     pub ignored: usize,
     /// Resolved alerts for incidents whose fix is running or being verified: recorded on
     /// the incident, and verification takes them into account.

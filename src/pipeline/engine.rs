@@ -95,10 +95,13 @@ pub enum Event {
     RollbackRequested {
         actor: Actor,
     },
-    /// The undo is done; `restored` is what the target looks like now.
+    /// The undo is done; `restored` is what the target looks like now. `stay_closed`: a
+    /// closed incident cannot reopen (another incident of its fingerprint is open now), so
+    /// it records the rollback and stays closed.
     RolledBack {
         restored: Value,
         message: String,
+        stay_closed: bool,
     },
     RollbackFailed {
         message: String,
@@ -432,14 +435,21 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
 
         Event::RollbackRequested { actor } => rollback_requested(incident, actor, now),
 
-        Event::RolledBack { restored, message } => match &incident.execution {
+        Event::RolledBack {
+            restored: _,
+            message,
+            stay_closed,
+        } => match &incident.execution {
             Some(execution) if execution.rolling_back() => {
                 let (by, automatic) = rollback_by(execution);
                 let mut next = incident.clone();
                 if let Some(execution) = next.execution.as_mut() {
                     execution.rolled_back_at = Some(now);
                 }
-                let _ = restored;
+                if *stay_closed && !incident.is_open() {
+                    next.record("rolled_back", &by, message.clone(), now);
+                    return moved(next, Vec::new());
+                }
                 go(&mut next, RolledBack, &by, message.clone(), now);
                 if automatic {
                     go(

@@ -854,9 +854,26 @@ async fn undo_holding(
             };
             let done = Event::RolledBack {
                 restored: restored.clone(),
-                message,
+                message: message.clone(),
+                stay_closed: false,
             };
-            let stored = moved(step(store, id, None, &done, Timestamp::now()).await?);
+            let stepped = match step(store, id, None, &done, Timestamp::now()).await {
+                // Closed, and its fingerprint has a newer open incident: it cannot reopen
+                // as rolled back, so it records the rollback and stays closed.
+                Err(StoreError::DuplicateOpen { existing, .. }) => {
+                    let closed = Event::RolledBack {
+                        restored: restored.clone(),
+                        message: format!(
+                            "{message}; {existing} is open for the same signal now, so this \
+                             incident stays closed"
+                        ),
+                        stay_closed: true,
+                    };
+                    step(store, id, None, &closed, Timestamp::now()).await?
+                }
+                other => other?,
+            };
+            let stored = moved(stepped);
             if let Some((stored, _)) = &stored {
                 let event = AuditEvent::Step {
                     step: Step::ActionRolledBack,

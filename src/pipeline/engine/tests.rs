@@ -203,6 +203,7 @@ fn events() -> Vec<(&'static str, Event)> {
             Event::RolledBack {
                 restored: json!({"state": "exited"}),
                 message: "stopped web-1".into(),
+                stay_closed: false,
             },
         ),
         (
@@ -645,6 +646,7 @@ fn a_rollback_under_way_completes_or_is_reported_and_resumes_after_a_restart() {
     let done = Event::RolledBack {
         restored: json!({"state": "exited"}),
         message: "stopped web-1".into(),
+        stay_closed: false,
     };
     let Outcome::Moved(t) = apply(&incident, &done, at(7)) else {
         panic!()
@@ -665,6 +667,26 @@ fn a_rollback_under_way_completes_or_is_reported_and_resumes_after_a_restart() {
 }
 
 #[test]
+fn a_closed_incident_whose_fingerprint_reopened_records_its_rollback_and_stays_closed() {
+    let mut incident = incident_at(Status::Resolved);
+    incident.execution.as_mut().unwrap().rollback = Some(RollbackStart {
+        by: "api:ops (admin)".into(),
+        at: at(5),
+    });
+    let done = Event::RolledBack {
+        restored: json!({"state": "exited"}),
+        message: "stopped web-1; inc-newer is open for it".into(),
+        stay_closed: true,
+    };
+    let Outcome::Moved(t) = apply(&incident, &done, at(6)) else {
+        panic!()
+    };
+    assert_eq!(t.next().status, Status::Resolved);
+    assert!(!t.next().execution.as_ref().unwrap().rolling_back());
+    assert_eq!(t.next().timeline.last().unwrap().step, "rolled_back");
+}
+
+#[test]
 fn a_failed_verification_rolls_back_automatically_then_escalates() {
     let incident = incident_at(Status::Verifying);
     let judged = Event::Verified(Judgement::NotResolved {
@@ -679,6 +701,7 @@ fn a_failed_verification_rolls_back_automatically_then_escalates() {
     let done = Event::RolledBack {
         restored: json!({"state": "exited"}),
         message: "stopped web-1".into(),
+        stay_closed: false,
     };
     let Outcome::Moved(t) = apply(&rolling, &done, at(6)) else {
         panic!()
