@@ -190,16 +190,17 @@ pub async fn recover(sentinel: &Sentinel) {
         .await
         {
             Ok(Some(Stepped::Moved { stored, effects })) => {
-                emit(
-                    sentinel,
-                    Step::RemediationResumed,
-                    &stored,
-                    json!({ "after": "restart" }),
-                )
-                .await;
+                resumed(sentinel, &stored, &effects).await;
                 effects
             }
-            Ok(Some(Stepped::Unchanged { effects, .. })) => effects,
+            Ok(Some(Stepped::Unchanged {
+                incident, effects, ..
+            })) => {
+                if !effects.is_empty() {
+                    resumed(sentinel, &incident, &effects).await;
+                }
+                effects
+            }
             Ok(_) => Vec::new(),
             Err(e) => {
                 tracing::warn!(incident = %id, error = %e, "cannot resume an incident");
@@ -208,6 +209,27 @@ pub async fn recover(sentinel: &Sentinel) {
         };
         dispatch(sentinel, &id, effects, resumed_analysis);
     }
+}
+
+/// Audits that a restart interrupted this incident's work and what now resumes it.
+async fn resumed(sentinel: &Sentinel, incident: &Incident, effects: &[Effect]) {
+    let resumes: Vec<&str> = effects
+        .iter()
+        .map(|effect| match effect {
+            Effect::Analyze => "analysis",
+            Effect::Execute(_) => "execution of the approved fix",
+            Effect::Reconcile => "reconciliation with the target",
+            Effect::Verify => "verification",
+            Effect::Undo(_) => "the rollback",
+        })
+        .collect();
+    emit(
+        sentinel,
+        Step::RemediationResumed,
+        incident,
+        json!({ "after": "restart", "status": incident.status, "resumes": resumes }),
+    )
+    .await;
 }
 
 /// Queues the effects of a stored transition.

@@ -522,13 +522,25 @@ async fn drive_and_kill(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let last_step = last["timeline"]
+        .as_array()
+        .and_then(|t| t.last())
+        .and_then(|e| e["step"].as_str())
+        .unwrap_or("?");
     record.final_status = format!(
-        "{}{}",
+        "{}{}{}",
         last["status"].as_str().unwrap_or("?"),
         if rolling_json(&last) {
             "+rolling_back"
+        } else if !last["execution"]["rolled_back_at"].is_null() {
+            "+rolled_back_at"
         } else {
             ""
+        },
+        if last["status"] == last_step {
+            String::new()
+        } else {
+            format!("(last step {last_step})")
         }
     );
     if record.to_terminal.is_none() {
@@ -577,13 +589,22 @@ async fn drive_and_kill(
             ));
         }
     }
-    if point == KillPoint::DuringRollback && last["status"] == "rolled_back" {
+    if point == KillPoint::DuringRollback && !last["execution"]["rolled_back_at"].is_null() {
         let stopped = count(&undo_events, "stop", None);
         if stopped != 1 {
             record.fail(format!(
-                "rolled back, yet Docker stopped it {stopped} times"
+                "recorded as rolled back, yet Docker stopped it {stopped} times"
             ));
         }
+    }
+    // An interrupted rollback is completed or reported (SPEC §12.1).
+    if rolling_at_kill
+        && last["execution"]["rolled_back_at"].is_null()
+        && !last["timeline"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["step"] == "rollback_failed"))
+    {
+        record.fail("the interrupted rollback was neither completed nor reported");
     }
 
     // The audit names the interruption, after the kill, in a sound chain.
