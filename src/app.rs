@@ -37,7 +37,10 @@ impl Application {
         let store = store::open(&settings).await?;
         let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), store);
         let sentinel = Arc::new(sentinel);
-        let monitor = Arc::new(Monitor::new(Arc::clone(&sentinel)));
+        let monitor = Arc::new(Monitor::new(
+            Arc::clone(sentinel.pipeline()),
+            Arc::clone(sentinel.readings()),
+        ));
         let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&sentinel.store))?;
         let shutdown = CancellationToken::new();
         let state = Arc::new(AppContext {
@@ -102,7 +105,7 @@ impl Application {
         );
         let worker = if settings.actions.enabled {
             tokio::spawn(crate::pipeline::remediate::run_worker(
-                Arc::clone(&self.sentinel),
+                Arc::clone(self.sentinel.pipeline()),
                 self.jobs,
                 self.shutdown.clone(),
             ))

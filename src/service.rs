@@ -6,7 +6,7 @@
 //! The rules themselves live in the pure pipeline stages; this module loads, applies them,
 //! stores with compare-and-set and audits.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -21,10 +21,10 @@ use crate::pipeline::approve::DecisionError;
 use crate::pipeline::audit::{self, AuditEvent};
 use crate::pipeline::detect::{self, Scenario};
 use crate::pipeline::engine::{Effect, Event, Recovery};
-use crate::pipeline::execute::Executor;
 use crate::pipeline::intake::{self, Intake};
-use crate::pipeline::monitor::{Collectors, CycleReport};
+use crate::pipeline::monitor::CycleReport;
 use crate::pipeline::remediate::{self, Job, Stepped};
+use crate::pipeline::{Pipeline, Readings};
 use crate::store::{IncidentQuery, SharedStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,17 +51,7 @@ impl From<DecisionError> for ServiceError {
     }
 }
 
-/// One signal's latest reading, as `/api/status` shows it (SPEC §11).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SignalReading {
-    pub signal: String,
-    pub resource: String,
-    pub value: Option<f64>,
-    pub threshold: Option<f64>,
-    /// `ok`, `breached` or `unavailable`.
-    pub state: String,
-    pub source: String,
-}
+pub use crate::domain::SignalReading;
 
 /// The body of `GET /api/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -167,29 +157,17 @@ impl Background {
     }
 }
 
-/// Shared by every request handler and background task.
+/// Shared by every request handler and background task: the operations people ask for,
+/// over the pipeline's stages ([`Pipeline`]) and the monitor's readings ([`Readings`]).
 pub struct Sentinel {
     pub settings: Arc<Settings>,
     pub store: SharedStore,
-    /// The collectors, shared by the monitor loop, analysis (evidence) and verification.
-    pub collectors: Arc<Collectors>,
-    /// Sentinel's hands: Docker and the sandbox.
-    pub executor: Executor,
-    /// The LLM analyzer, when `[analyzer] kind = "llm"` and an API key is set.
-    pub llm: Option<LlmAnalyzer>,
-    /// Remediation work for the worker task (analysis, execution, verification).
-    jobs: mpsc::UnboundedSender<Job>,
+    /// The stages' dependencies, handed to the monitor loop and the remediation worker.
+    pipeline: Arc<Pipeline>,
+    /// What the monitor measured on this replica.
+    readings: Arc<Readings>,
     /// Announces incident changes (ids) to the Slack card sync and the live status stream.
     changes: tokio::sync::broadcast::Sender<IncidentId>,
-    /// The monitor's latest readings. Written by the monitor loop once per cycle, read by
-    /// status requests; empty until the first cycle.
-    signals: RwLock<Vec<SignalReading>>,
-    /// The latest monitor cycle on this replica, for `/api/status`.
-    last_cycle: RwLock<Option<CycleReport>>,
-    /// The last hour of readings, for the status page's trend charts.
-    trends: std::sync::Mutex<crate::domain::Trends>,
-    /// Bumped after every monitor cycle, so the live stream can tell pages the signals moved.
-    cycles: tokio::sync::watch::Sender<u64>,
     /// Acknowledged work still being done (Slack clicks).
     pub background: Background,
 }
@@ -200,34 +178,35 @@ impl Sentinel {
         settings: Arc<Settings>,
         store: SharedStore,
     ) -> (Self, mpsc::UnboundedReceiver<Job>) {
-        let (jobs, receiver) = mpsc::unbounded_channel();
         let observed = crate::store::observed::Observed::new(store);
         let changes = observed.changes();
         let store: SharedStore = Arc::new(observed);
         let llm = build_llm(&settings);
+        let (pipeline, receiver) = Pipeline::new(Arc::clone(&settings), Arc::clone(&store), llm);
         let sentinel = Sentinel {
-            collectors: Arc::new(Collectors::new(Arc::clone(&settings))),
-            executor: Executor::new(&settings),
-            llm,
-            jobs,
+            pipeline: Arc::new(pipeline),
+            readings: Arc::new(Readings::default()),
             changes,
             settings,
             store,
-            signals: RwLock::new(Vec::new()),
-            last_cycle: RwLock::new(None),
-            trends: std::sync::Mutex::new(crate::domain::Trends::new()),
-            cycles: tokio::sync::watch::Sender::new(0),
             background: Background::new(),
         };
         (sentinel, receiver)
     }
 
-    /// Queues remediation work. Never blocks; if the worker is gone (shutting down), the
-    /// work is picked up again from the incident's status on the next start.
+    /// The stages' dependencies (for the monitor loop, the remediation worker and tests).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Where the monitor publishes its readings.
+    pub fn readings(&self) -> &Arc<Readings> {
+        &self.readings
+    }
+
+    /// Queues remediation work (see [`Pipeline::enqueue`]).
     pub fn enqueue(&self, job: Job) {
-        if self.jobs.send(job).is_err() {
-            tracing::debug!("the remediation worker has stopped; the job resumes on restart");
-        }
+        self.pipeline.enqueue(job);
     }
 
     /// Incident ids as they are created or updated (a hint to look; read the store).
@@ -237,58 +216,35 @@ impl Sentinel {
 
     /// Queues analysis of a newly opened incident.
     pub fn opened(&self, incident: &Incident) {
-        self.enqueue(Job::Analyze {
-            id: incident.id.clone(),
-            resumed: false,
-        });
+        self.pipeline.opened(incident);
     }
 
     pub fn set_cycle(&self, report: CycleReport) {
-        *self.last_cycle.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        self.readings.set_cycle(report);
     }
 
     pub fn last_cycle(&self) -> Option<CycleReport> {
-        self.last_cycle
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.readings.last_cycle()
     }
 
     /// Publishes one cycle's readings: for `/api/status`, the trend charts and the stream.
     pub fn set_signals(&self, readings: Vec<SignalReading>) {
-        self.trends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(
-                Timestamp::now(),
-                readings
-                    .iter()
-                    .map(|r| (r.signal.as_str(), r.resource.as_str(), r.value)),
-            );
-        *self.signals.write().unwrap_or_else(|e| e.into_inner()) = readings;
-        self.cycles
-            .send_modify(|count| *count = count.wrapping_add(1));
+        self.readings.set_signals(readings);
     }
 
     /// The latest readings on this replica (empty before its first cycle).
     pub fn signal_readings(&self) -> Vec<SignalReading> {
-        self.signals
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.readings.signals()
     }
 
     /// The recent samples of one signal, oldest first.
     pub fn trend(&self, signal: &str, resource: &str) -> Vec<crate::domain::Sample> {
-        self.trends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .samples(signal, resource)
+        self.readings.trend(signal, resource)
     }
 
     /// Changes whenever a monitor cycle has published new readings.
     pub fn watch_cycles(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.cycles.subscribe()
+        self.readings.watch_cycles()
     }
 
     pub async fn status(&self) -> Result<StatusReport, ServiceError> {
@@ -322,11 +278,7 @@ impl Sentinel {
             mode: self.settings.mode.as_str(),
             paused: control.paused,
             store: self.store.backend(),
-            signals: self
-                .signals
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            signals: self.readings.signals(),
             incidents,
             monitor: self.last_cycle(),
             breakers,
@@ -488,7 +440,7 @@ impl Sentinel {
         let mut rolled = None;
         for effect in effects {
             if let Effect::Undo(permit) = effect {
-                rolled = remediate::undo(self, permit, actor).await?;
+                rolled = remediate::undo(&self.pipeline, permit, actor).await?;
             }
         }
         rolled.ok_or_else(|| {

@@ -27,7 +27,7 @@ pub use incident::{
 };
 pub use observation::Observation;
 pub use role::{Role, UnknownRole};
-pub use signal::{Severity, Signal, Source, UnknownSignal};
+pub use signal::{Severity, Signal, SignalReading, Source, UnknownSignal};
 pub use silence::{Silence, SilenceTarget};
 pub use time::Timestamp;
 pub use trend::{Sample, Trends};

@@ -113,6 +113,18 @@ pub enum Source {
     Trigger,
 }
 
+/// One signal's latest reading, as `/api/status` shows it (SPEC §11).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SignalReading {
+    pub signal: String,
+    pub resource: String,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    /// `ok`, `breached` or `unavailable`.
+    pub state: String,
+    pub source: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

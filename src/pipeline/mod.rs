@@ -10,6 +10,7 @@
 pub mod analyze;
 pub mod approve;
 pub mod audit;
+pub mod deps;
 pub mod detect;
 pub mod engine;
 pub mod execute;
@@ -18,3 +19,5 @@ pub mod monitor;
 pub mod policy;
 pub mod remediate;
 pub mod verify;
+
+pub use deps::{Pipeline, Readings};

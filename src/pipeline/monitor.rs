@@ -17,14 +17,15 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::domain::SignalReading;
 use crate::domain::{Actor, Observation, Resource, Signal, Source, Timestamp};
 use crate::pipeline::detect::{self, Decision, DetectorState, Hysteresis};
 use crate::pipeline::intake::{self, Intake};
+use crate::pipeline::{Pipeline, Readings};
 use crate::runtime::docker::DockerCollector;
 use crate::runtime::host::HostCollector;
 use crate::runtime::prometheus::PrometheusClient;
 use crate::runtime::{sandbox, ContainerSample, HostSample};
-use crate::service::{Sentinel, SignalReading};
 use crate::store::IncidentQuery;
 
 /// The lease that elects the replica running the monitor loop.
@@ -436,9 +437,12 @@ pub struct CycleReport {
     pub errors: Vec<String>,
 }
 
-/// The monitor loop: collectors, the detector's memory and the service to write through.
+/// The monitor loop: collectors, the detector's memory, and the stages it writes through.
 pub struct Monitor {
-    sentinel: Arc<Sentinel>,
+    /// The stages' dependencies: settings, store, the remediation queue.
+    pipeline: Arc<Pipeline>,
+    /// Where each cycle's readings and report are published.
+    readings: Arc<Readings>,
     collectors: Arc<Collectors>,
     detector: tokio::sync::Mutex<DetectorState>,
     /// This replica's name in the lease.
@@ -446,7 +450,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(sentinel: Arc<Sentinel>) -> Self {
+    pub fn new(pipeline: Arc<Pipeline>, readings: Arc<Readings>) -> Self {
         let holder = format!(
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "sentinel".to_owned()),
@@ -456,8 +460,9 @@ impl Monitor {
                 .trim_start_matches("inc-")
         );
         Monitor {
-            collectors: Arc::clone(&sentinel.collectors),
-            sentinel,
+            collectors: Arc::clone(&pipeline.collectors),
+            pipeline,
+            readings,
             detector: tokio::sync::Mutex::new(DetectorState::default()),
             holder,
         }
@@ -473,8 +478,8 @@ impl Monitor {
     pub async fn tick(&self, fence: Option<u64>) -> CycleReport {
         let started = Instant::now();
         let started_at = Timestamp::now();
-        let settings = &self.sentinel.settings;
-        let store = self.sentinel.store.as_ref();
+        let settings = &self.pipeline.settings;
+        let store = self.pipeline.store.as_ref();
         let collected = self.collectors.collect().await;
         let mut report = CycleReport {
             started_at: Some(started_at),
@@ -487,7 +492,7 @@ impl Monitor {
                 .collect(),
             ..CycleReport::default()
         };
-        self.sentinel.set_signals(collected.readings.clone());
+        self.readings.set_signals(collected.readings.clone());
 
         let open = match store
             .list_incidents(IncidentQuery {
@@ -548,7 +553,7 @@ impl Monitor {
                 Decision::Breach(detection) => {
                     match intake::open_or_update(store, &detection, now).await {
                         Ok(Intake::Opened(incident)) => {
-                            self.sentinel.opened(&incident);
+                            self.pipeline.opened(&incident);
                             tracing::info!(incident = %incident.id, fingerprint = %incident.fingerprint, "incident opened");
                             report.opened += 1;
                         }
@@ -589,7 +594,7 @@ impl Monitor {
 
     /// Drops cleanup quarantines older than `quarantine_retention`.
     async fn purge_quarantine(&self) {
-        let settings = &self.sentinel.settings;
+        let settings = &self.pipeline.settings;
         let sandbox = settings.sandbox_dir.clone();
         let retention = settings.actions.quarantine_retention.0;
         let purged = tokio::task::spawn_blocking(move || {
@@ -628,7 +633,7 @@ impl Monitor {
             resolved = report.resolved,
             "monitor cycle"
         );
-        self.sentinel.set_cycle(report.clone());
+        self.readings.set_cycle(report.clone());
         report
     }
 
@@ -636,9 +641,9 @@ impl Monitor {
     /// the loop: it writes only while this replica holds (or can take) the monitor lease;
     /// on another replica it reads the signals and writes nothing, and says so.
     pub async fn check_now(&self) -> CycleReport {
-        let ttl = self.sentinel.settings.monitor.lease_ttl.0;
+        let ttl = self.pipeline.settings.monitor.lease_ttl.0;
         let lease = self
-            .sentinel
+            .pipeline
             .store
             .acquire_lease(LEASE, &self.holder, ttl, Timestamp::now())
             .await;
@@ -667,10 +672,10 @@ impl Monitor {
 
     /// Runs cycles every `interval` until shutdown, on the replica holding the lease.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let settings = Arc::clone(&self.sentinel.settings);
+        let settings = Arc::clone(&self.pipeline.settings);
         let interval = settings.interval.0;
         let ttl = settings.monitor.lease_ttl.0;
-        let store = Arc::clone(&self.sentinel.store);
+        let store = Arc::clone(&self.pipeline.store);
         let mut held: Option<crate::store::Lease> = None;
         loop {
             let cycle_start = tokio::time::Instant::now();
@@ -690,7 +695,7 @@ impl Monitor {
                     }
                     self.purge_quarantine().await;
                     match crate::pipeline::remediate::expire_approvals(
-                        &self.sentinel,
+                        &self.pipeline,
                         Timestamp::now(),
                     )
                     .await
@@ -704,7 +709,7 @@ impl Monitor {
                     if held.take().is_some() {
                         tracing::warn!("lost the monitor lease to another replica");
                     }
-                    self.sentinel.set_cycle(CycleReport {
+                    self.readings.set_cycle(CycleReport {
                         started_at: Some(Timestamp::now()),
                         outcome: "skipped".to_owned(),
                         leader: false,

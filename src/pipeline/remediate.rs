@@ -32,8 +32,8 @@ use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPe
 use crate::pipeline::execute::Executor;
 use crate::pipeline::policy::{self, PolicyInput, Verdict};
 use crate::pipeline::verify;
+use crate::pipeline::Pipeline;
 use crate::runtime::sandbox;
-use crate::service::Sentinel;
 use crate::store::{IncidentQuery, Store, StoreError};
 
 /// Work for the remediation worker.
@@ -131,19 +131,19 @@ fn moved(stepped: Option<Stepped>) -> Option<(Incident, Vec<Effect>)> {
 /// Runs jobs until shutdown. On start, every incident a previous process left half-way
 /// moves on ([`recover`]).
 pub async fn run_worker(
-    sentinel: Arc<Sentinel>,
+    pipeline: Arc<Pipeline>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     shutdown: CancellationToken,
 ) {
-    recover(&sentinel).await;
+    recover(&pipeline).await;
     let mut running = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             job = jobs.recv() => {
                 let Some(job) = job else { break };
-                let sentinel = Arc::clone(&sentinel);
+                let pipeline = Arc::clone(&pipeline);
                 let shutdown = shutdown.clone();
-                running.spawn(async move { handle(&sentinel, job, &shutdown).await });
+                running.spawn(async move { handle(&pipeline, job, &shutdown).await });
             }
             Some(_) = running.join_next(), if !running.is_empty() => {}
             () = shutdown.cancelled() => break,
@@ -154,8 +154,8 @@ pub async fn run_worker(
 
 /// Applies [`Event::Restarted`] to every incident that may have work under way (the open
 /// ones, and closed ones with a rollback started) and queues what it asks for.
-pub async fn recover(sentinel: &Sentinel) {
-    let recent = match sentinel
+pub async fn recover(pipeline: &Pipeline) {
+    let recent = match pipeline
         .store
         .list_incidents(IncidentQuery {
             open_only: false,
@@ -181,7 +181,7 @@ pub async fn recover(sentinel: &Sentinel) {
         let id = incident.id.clone();
         let resumed_analysis = incident.status == Status::Analyzing;
         let effects = match step(
-            sentinel.store.as_ref(),
+            pipeline.store.as_ref(),
             &id,
             Some(incident),
             &Event::Restarted,
@@ -190,14 +190,14 @@ pub async fn recover(sentinel: &Sentinel) {
         .await
         {
             Ok(Some(Stepped::Moved { stored, effects })) => {
-                resumed(sentinel, &stored, &effects).await;
+                resumed(pipeline, &stored, &effects).await;
                 effects
             }
             Ok(Some(Stepped::Unchanged {
                 incident, effects, ..
             })) => {
                 if !effects.is_empty() {
-                    resumed(sentinel, &incident, &effects).await;
+                    resumed(pipeline, &incident, &effects).await;
                 }
                 effects
             }
@@ -207,12 +207,12 @@ pub async fn recover(sentinel: &Sentinel) {
                 continue;
             }
         };
-        dispatch(sentinel, &id, effects, resumed_analysis);
+        dispatch(pipeline, &id, effects, resumed_analysis);
     }
 }
 
 /// Audits that a restart interrupted this incident's work and what now resumes it.
-async fn resumed(sentinel: &Sentinel, incident: &Incident, effects: &[Effect]) {
+async fn resumed(pipeline: &Pipeline, incident: &Incident, effects: &[Effect]) {
     let resumes: Vec<&str> = effects
         .iter()
         .map(|effect| match effect {
@@ -224,7 +224,7 @@ async fn resumed(sentinel: &Sentinel, incident: &Incident, effects: &[Effect]) {
         })
         .collect();
     emit(
-        sentinel,
+        pipeline,
         Step::RemediationResumed,
         incident,
         json!({ "after": "restart", "status": incident.status, "resumes": resumes }),
@@ -233,7 +233,7 @@ async fn resumed(sentinel: &Sentinel, incident: &Incident, effects: &[Effect]) {
 }
 
 /// Queues the effects of a stored transition.
-fn dispatch(sentinel: &Sentinel, id: &IncidentId, effects: Vec<Effect>, resumed: bool) {
+fn dispatch(pipeline: &Pipeline, id: &IncidentId, effects: Vec<Effect>, resumed: bool) {
     for effect in effects {
         let job = match effect {
             Effect::Analyze => Job::Analyze {
@@ -245,31 +245,31 @@ fn dispatch(sentinel: &Sentinel, id: &IncidentId, effects: Vec<Effect>, resumed:
             Effect::Verify => Job::Verify(id.clone()),
             Effect::Undo(permit) => Job::Undo(permit),
         };
-        sentinel.enqueue(job);
+        pipeline.enqueue(job);
     }
 }
 
-async fn handle(sentinel: &Sentinel, job: Job, shutdown: &CancellationToken) {
+async fn handle(pipeline: &Pipeline, job: Job, shutdown: &CancellationToken) {
     let (what, result) = match job {
         Job::Analyze { id, resumed } => (
             id.to_string(),
-            analyze_and_decide(sentinel, &id, resumed).await,
+            analyze_and_decide(pipeline, &id, resumed).await,
         ),
         Job::Execute(action) => (
             action.incident().to_string(),
-            execute(sentinel, action).await,
+            execute(pipeline, action).await,
         ),
         Job::Verify(id) => {
             tokio::select! {
-                () = tokio::time::sleep(sentinel.settings.settle.0) => {}
+                () = tokio::time::sleep(pipeline.settings.settle.0) => {}
                 () = shutdown.cancelled() => return,
             }
-            (id.to_string(), verify_fix(sentinel, &id).await)
+            (id.to_string(), verify_fix(pipeline, &id).await)
         }
-        Job::Reconcile(id) => (id.to_string(), reconcile(sentinel, &id).await),
+        Job::Reconcile(id) => (id.to_string(), reconcile(pipeline, &id).await),
         Job::Undo(permit) => (
             permit.incident().to_string(),
-            undo(sentinel, permit, &Actor::Sentinel).await.map(drop),
+            undo(pipeline, permit, &Actor::Sentinel).await.map(drop),
         ),
     };
     if let Err(e) = result {
@@ -277,14 +277,14 @@ async fn handle(sentinel: &Sentinel, job: Job, shutdown: &CancellationToken) {
     }
 }
 
-async fn emit(sentinel: &Sentinel, step: Step, incident: &Incident, details: serde_json::Value) {
+async fn emit(pipeline: &Pipeline, step: Step, incident: &Incident, details: serde_json::Value) {
     let event = AuditEvent::Step {
         step,
         incident,
         details,
     };
     if let Err(e) = audit::emit(
-        sentinel.store.as_ref(),
+        pipeline.store.as_ref(),
         &Actor::Sentinel,
         event,
         Timestamp::now(),
@@ -297,9 +297,9 @@ async fn emit(sentinel: &Sentinel, step: Step, incident: &Incident, details: ser
 
 /// What the analyzers may look at, now.
 #[tracing::instrument(name = "gather_evidence", skip_all)]
-async fn gather_evidence(sentinel: &Sentinel) -> Evidence {
-    let (containers, sandbox_dirs) = tokio::join!(sentinel.collectors.containers(), async {
-        let dir = sentinel.settings.sandbox_dir.clone();
+async fn gather_evidence(pipeline: &Pipeline) -> Evidence {
+    let (containers, sandbox_dirs) = tokio::join!(pipeline.collectors.containers(), async {
+        let dir = pipeline.settings.sandbox_dir.clone();
         tokio::task::spawn_blocking(move || {
             let dirs = sandbox::largest_directories(&dir, 10).unwrap_or_default();
             let total = sandbox::sandbox_size(&dir).ok();
@@ -309,7 +309,7 @@ async fn gather_evidence(sentinel: &Sentinel) -> Evidence {
         .unwrap_or_default()
     });
     let (dirs, sandbox_bytes) = sandbox_dirs;
-    let root = sentinel.settings.sandbox_dir.clone();
+    let root = pipeline.settings.sandbox_dir.clone();
     Evidence {
         docker_available: containers.is_ok(),
         containers: containers.unwrap_or_default(),
@@ -331,13 +331,13 @@ async fn gather_evidence(sentinel: &Sentinel) -> Evidence {
 /// Analysis with the configured analyzer; the rules when the LLM fails or proposes
 /// something outside the catalogue. Returns the analysis and what went wrong on the way.
 async fn analysis_for(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     incident: &Incident,
     evidence: &Evidence,
 ) -> (Analysis, Vec<String>) {
     let mut notes = Vec::new();
-    if sentinel.settings.analyzer.kind == AnalyzerKind::Llm {
-        if let Some(llm) = &sentinel.llm {
+    if pipeline.settings.analyzer.kind == AnalyzerKind::Llm {
+        if let Some(llm) = &pipeline.llm {
             match llm.analyze_reporting(incident, evidence).await {
                 Ok(answered) => {
                     if let Some(earlier) = answered.earlier_failures_summary() {
@@ -360,18 +360,18 @@ async fn analysis_for(
 
 #[tracing::instrument(name = "analyze", skip_all, fields(incident = %id))]
 async fn analyze_and_decide(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     id: &IncidentId,
     resumed: bool,
 ) -> Result<(), StoreError> {
-    let store = sentinel.store.as_ref();
+    let store = pipeline.store.as_ref();
     let now = Timestamp::now();
     let started = step(store, id, None, &Event::AnalysisStarted { resumed }, now).await?;
     let Some((incident, _)) = moved(started) else {
         return Ok(());
     };
-    let evidence = gather_evidence(sentinel).await;
-    let (mut analysis, notes) = analysis_for(sentinel, &incident, &evidence).await;
+    let evidence = gather_evidence(pipeline).await;
+    let (mut analysis, notes) = analysis_for(pipeline, &incident, &evidence).await;
     let mut refusals = notes;
     let plan = match analyze::check_proposal(&analysis.proposed_action, &evidence) {
         Ok(plan) => plan,
@@ -399,7 +399,7 @@ async fn analyze_and_decide(
         .copied()
         .unwrap_or(0);
     let paused = store.control().await?.paused;
-    let settings = &sentinel.settings;
+    let settings = &pipeline.settings;
     let decision = policy::decide(&PolicyInput {
         plan: &plan,
         assessed: analysis.risk_assessment,
@@ -410,7 +410,7 @@ async fn analyze_and_decide(
         budget_per_hour: settings.actions.auto_budget_per_hour,
         max_memory_factor: settings.actions.memory_limit_max_factor,
     });
-    let snapshot = match sentinel.executor.snapshot(&plan).await {
+    let snapshot = match pipeline.executor.snapshot(&plan).await {
         Ok(snapshot) => snapshot,
         Err(e) => json!({ "error": e.to_string() }),
     };
@@ -427,7 +427,7 @@ async fn analyze_and_decide(
     };
     for refusal in &refusals {
         emit(
-            sentinel,
+            pipeline,
             Step::ProposalRefused,
             &stored,
             json!({ "why": refusal }),
@@ -435,7 +435,7 @@ async fn analyze_and_decide(
         .await;
     }
     emit(
-        sentinel,
+        pipeline,
         Step::ActionProposed,
         &stored,
         json!({
@@ -451,7 +451,7 @@ async fn analyze_and_decide(
     match &decision.verdict {
         Verdict::Automatic(_) => {
             emit(
-                sentinel,
+                pipeline,
                 Step::ApprovalGrantedByPolicy,
                 &stored,
                 json!({ "by": "policy", "risk": decision.risk }),
@@ -463,7 +463,7 @@ async fn analyze_and_decide(
         }
         Verdict::NeedsApproval { role, why } => {
             emit(
-                sentinel,
+                pipeline,
                 Step::ApprovalRequested,
                 &stored,
                 json!({ "role": role, "why": why }),
@@ -472,7 +472,7 @@ async fn analyze_and_decide(
         }
         Verdict::NotifyOnly | Verdict::DryRun { .. } => {
             emit(
-                sentinel,
+                pipeline,
                 Step::IncidentEscalated,
                 &stored,
                 json!({ "status": stored.status }),
@@ -480,21 +480,21 @@ async fn analyze_and_decide(
             .await;
         }
     }
-    dispatch(sentinel, id, effects, false);
+    dispatch(pipeline, id, effects, false);
     Ok(())
 }
 
 /// Takes the lease `name` for `holder`, waiting up to `wait` for another holder's to run
 /// out (a process killed mid-action leaves its lease behind until it expires).
 async fn acquire_waiting(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     name: &str,
     holder: &str,
     wait: Duration,
 ) -> Result<Option<crate::store::Lease>, StoreError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let lease = sentinel
+        let lease = pipeline
             .store
             .acquire_lease(name, holder, EXECUTION_LEASE, Timestamp::now())
             .await?;
@@ -511,7 +511,7 @@ fn holder_name() -> String {
 
 /// Runs `work` while renewing the lease every third of its life.
 async fn renewing<T>(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     lease: &crate::store::Lease,
     work: impl std::future::Future<Output = T>,
 ) -> T {
@@ -522,7 +522,7 @@ async fn renewing<T>(
         tokio::select! {
             done = &mut work => return done,
             _ = renew.tick() => {
-                let renewed = sentinel
+                let renewed = pipeline
                     .store
                     .acquire_lease(&lease.name, &lease.holder, EXECUTION_LEASE, Timestamp::now())
                     .await;
@@ -536,27 +536,27 @@ async fn renewing<T>(
 
 /// Executes an approved action at most once.
 #[tracing::instrument(name = "execute", skip_all, fields(incident = %action.incident()))]
-pub async fn execute(sentinel: &Sentinel, action: ApprovedAction) -> Result<(), StoreError> {
+pub async fn execute(pipeline: &Pipeline, action: ApprovedAction) -> Result<(), StoreError> {
     let id = action.incident().clone();
     let lease_name = format!("execute:{id}");
-    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
+    let Some(lease) = acquire_waiting(pipeline, &lease_name, &holder_name(), LEASE_WAIT).await?
     else {
         tracing::info!(incident = %id, "another worker is executing this incident");
         return Ok(());
     };
-    let result = execute_holding(sentinel, &action, &lease).await;
-    if let Err(e) = sentinel.store.release_lease(&lease).await {
+    let result = execute_holding(pipeline, &action, &lease).await;
+    if let Err(e) = pipeline.store.release_lease(&lease).await {
         tracing::warn!(error = %e, "cannot release the execution lease");
     }
     result
 }
 
 async fn execute_holding(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     action: &ApprovedAction,
     lease: &crate::store::Lease,
 ) -> Result<(), StoreError> {
-    let store = sentinel.store.as_ref();
+    let store = pipeline.store.as_ref();
     let id = action.incident();
     let Some(incident) = store.get_incident(id).await? else {
         return Ok(());
@@ -566,7 +566,7 @@ async fn execute_holding(
     }
     let plan = action.plan();
     // The approval holds for the state that was shown; if the target changed, ask again.
-    let now_state = match sentinel.executor.snapshot(plan).await {
+    let now_state = match pipeline.executor.snapshot(plan).await {
         Ok(state) => state,
         Err(e) => json!({ "error": e.to_string() }),
     };
@@ -577,7 +577,7 @@ async fn execute_holding(
         };
         if let Some((stored, _)) = moved(step(store, id, None, &changed, Timestamp::now()).await?) {
             emit(
-                sentinel,
+                pipeline,
                 Step::ApprovalRequested,
                 &stored,
                 json!({ "why": "target changed", "was": approved_state, "now": now_state }),
@@ -616,7 +616,7 @@ async fn execute_holding(
         step(store, id, None, &lost, Timestamp::now()).await?;
         return Ok(());
     }
-    let outcome = renewing(sentinel, lease, sentinel.executor.run(action, &now_state)).await;
+    let outcome = renewing(pipeline, lease, pipeline.executor.run(action, &now_state)).await;
     match outcome {
         Ok(after) => {
             let message = format!(
@@ -632,7 +632,7 @@ async fn execute_holding(
                 moved(step(store, id, None, &done, Timestamp::now()).await?)
             {
                 emit(
-                    sentinel,
+                    pipeline,
                     Step::ActionExecuted,
                     &stored,
                     json!({
@@ -642,7 +642,7 @@ async fn execute_holding(
                     }),
                 )
                 .await;
-                dispatch(sentinel, id, effects, false);
+                dispatch(pipeline, id, effects, false);
             }
         }
         Err(e) => {
@@ -653,7 +653,7 @@ async fn execute_holding(
                 moved(step(store, id, None, &failed, Timestamp::now()).await?)
             {
                 emit(
-                    sentinel,
+                    pipeline,
                     Step::ActionFailed,
                     &stored,
                     json!({ "error": e.to_string() }),
@@ -669,23 +669,23 @@ async fn execute_holding(
 /// so the target says. Holds the execution lease (the dead holder's runs out first), then
 /// records what the target shows (step `reconciled`) and verifies, or fails honestly.
 #[tracing::instrument(name = "reconcile", skip_all, fields(incident = %id))]
-async fn reconcile(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
+async fn reconcile(pipeline: &Pipeline, id: &IncidentId) -> Result<(), StoreError> {
     let lease_name = format!("execute:{id}");
-    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
+    let Some(lease) = acquire_waiting(pipeline, &lease_name, &holder_name(), LEASE_WAIT).await?
     else {
         tracing::warn!(incident = %id, "the execution lease stayed taken; reconciling later");
-        sentinel.enqueue(Job::Reconcile(id.clone()));
+        pipeline.enqueue(Job::Reconcile(id.clone()));
         return Ok(());
     };
-    let result = reconcile_holding(sentinel, id).await;
-    if let Err(e) = sentinel.store.release_lease(&lease).await {
+    let result = reconcile_holding(pipeline, id).await;
+    if let Err(e) = pipeline.store.release_lease(&lease).await {
         tracing::warn!(error = %e, "cannot release the execution lease");
     }
     result
 }
 
-async fn reconcile_holding(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
-    let store = sentinel.store.as_ref();
+async fn reconcile_holding(pipeline: &Pipeline, id: &IncidentId) -> Result<(), StoreError> {
+    let store = pipeline.store.as_ref();
     let Some(incident) = store.get_incident(id).await? else {
         return Ok(());
     };
@@ -705,9 +705,9 @@ async fn reconcile_holding(sentinel: &Sentinel, id: &IncidentId) -> Result<(), S
             return Ok(());
         }
     };
-    let event = match sentinel.executor.snapshot(&plan).await {
+    let event = match pipeline.executor.snapshot(&plan).await {
         Ok(now_state) => {
-            let reached = sentinel
+            let reached = pipeline
                 .executor
                 .reached(id, &plan, &execution.before, &now_state);
             let message = if reached {
@@ -738,29 +738,29 @@ async fn reconcile_holding(sentinel: &Sentinel, id: &IncidentId) -> Result<(), S
     };
     if let Some((stored, effects)) = moved(step(store, id, None, &event, Timestamp::now()).await?) {
         emit(
-            sentinel,
+            pipeline,
             Step::ExecutionReconciled,
             &stored,
             json!({ "status": stored.status, "after": stored.execution.as_ref().map(|e| &e.after) }),
         )
         .await;
-        dispatch(sentinel, id, effects, false);
+        dispatch(pipeline, id, effects, false);
     }
     Ok(())
 }
 
 /// After `settle`: measure again; resolve, or roll back what can be undone and escalate.
 #[tracing::instrument(name = "verify", skip_all, fields(incident = %id))]
-pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), StoreError> {
-    let store = sentinel.store.as_ref();
+pub async fn verify_fix(pipeline: &Pipeline, id: &IncidentId) -> Result<(), StoreError> {
+    let store = pipeline.store.as_ref();
     let Some(incident) = store.get_incident(id).await? else {
         return Ok(());
     };
     if incident.status != Status::Verifying {
         return Ok(());
     }
-    let collected = sentinel.collectors.collect().await;
-    let judgement = verify::judge(&incident, &collected, &sentinel.settings.thresholds);
+    let collected = pipeline.collectors.collect().await;
+    let judgement = verify::judge(&incident, &collected, &pipeline.settings.thresholds);
     let event = Event::Verified(judgement.clone());
     let Some((stored, effects)) = moved(step(store, id, None, &event, Timestamp::now()).await?)
     else {
@@ -774,7 +774,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
                 .map(|e| e.message.clone())
                 .unwrap_or_default();
             emit(
-                sentinel,
+                pipeline,
                 Step::VerificationSucceeded,
                 &stored,
                 json!({ "message": message }),
@@ -783,7 +783,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
         }
         (verify::Judgement::NotResolved { message }, _) => {
             emit(
-                sentinel,
+                pipeline,
                 Step::VerificationFailed,
                 &stored,
                 json!({ "message": message }),
@@ -791,7 +791,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
             .await;
             if stored.status == Status::Escalated {
                 emit(
-                    sentinel,
+                    pipeline,
                     Step::IncidentEscalated,
                     &stored,
                     json!({ "why": "the fix did not help and cannot be undone" }),
@@ -803,7 +803,7 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
     }
     for effect in effects {
         if let Effect::Undo(permit) = effect {
-            undo(sentinel, permit, &Actor::Sentinel).await?;
+            undo(pipeline, permit, &Actor::Sentinel).await?;
         }
     }
     Ok(())
@@ -814,14 +814,14 @@ pub async fn verify_fix(sentinel: &Sentinel, id: &IncidentId) -> Result<(), Stor
 /// already looks as before. `Some` with the incident as stored after a successful undo.
 #[tracing::instrument(name = "roll_back", skip_all, fields(incident = %permit.incident(), actor = %actor))]
 pub async fn undo(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     permit: RollbackPermit,
     actor: &Actor,
 ) -> Result<Option<Incident>, StoreError> {
-    let store = sentinel.store.as_ref();
+    let store = pipeline.store.as_ref();
     let id = permit.incident().clone();
     let lease_name = format!("execute:{id}");
-    let Some(lease) = acquire_waiting(sentinel, &lease_name, &holder_name(), LEASE_WAIT).await?
+    let Some(lease) = acquire_waiting(pipeline, &lease_name, &holder_name(), LEASE_WAIT).await?
     else {
         let failed = Event::RollbackFailed {
             message: "another worker holds the target; try the rollback again".to_owned(),
@@ -829,7 +829,7 @@ pub async fn undo(
         step(store, &id, None, &failed, Timestamp::now()).await?;
         return Ok(None);
     };
-    let result = undo_holding(sentinel, &permit, actor, &lease).await;
+    let result = undo_holding(pipeline, &permit, actor, &lease).await;
     if let Err(e) = store.release_lease(&lease).await {
         tracing::warn!(error = %e, "cannot release the execution lease");
     }
@@ -837,12 +837,12 @@ pub async fn undo(
 }
 
 async fn undo_holding(
-    sentinel: &Sentinel,
+    pipeline: &Pipeline,
     permit: &RollbackPermit,
     actor: &Actor,
     lease: &crate::store::Lease,
 ) -> Result<Option<Incident>, StoreError> {
-    let store = sentinel.store.as_ref();
+    let store = pipeline.store.as_ref();
     let id = permit.incident();
     let Some(incident) = store.get_incident(id).await? else {
         return Ok(None);
@@ -851,14 +851,14 @@ async fn undo_holding(
         return Ok(None);
     };
     let plan = permit.plan();
-    let current = sentinel.executor.snapshot(plan).await.ok();
+    let current = pipeline.executor.snapshot(plan).await.ok();
     let already = current
         .as_ref()
         .is_some_and(|now| Executor::undone(plan, permit.before(), now));
     let outcome = if already {
         Ok(current.clone().unwrap_or_default())
     } else {
-        renewing(sentinel, lease, sentinel.executor.undo(permit)).await
+        renewing(pipeline, lease, pipeline.executor.undo(permit)).await
     };
     match outcome {
         Ok(restored) => {
@@ -909,7 +909,7 @@ async fn undo_holding(
                 audit::emit(store, actor, event, Timestamp::now()).await?;
                 if stored.status == Status::Escalated {
                     emit(
-                        sentinel,
+                        pipeline,
                         Step::IncidentEscalated,
                         stored,
                         json!({ "why": "the fix did not help and was rolled back" }),
@@ -927,7 +927,7 @@ async fn undo_holding(
                 moved(step(store, id, None, &failed, Timestamp::now()).await?)
             {
                 emit(
-                    sentinel,
+                    pipeline,
                     Step::ActionFailed,
                     &stored,
                     json!({ "rollback": true, "error": e.to_string() }),
@@ -941,9 +941,9 @@ async fn undo_holding(
 
 /// Escalates incidents whose request for approval went unanswered for `approval_timeout`.
 /// Returns how many expired. Run by the monitor loop's leader.
-pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usize, StoreError> {
-    let timeout = sentinel.settings.approval_timeout.0;
-    let open = sentinel
+pub async fn expire_approvals(pipeline: &Pipeline, now: Timestamp) -> Result<usize, StoreError> {
+    let timeout = pipeline.settings.approval_timeout.0;
+    let open = pipeline
         .store
         .list_incidents(IncidentQuery {
             open_only: true,
@@ -960,10 +960,10 @@ pub async fn expire_approvals(sentinel: &Sentinel, now: Timestamp) -> Result<usi
         }
         let id = incident.id.clone();
         let event = Event::Expire { waited: timeout };
-        let stepped = step(sentinel.store.as_ref(), &id, Some(incident), &event, now).await?;
+        let stepped = step(pipeline.store.as_ref(), &id, Some(incident), &event, now).await?;
         if let Some((stored, _)) = moved(stepped) {
             emit(
-                sentinel,
+                pipeline,
                 Step::ApprovalExpired,
                 &stored,
                 json!({ "waited_seconds": timeout.as_secs() }),

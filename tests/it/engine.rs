@@ -516,7 +516,9 @@ async fn verification_uses_the_recovery(app: &TestApp, before: &Incident) {
         );
         assert_eq!(current(app, id).await.status, Status::Verifying);
     }
-    remediate::verify_fix(&app.sentinel, id).await.unwrap();
+    remediate::verify_fix(app.sentinel.pipeline(), id)
+        .await
+        .unwrap();
     let verified = current(app, id).await;
     assert_eq!(
         verified.status,
@@ -1003,10 +1005,22 @@ async fn rollbacks_of_a_container_start(backend: Backend) {
     };
     // The situation of a successful start fix: exited before, running after.
     docker(&["stop", "-t", "5", &container.0]);
-    let before = app.sentinel.executor.snapshot(&plan).await.unwrap();
+    let before = app
+        .sentinel
+        .pipeline()
+        .executor
+        .snapshot(&plan)
+        .await
+        .unwrap();
     assert_eq!(before["state"], "exited", "{before}");
     docker(&["start", &container.0]);
-    let after = app.sentinel.executor.snapshot(&plan).await.unwrap();
+    let after = app
+        .sentinel
+        .pipeline()
+        .executor
+        .snapshot(&plan)
+        .await
+        .unwrap();
     assert_eq!(after["state"], "running", "{after}");
     let incident = put_at(
         &app,
@@ -1086,9 +1100,21 @@ async fn rollback_with_a_newer_incident_open(backend: Backend) {
         container: container.0.clone(),
     };
     docker(&["stop", "-t", "5", &container.0]);
-    let before = app.sentinel.executor.snapshot(&plan).await.unwrap();
+    let before = app
+        .sentinel
+        .pipeline()
+        .executor
+        .snapshot(&plan)
+        .await
+        .unwrap();
     docker(&["start", &container.0]);
-    let after = app.sentinel.executor.snapshot(&plan).await.unwrap();
+    let after = app
+        .sentinel
+        .pipeline()
+        .executor
+        .snapshot(&plan)
+        .await
+        .unwrap();
     let fixed = put_at(
         &app,
         &detection(Signal::ContainerDown, &container.0, Source::Docker),

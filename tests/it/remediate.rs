@@ -307,7 +307,14 @@ async fn propose_for_approval(app: &TestApp, plan: &ActionPlan) -> IncidentId {
     let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
     stored.proposed_action = Some(plan.to_proposed());
     stored.risk = Some(sentinel::domain::Risk::Medium);
-    stored.snapshot = Some(app.sentinel.executor.snapshot(plan).await.unwrap());
+    stored.snapshot = Some(
+        app.sentinel
+            .pipeline()
+            .executor
+            .snapshot(plan)
+            .await
+            .unwrap(),
+    );
     stored.status = Status::AwaitingApproval;
     stored.approvals.clear();
     app.store.update_incident(&stored).await.unwrap();
@@ -420,7 +427,7 @@ async fn an_unanswered_approval_request_expires_and_escalates() {
     app.await_approval(&incident.id, sentinel::domain::Risk::Medium)
         .await;
     let now = sentinel::domain::Timestamp::now();
-    let expired = sentinel::pipeline::remediate::expire_approvals(&app.sentinel, now)
+    let expired = sentinel::pipeline::remediate::expire_approvals(app.sentinel.pipeline(), now)
         .await
         .unwrap();
     assert_eq!(
@@ -428,7 +435,7 @@ async fn an_unanswered_approval_request_expires_and_escalates() {
         "not yet: the request is younger than the timeout"
     );
     let later = now.saturating_add(Duration::from_secs(2));
-    let expired = sentinel::pipeline::remediate::expire_approvals(&app.sentinel, later)
+    let expired = sentinel::pipeline::remediate::expire_approvals(app.sentinel.pipeline(), later)
         .await
         .unwrap();
     assert_eq!(expired, 1);
