@@ -397,14 +397,13 @@ impl Cards {
         };
         // Oldest first, so cards appear in the channel in the order incidents opened.
         incidents.reverse();
+        let now = Timestamp::now();
         for incident in incidents {
             // What was already over is history, not news: no new card for it, and no redraw
             // of an old one (a changed template after an upgrade would redraw them all).
             // An incident that closed recently still gets its last state drawn.
-            let over_for_a_while = incident
-                .resolved_at
-                .is_some_and(|at| Timestamp::now().since(at) > RECENTLY_RESOLVED);
-            if !incident.is_open() && (incident.slack.is_none() || over_for_a_while) {
+            let closed = !incident.is_open();
+            if closed && (incident.slack.is_none() || !wants_card(&incident, now)) {
                 continue;
             }
             self.consider(&incident).await;
