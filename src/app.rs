@@ -13,13 +13,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::pipeline::monitor::Monitor;
 use crate::service::Sentinel;
-use crate::store;
+use crate::store::{self, SharedStore};
 use crate::web::{self, auth::ApiKeys, AppContext};
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     sentinel: Arc<Sentinel>,
+    /// The observed store: the service's, and the doors' own bookkeeping (delivery claims,
+    /// cards, the outbox) beside it.
+    store: SharedStore,
     monitor: Arc<Monitor>,
     /// Slack's client and outbox, when `SLACK_BOT_TOKEN` is set.
     slack: Option<Arc<crate::slack::Slack>>,
@@ -34,18 +37,22 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        let store = store::open(&settings).await?;
-        let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), store);
+        // Every write through this store is announced to the card sync and the live stream.
+        let observed = store::observed::Observed::new(store::open(&settings).await?);
+        let changes = observed.changes();
+        let store: SharedStore = Arc::new(observed);
+        let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), Arc::clone(&store), changes);
         let sentinel = Arc::new(sentinel);
         let monitor = Arc::new(Monitor::new(
             Arc::clone(sentinel.pipeline()),
             Arc::clone(sentinel.readings()),
         ));
-        let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&sentinel.store))?;
+        let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&store))?;
         let shutdown = CancellationToken::new();
         let state = Arc::new(AppContext {
             stream: web::stream::Hub::start(Arc::clone(&sentinel), shutdown.clone()),
             sentinel: Arc::clone(&sentinel),
+            store: Arc::clone(&store),
             keys: ApiKeys::from_config(&settings.api_keys),
             body_limit: settings.http.body_limit,
             slack: slack.clone(),
@@ -58,6 +65,7 @@ impl Application {
             listener,
             router: web::router(state),
             sentinel,
+            store,
             monitor,
             slack,
             socket_mode,
@@ -72,6 +80,12 @@ impl Application {
 
     pub fn sentinel(&self) -> Arc<Sentinel> {
         Arc::clone(&self.sentinel)
+    }
+
+    /// The store (observed: writes reach the card sync and the stream); for tests that set a
+    /// situation up underneath the service.
+    pub fn store(&self) -> SharedStore {
+        Arc::clone(&self.store)
     }
 
     /// The monitor; tests run its cycles with `tick` instead of waiting for the loop.
@@ -91,7 +105,7 @@ impl Application {
 
     /// Serves until shutdown; requests in flight are finished first.
     pub async fn run(self) -> anyhow::Result<()> {
-        let settings = &self.sentinel.settings;
+        let settings = self.sentinel.settings();
         if !settings.slack_enabled() {
             tracing::info!(
                 "slack is off: set SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN"
@@ -99,7 +113,7 @@ impl Application {
         }
         tracing::info!(
             addr = %self.local_addr(),
-            store = self.sentinel.store.backend(),
+            store = self.store.backend(),
             mode = settings.mode.as_str(),
             "sentinel ready"
         );
@@ -137,7 +151,7 @@ impl Application {
         // Clicks acknowledged before the stop are finished, within reason.
         if tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            self.sentinel.background.idle(),
+            self.sentinel.background().idle(),
         )
         .await
         .is_err()

@@ -100,6 +100,16 @@ pub struct AlertsOutcome {
     pub noted: usize,
 }
 
+/// A silence's length as people write it (`"1h"`, `"30m"`), for the doors to parse before
+/// they call [`Sentinel::silence`].
+pub fn parse_length(text: &str) -> Result<std::time::Duration, ServiceError> {
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        ServiceError::Invalid(format!(
+            "{text:?} is not a duration; write it like \"1h\" or \"30m\""
+        ))
+    })
+}
+
 /// The longest silence anyone can set.
 pub const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
@@ -160,8 +170,8 @@ impl Background {
 /// Shared by every request handler and background task: the operations people ask for,
 /// over the pipeline's stages ([`Pipeline`]) and the monitor's readings ([`Readings`]).
 pub struct Sentinel {
-    pub settings: Arc<Settings>,
-    pub store: SharedStore,
+    settings: Arc<Settings>,
+    store: SharedStore,
     /// The stages' dependencies, handed to the monitor loop and the remediation worker.
     pipeline: Arc<Pipeline>,
     /// What the monitor measured on this replica.
@@ -169,18 +179,17 @@ pub struct Sentinel {
     /// Announces incident changes (ids) to the Slack card sync and the live status stream.
     changes: tokio::sync::broadcast::Sender<IncidentId>,
     /// Acknowledged work still being done (Slack clicks).
-    pub background: Background,
+    background: Background,
 }
 
 impl Sentinel {
-    /// The service, and the receiving end of its job queue for `remediate::run_worker`.
+    /// The service over `store` (the observed store: its writes are announced on `changes`),
+    /// and the receiving end of its job queue for `remediate::run_worker`.
     pub fn new(
         settings: Arc<Settings>,
         store: SharedStore,
+        changes: tokio::sync::broadcast::Sender<IncidentId>,
     ) -> (Self, mpsc::UnboundedReceiver<Job>) {
-        let observed = crate::store::observed::Observed::new(store);
-        let changes = observed.changes();
-        let store: SharedStore = Arc::new(observed);
         let llm = build_llm(&settings);
         let (pipeline, receiver) = Pipeline::new(Arc::clone(&settings), Arc::clone(&store), llm);
         let sentinel = Sentinel {
@@ -192,6 +201,22 @@ impl Sentinel {
             background: Background::new(),
         };
         (sentinel, receiver)
+    }
+
+    /// The configuration this service runs with (read-only).
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// Acknowledged work still being done; doors hand their after-the-ack work to it.
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// Whether the store answers, and which backend it is (for `/readyz`).
+    pub async fn ping(&self) -> Result<&'static str, ServiceError> {
+        self.store.ping().await?;
+        Ok(self.store.backend())
     }
 
     /// The stages' dependencies (for the monitor loop, the remediation worker and tests).
@@ -289,10 +314,11 @@ impl Sentinel {
         Ok(self.store.list_incidents(query).await?)
     }
 
-    pub async fn incident(&self, id: &str) -> Result<Incident, ServiceError> {
-        let missing = || ServiceError::NotFound(format!("incident {id}"));
-        let parsed = IncidentId::parse(id).map_err(|_| missing())?;
-        self.store.get_incident(&parsed).await?.ok_or_else(missing)
+    pub async fn incident(&self, id: &IncidentId) -> Result<Incident, ServiceError> {
+        self.store
+            .get_incident(id)
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     /// Injects a test alert through the same intake as monitoring.
@@ -317,17 +343,15 @@ impl Sentinel {
     /// reading it again; the compare-and-set still refuses it if it is out of date.
     async fn decide(
         &self,
-        id: &str,
+        id: &IncidentId,
         seen: Option<Incident>,
         actor: &Actor,
         verb: &str,
         event: &Event,
     ) -> Result<(Incident, Vec<Effect>), ServiceError> {
-        let missing = || ServiceError::NotFound(format!("incident {id}"));
-        let parsed = IncidentId::parse(id).map_err(|_| missing())?;
-        let stepped = remediate::step(self.store.as_ref(), &parsed, seen, event, Timestamp::now())
+        let stepped = remediate::step(self.store.as_ref(), id, seen, event, Timestamp::now())
             .await?
-            .ok_or_else(missing)?;
+            .ok_or_else(|| not_found(id))?;
         match stepped {
             Stepped::Moved { stored, effects } => Ok((stored, effects)),
             Stepped::Refused { incident, error } => {
@@ -346,7 +370,7 @@ impl Sentinel {
     #[tracing::instrument(name = "approve", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn approve(
         &self,
-        id: &str,
+        id: &IncidentId,
         proposal: Option<&str>,
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
@@ -364,13 +388,12 @@ impl Sentinel {
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
         let id = seen.id.clone();
-        self.approve_from(id.as_str(), Some(seen), proposal, actor)
-            .await
+        self.approve_from(&id, Some(seen), proposal, actor).await
     }
 
     async fn approve_from(
         &self,
-        id: &str,
+        id: &IncidentId,
         seen: Option<Incident>,
         proposal: Option<&str>,
         actor: &Actor,
@@ -405,7 +428,7 @@ impl Sentinel {
     #[tracing::instrument(name = "reject", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn reject(
         &self,
-        id: &str,
+        id: &IncidentId,
         actor: &Actor,
         reason: Option<&str>,
     ) -> Result<Incident, ServiceError> {
@@ -432,7 +455,7 @@ impl Sentinel {
     /// container, or brings quarantined files back. Any number of concurrent requests make
     /// one undo: only the one stored transition into rolling back gets the permit.
     #[tracing::instrument(name = "rollback", skip_all, fields(incident = %id, actor = %actor))]
-    pub async fn rollback(&self, id: &str, actor: &Actor) -> Result<Incident, ServiceError> {
+    pub async fn rollback(&self, id: &IncidentId, actor: &Actor) -> Result<Incident, ServiceError> {
         let event = Event::RollbackRequested {
             actor: actor.clone(),
         };
@@ -456,7 +479,7 @@ impl Sentinel {
     #[tracing::instrument(name = "resolve", skip_all, fields(incident = %id, actor = %actor))]
     pub async fn resolve(
         &self,
-        id: &str,
+        id: &IncidentId,
         note: Option<&str>,
         actor: &Actor,
     ) -> Result<Incident, ServiceError> {
@@ -489,6 +512,11 @@ impl Sentinel {
         )
         .await?;
         Ok(stored)
+    }
+
+    /// Whether automatic execution is paused.
+    pub async fn paused(&self) -> Result<bool, ServiceError> {
+        Ok(self.store.control().await?.paused)
     }
 
     /// Pauses or resumes automatic execution (admins), atomically in the store and audited
@@ -575,7 +603,7 @@ impl Sentinel {
     pub async fn silence(
         &self,
         target: &str,
-        duration: &str,
+        length: std::time::Duration,
         reason: &str,
         actor: &Actor,
     ) -> Result<Silence, ServiceError> {
@@ -585,11 +613,6 @@ impl Sentinel {
                 "the target must be a fingerprint (signal:resource) or a resource".to_owned(),
             ));
         }
-        let length = humantime::parse_duration(duration.trim()).map_err(|_| {
-            ServiceError::Invalid(format!(
-                "{duration:?} is not a duration; write it like \"1h\" or \"30m\""
-            ))
-        })?;
         if length.is_zero() || length > MAX_SILENCE {
             return Err(ServiceError::Invalid(
                 "a silence lasts between 1 second and 30 days".to_owned(),
@@ -662,6 +685,10 @@ impl Sentinel {
         }
         error.into()
     }
+}
+
+fn not_found(id: &IncidentId) -> ServiceError {
+    ServiceError::NotFound(format!("incident {id}"))
 }
 
 /// Refuses `actor` unless their role allows `needed` (Sentinel itself acts under policy).

@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Incident, IncidentId, SlackCard, Status, Timestamp};
-use crate::service::Sentinel;
+use crate::service::{Sentinel, ServiceError};
 use crate::slack::blocks::{self, BlocksError, Rendered};
 use crate::slack::outbox::{CallError, ChannelCalls, Outbox};
 use crate::store::{IncidentQuery, SharedStore, StoreError};
@@ -388,7 +388,7 @@ impl Cards {
             open_only: false,
             limit: 200,
         };
-        let mut incidents = match self.sentinel.store.list_incidents(query).await {
+        let mut incidents = match self.sentinel.incidents(query).await {
             Ok(incidents) => incidents,
             Err(e) => {
                 tracing::warn!(error = %e, "card catch-up cannot list incidents");
@@ -411,9 +411,9 @@ impl Cards {
     }
 
     async fn consider_id(&self, id: &IncidentId) {
-        match self.sentinel.store.get_incident(id).await {
-            Ok(Some(incident)) => self.consider(&incident).await,
-            Ok(None) => {}
+        match self.sentinel.incident(id).await {
+            Ok(incident) => self.consider(&incident).await,
+            Err(ServiceError::NotFound(_)) => {}
             Err(e) => {
                 tracing::warn!(incident = %id, error = %e, "card task cannot read an incident")
             }
@@ -422,7 +422,7 @@ impl Cards {
 
     /// Queues a sync for one incident if Slack is behind on it.
     pub async fn consider(&self, incident: &Incident) {
-        let refresh = self.sentinel.settings.slack.card_refresh.0;
+        let refresh = self.sentinel.settings().slack.card_refresh.0;
         if !needs_sync(incident, Timestamp::now(), refresh) {
             return;
         }

@@ -368,7 +368,7 @@ commands! {
             "paused": report.paused,
             "signals": report.signals,
             "incidents": report.incidents.iter().map(listed).collect::<Vec<_>>(),
-            "public_url": ctx.sentinel().settings.public_url,
+            "public_url": ctx.sentinel().settings().public_url,
         });
         render(Visibility::Ephemeral, "status", &context, fallback)
     }
@@ -391,7 +391,7 @@ commands! {
 
     /// `show <id>` · viewer · one incident with its timeline
     async fn show(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
-        let incident = match ctx.sentinel().incident(id.as_str()).await {
+        let incident = match ctx.sentinel().incident(&id).await {
             Ok(incident) => incident,
             Err(e) => return failed(e),
         };
@@ -403,7 +403,7 @@ commands! {
     /// `approve <id>` · operator (medium risk), admin (high risk) · approve the proposed fix,
     /// like the Approve button
     async fn approve(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
-        match ctx.sentinel().approve(id.as_str(), None, &ctx.actor()).await {
+        match ctx.sentinel().approve(&id, None, &ctx.actor()).await {
             Ok(incident) if incident.status == Status::Approved => Reply::in_channel(format!(
                 "{} approved {}: {}. Sentinel is applying the fix.",
                 ctx.user(), incident.id, proposal(&incident)
@@ -422,7 +422,7 @@ commands! {
         if reason.as_ref().is_some_and(|r| r.chars().count() > 2000) {
             return Reply::ephemeral("The reason is longer than 2000 characters.");
         }
-        match ctx.sentinel().reject(id.as_str(), &ctx.actor(), reason.as_deref()).await {
+        match ctx.sentinel().reject(&id, &ctx.actor(), reason.as_deref()).await {
             Ok(incident) => Reply::in_channel(format!(
                 "{} rejected the fix for {}{}",
                 ctx.user(),
@@ -435,7 +435,7 @@ commands! {
 
     /// `resolve <id> [note]` · operator · close an incident by hand (not while its fix runs)
     async fn resolve(ctx: &Ctx<'_>, id: IncidentId, note: Option<String>) -> Reply {
-        match ctx.sentinel().resolve(id.as_str(), note.as_deref(), &ctx.actor()).await {
+        match ctx.sentinel().resolve(&id, note.as_deref(), &ctx.actor()).await {
             Ok(incident) => Reply::in_channel(format!(
                 "{} resolved {} by hand{}",
                 ctx.user(),
@@ -448,7 +448,7 @@ commands! {
 
     /// `rollback <id>` · admin · roll back an executed fix
     async fn rollback(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
-        match ctx.sentinel().rollback(id.as_str(), &ctx.actor()).await {
+        match ctx.sentinel().rollback(&id, &ctx.actor()).await {
             Ok(incident) => Reply::in_channel(format!(
                 "{} rolled back the fix for {} (now {}).",
                 ctx.user(), incident.id, incident.status
@@ -465,9 +465,8 @@ commands! {
         duration: Duration,
         reason: Option<String>,
     ) -> Reply {
-        let length = humantime::format_duration(duration).to_string();
         let reason = reason.unwrap_or_default();
-        match ctx.sentinel().silence(&target, &length, &reason, &ctx.actor()).await {
+        match ctx.sentinel().silence(&target, duration, &reason, &ctx.actor()).await {
             Ok(silence) => Reply::in_channel(format!(
                 "{} silenced `{}` until {} (`{}`). `/sentinel unsilence {}` ends it.",
                 ctx.user(), escape(&target), silence.ends_at, silence.id, silence.id

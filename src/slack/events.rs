@@ -173,7 +173,7 @@ async fn process(inbound: &Arc<Inbound>, callback: Callback) {
         return;
     }
     let key = format!("slack:event:{}", callback.event_id);
-    let store = &inbound.app.sentinel.store;
+    let store = &inbound.app.store;
     match store
         .claim_once(&key, EVENT_DEDUP_TTL, Timestamp::now())
         .await

@@ -83,7 +83,7 @@ pub struct Inbound {
 impl Inbound {
     pub fn new(app: AppState, monitor: Arc<Monitor>) -> Arc<Self> {
         let api = app.slack.as_ref().map(|slack| slack.api.clone());
-        let roles = Roles::new(&app.sentinel.settings.rbac, api);
+        let roles = Roles::new(&app.sentinel.settings().rbac, api);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -99,7 +99,7 @@ impl Inbound {
     /// Whether a payload's `api_app_id` is ours: always when `[slack] app_id` is empty or the
     /// payload carries none.
     pub fn is_our_app(&self, api_app_id: Option<&str>) -> bool {
-        let ours = &self.app.sentinel.settings.slack.app_id;
+        let ours = &self.app.sentinel.settings().slack.app_id;
         match api_app_id {
             Some(theirs) if !ours.is_empty() => theirs == ours,
             _ => true,
@@ -109,7 +109,7 @@ impl Inbound {
     /// Posts a message to a `response_url`. Only Slack's own hooks (or, for tests and
     /// proxies, the configured Web API's origin) are ever called.
     pub async fn post_to_response_url(&self, url: &str, body: &Value) {
-        if !response_url_allowed(url, &self.app.sentinel.settings.slack.api_url) {
+        if !response_url_allowed(url, &self.app.sentinel.settings().slack.api_url) {
             tracing::warn!(url, "not posting to a response_url outside Slack");
             return;
         }
@@ -323,7 +323,7 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let verifier = Verifier::new(
-        app.sentinel.settings.secrets.slack_signing_secret.clone(),
+        app.sentinel.settings().secrets.slack_signing_secret.clone(),
         app.body_limit,
     );
     let monitor = Arc::clone(&app.monitor);

@@ -42,7 +42,7 @@ pub const REJECT_CALLBACK: &str = "reject_reason";
 const CLICK_DEDUP_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long the Silence button silences an incident's fingerprint.
-pub const CARD_SILENCE: &str = "1h";
+pub const CARD_SILENCE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a card's button points at: the incident, and the proposal the card showed.
 /// Cards drawn before buttons named the proposal carry the version they were drawn from.
@@ -368,7 +368,7 @@ async fn receive_parsed(inbound: &Arc<Inbound>, payload: Payload) -> Result<Answ
             // step claims the delivery durably, so a repeat (same trigger) is handled once,
             // here or on another replica.
             let inbound = Arc::clone(inbound);
-            let background = &inbound.app.sentinel.background;
+            let background = &inbound.app.sentinel.background();
             // Boxed here: the handling is a large future (kilobytes), and moving it by value
             // through every await on the way into the task showed up as memcpy under load.
             let work = Box::pin({
@@ -404,7 +404,7 @@ async fn claim_then_handle(inbound: &Arc<Inbound>, actions: BlockActions) {
     let claimed = match &actions.trigger_id {
         Some(trigger) => {
             let key = format!("slack:interaction:{trigger}");
-            let store = &inbound.app.sentinel.store;
+            let store = &inbound.app.store;
             store
                 .claim_once(&key, CLICK_DEDUP_TTL, Timestamp::now())
                 .await
@@ -491,7 +491,7 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
         role,
     };
     let sentinel = &inbound.app.sentinel;
-    let incident = match sentinel.incident(card.incident.as_str()).await {
+    let incident = match sentinel.incident(&card.incident).await {
         Ok(incident) => incident,
         Err(e) => return tell(explain(e)).await,
     };
@@ -505,7 +505,7 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
         .await;
     }
     let id = incident.id.clone();
-    let id = id.as_str();
+    let id = &id;
     let said = match button {
         Button::Approve => match sentinel
             .approve_seen(incident, card.proposal(), &actor)
@@ -637,7 +637,7 @@ async fn submitted(inbound: &Arc<Inbound>, submission: ViewSubmission) -> Option
     };
     let sentinel = &inbound.app.sentinel;
     if let Some(card) = &card {
-        match sentinel.incident(card.incident.as_str()).await {
+        match sentinel.incident(&card.incident).await {
             Ok(incident) if !card_is_current(card, &incident) => {
                 return errors(format!(
                     "{} changed since its card was drawn (it is {} now); look again. \
@@ -653,10 +653,7 @@ async fn submitted(inbound: &Arc<Inbound>, submission: ViewSubmission) -> Option
         user_id: user,
         role,
     };
-    match sentinel
-        .reject(id.as_str(), &actor, reason.as_deref())
-        .await
-    {
+    match sentinel.reject(&id, &actor, reason.as_deref()).await {
         Ok(_) => None,
         Err(e) => errors(explain(e)),
     }

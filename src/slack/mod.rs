@@ -37,6 +37,8 @@ pub struct Slack {
     pub api: client::SlackApi,
     /// Every message to a channel goes through here (durable, ordered, paced).
     pub outbox: outbox::Outbox,
+    /// Where the outbox and the card records live.
+    store: SharedStore,
 }
 
 impl Slack {
@@ -53,7 +55,8 @@ impl Slack {
             .context("[slack] api_url (SLACK_API_URL)")?;
         Ok(Some(Arc::new(Slack {
             api,
-            outbox: outbox::Outbox::new(store),
+            outbox: outbox::Outbox::new(Arc::clone(&store)),
+            store,
         })))
     }
 
@@ -64,9 +67,9 @@ impl Slack {
         sentinel: &Arc<crate::service::Sentinel>,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let settings = &sentinel.settings;
+        let settings = sentinel.settings();
         let sync = cards::CardSync::new(
-            Arc::clone(&sentinel.store),
+            Arc::clone(&self.store),
             &settings.public_url,
             settings.slack.card_refresh.0,
         );

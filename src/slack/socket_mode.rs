@@ -93,7 +93,7 @@ impl SocketMode {
     /// The client, when `SLACK_APP_TOKEN` is set; `None` otherwise. Fails (at startup) when
     /// `[slack] api_url` cannot be used.
     pub fn from_settings(app: &AppState) -> anyhow::Result<Option<SocketMode>> {
-        let settings = &app.sentinel.settings;
+        let settings = app.sentinel.settings();
         let Some(token) = &settings.secrets.slack_app_token else {
             return Ok(None);
         };

@@ -13,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::domain::Actor;
+use crate::domain::{Actor, IncidentId};
 use crate::pipeline::detect::Scenario;
 use crate::pipeline::intake::Intake;
+use crate::service::ServiceError;
 use crate::store::IncidentQuery;
 use crate::web::alerts;
 use crate::web::error::ApiError;
@@ -61,12 +62,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when the store answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let store = &state.sentinel.store;
-    store
-        .ping()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")))?;
-    Ok(Json(json!({ "status": "ready", "store": store.backend() })))
+    let backend =
+        state.sentinel.ping().await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
+        })?;
+    Ok(Json(json!({ "status": "ready", "store": backend })))
 }
 
 pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -114,7 +114,13 @@ pub async fn get_incident(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.incident(&id).await?).into_response())
+    Ok(Json(state.sentinel.incident(&incident_id(&id)?).await?).into_response())
+}
+
+/// The incident a path names; an id that cannot be one is not found, like one that is not
+/// stored (the answer does not tell the two apart).
+fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {
+    IncidentId::parse(raw).map_err(|_| ServiceError::NotFound(format!("incident {raw}")).into())
 }
 
 /// An optional JSON body: nothing (or white space) is `T::default()`, anything else must be
@@ -144,7 +150,7 @@ pub async fn approve(
     let proposal = optional_body::<ApproveBody>(&body)?.proposal_id;
     let approved = state
         .sentinel
-        .approve(&id, proposal.as_deref(), &actor)
+        .approve(&incident_id(&id)?, proposal.as_deref(), &actor)
         .await?;
     Ok(Json(approved).into_response())
 }
@@ -170,7 +176,7 @@ pub async fn reject(
     }
     let incident = state
         .sentinel
-        .reject(&id, &actor, reason.as_deref())
+        .reject(&incident_id(&id)?, &actor, reason.as_deref())
         .await?;
     Ok(Json(incident).into_response())
 }
@@ -189,7 +195,10 @@ pub async fn resolve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let note = optional_body::<ResolveBody>(&body)?.note;
-    let incident = state.sentinel.resolve(&id, note.as_deref(), &actor).await?;
+    let incident = state
+        .sentinel
+        .resolve(&incident_id(&id)?, note.as_deref(), &actor)
+        .await?;
     Ok(Json(incident).into_response())
 }
 
@@ -198,7 +207,7 @@ pub async fn rollback(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.rollback(&id, &actor).await?).into_response())
+    Ok(Json(state.sentinel.rollback(&incident_id(&id)?, &actor).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,9 +266,10 @@ pub async fn create_silence(
     Extension(actor): Extension<Actor>,
     ApiJson(body): ApiJson<SilenceBody>,
 ) -> Result<Response, ApiError> {
+    let length = crate::service::parse_length(&body.duration)?;
     let silence = state
         .sentinel
-        .silence(&body.target, &body.duration, &body.reason, &actor)
+        .silence(&body.target, length, &body.reason, &actor)
         .await?;
     Ok((StatusCode::CREATED, Json(silence)).into_response())
 }

@@ -32,6 +32,9 @@ use error::ApiError;
 /// What every handler can reach.
 pub struct AppContext {
     pub sentinel: Arc<Sentinel>,
+    /// The store, for the doors' own bookkeeping: delivery claims of Slack events, clicks
+    /// and commands. Incidents are read and changed through `sentinel`.
+    pub store: crate::store::SharedStore,
     pub keys: ApiKeys,
     pub body_limit: usize,
     /// The Slack client and outbox, when `SLACK_BOT_TOKEN` is set.
@@ -281,7 +284,7 @@ async fn require_alert_token(
     use secrecy::ExposeSecret;
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    let settings = &state.sentinel.settings;
+    let settings = state.sentinel.settings();
     let Some(expected) = settings.alertmanager.bearer_token() else {
         return Err(ApiError::unauthorized(
             "no [alertmanager] bearer_token is configured, so alerts are refused",

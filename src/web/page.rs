@@ -424,13 +424,11 @@ pub async fn page(State(state): State<AppState>) -> Result<Response, ApiError> {
     let sentinel = &state.sentinel;
     let status = sentinel.status().await?;
     let recent = sentinel
-        .store
-        .list_incidents(IncidentQuery {
+        .incidents(IncidentQuery {
             open_only: false,
             limit: LOOK_BACK,
         })
-        .await
-        .map_err(crate::service::ServiceError::from)?;
+        .await?;
     let view = view(
         status,
         &recent,

@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::service::Sentinel;
+use crate::service::{Sentinel, ServiceError};
 use crate::telemetry::metrics::metrics;
 
 /// How many finished events wait for a slow client before it gets `resync` instead.
@@ -87,8 +87,8 @@ async fn fan_out(hub: Arc<Hub>, sentinel: Arc<Sentinel>) {
         tokio::select! {
             () = hub.shutdown.cancelled() => return,
             change = changes.recv() => match change {
-                Ok(id) => match sentinel.store.get_incident(&id).await {
-                    Ok(Some(incident)) => {
+                Ok(id) => match sentinel.incident(&id).await {
+                    Ok(incident) => {
                         let data = json!({
                             "id": incident.id,
                             "status": incident.status,
@@ -100,7 +100,7 @@ async fn fan_out(hub: Arc<Hub>, sentinel: Arc<Sentinel>) {
                         });
                         hub.publish(hub.event("incident", data.to_string()));
                     }
-                    Ok(None) => {}
+                    Err(ServiceError::NotFound(_)) => {}
                     Err(e) => {
                         tracing::warn!(incident = %id, error = %e, "stream: cannot read the incident");
                         hub.publish(hub.event("resync", "{}".to_owned()));
@@ -153,14 +153,8 @@ pub async fn stream(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let hub = Arc::clone(&state.stream);
     let receiver = hub.events.subscribe();
-    let settings = &state.sentinel.settings;
-    let paused = state
-        .sentinel
-        .store
-        .control()
-        .await
-        .map(|control| control.paused)
-        .ok();
+    let settings = state.sentinel.settings();
+    let paused = state.sentinel.paused().await.ok();
     let hello = hub.event(
         "hello",
         json!({ "mode": settings.mode.as_str(), "paused": paused }).to_string(),

@@ -555,7 +555,7 @@ async fn monitor_clear(status: Status) {
     )
     .await;
     let expect = machine_row(status);
-    let clear_for = app.sentinel.settings.monitor.clear_for;
+    let clear_for = app.sentinel.settings().monitor.clear_for;
 
     // `clear_for` clean samples recover it; one more cycle delivers the recovery again.
     let mut resolved = 0;

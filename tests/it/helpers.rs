@@ -112,6 +112,7 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
         .expect("the application builds");
     let addr = app.local_addr();
     let sentinel = app.sentinel();
+    let store = app.store();
     let monitor = app.monitor();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run());
@@ -122,9 +123,9 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
             .build()
             .unwrap(),
         keys,
-        store: Arc::clone(&sentinel.store),
+        store,
         monitor,
-        sandbox: sentinel.settings.sandbox_dir.clone(),
+        sandbox: sentinel.settings().sandbox_dir.clone(),
         sentinel,
         shutdown,
         server: Some(server),

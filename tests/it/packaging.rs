@@ -925,7 +925,7 @@ async fn every_metric_the_dashboard_reads_is_served_at_metrics() {
          at 0). Exported: {exported:?}"
     );
 
-    let budget = app.sentinel.settings.actions.auto_budget_per_hour;
+    let budget = app.sentinel.settings().actions.auto_budget_per_hour;
     let now = sentinel::domain::Timestamp::now();
     for _ in 0..budget {
         app.store

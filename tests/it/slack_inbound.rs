@@ -254,7 +254,7 @@ async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Ans
         &[],
     )
     .await;
-    app.sentinel.background.idle().await;
+    app.sentinel.background().idle().await;
     answer
 }
 
@@ -928,7 +928,7 @@ async fn an_approval_decided_on_a_copy_gone_stale_is_decided_again_on_the_stored
     };
     let rejected = app
         .sentinel
-        .reject(incident.id.as_str(), &admin, Some("not tonight"))
+        .reject(&incident.id, &admin, Some("not tonight"))
         .await
         .unwrap();
     assert_eq!(rejected.status, Status::Rejected);
@@ -1066,7 +1066,7 @@ async fn the_same_click_delivered_three_times_is_acknowledged_each_time_and_hand
     for answer in futures::future::join_all(sends).await {
         assert_eq!(answer.status, 200, "{answer:?}");
     }
-    app.sentinel.background.idle().await;
+    app.sentinel.background().idle().await;
     let silences = app.sentinel.silences().await.unwrap();
     assert_eq!(silences.len(), 1, "{silences:?}");
 }

@@ -17,6 +17,7 @@ use sentinel::pipeline::detect::Scenario;
 use sentinel::service::Sentinel;
 use sentinel::slack::blocks::Rendered;
 use sentinel::slack::{cards, Slack};
+use sentinel::store::SharedStore;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 struct Running {
     sentinel: Arc<Sentinel>,
+    store: SharedStore,
     slack: Arc<Slack>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -42,7 +44,7 @@ impl Running {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
         drop(self.slack);
-        let store = Arc::clone(&self.sentinel.store);
+        let store = self.store;
         drop(self.sentinel);
         // The last handles go with the tasks that held them; wait for them.
         for _ in 0..200 {
@@ -85,10 +87,12 @@ async fn start(settings: Settings) -> Running {
     let slack = app.slack().expect("a bot token is set, so Slack is on");
     slack.outbox.set_pace(PACE);
     let sentinel = app.sentinel();
+    let store = app.store();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run());
     Running {
         sentinel,
+        store,
         slack,
         shutdown,
         server,
@@ -103,9 +107,9 @@ async fn trigger(sentinel: &Sentinel, scenario: Scenario) -> Incident {
 }
 
 /// Moves an incident to awaiting approval, as analysis and policy do.
-async fn await_approval(sentinel: &Sentinel, id: &IncidentId) -> Incident {
+async fn await_approval(store: &SharedStore, id: &IncidentId) -> Incident {
     loop {
-        let mut incident = sentinel.store.get_incident(id).await.unwrap().unwrap();
+        let mut incident = store.get_incident(id).await.unwrap().unwrap();
         let now = Timestamp::now();
         incident
             .transition(Status::Analyzing, "sentinel", "rules analyzer", now)
@@ -124,7 +128,7 @@ async fn await_approval(sentinel: &Sentinel, id: &IncidentId) -> Incident {
                 now,
             )
             .unwrap();
-        match sentinel.store.update_incident(&incident).await {
+        match store.update_incident(&incident).await {
             Ok(stored) => return stored,
             // The card sync saved its progress meanwhile: read again.
             Err(sentinel::store::StoreError::VersionConflict { .. }) => continue,
@@ -196,13 +200,7 @@ async fn an_incident_gets_a_card_kept_in_step_with_one_reply_per_timeline_entry(
         .as_array()
         .is_some_and(|b| !b.is_empty()));
     // The card's ts is stored with the incident before the first reply.
-    let stored = app
-        .sentinel
-        .store
-        .get_incident(&opened.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = app.store.get_incident(&opened.id).await.unwrap().unwrap();
     let slack = stored.slack.clone().expect("the card is recorded");
     assert_eq!(
         (slack.channel.as_str(), slack.ts.as_deref()),
@@ -210,7 +208,7 @@ async fn an_incident_gets_a_card_kept_in_step_with_one_reply_per_timeline_entry(
     );
 
     // A change: the card is updated in place and each new timeline entry is one reply.
-    let awaiting = await_approval(&app.sentinel, &opened.id).await;
+    let awaiting = await_approval(&app.store, &opened.id).await;
     let calls = double
         .wait_until(WAIT, |calls| {
             replies_to(calls, &ts).len() == 3
@@ -270,7 +268,7 @@ async fn an_incident_gets_a_card_kept_in_step_with_one_reply_per_timeline_entry(
             Timestamp::now(),
         )
         .unwrap();
-    app.sentinel.store.update_incident(&resolved).await.unwrap();
+    app.store.update_incident(&resolved).await.unwrap();
     let calls = double
         .wait_until(WAIT, |calls| {
             replies_to(calls, &ts).len() == 4
@@ -318,7 +316,7 @@ async fn wait_empty(slack: &Slack, channel: &str) {
 async fn wait_for_settled(sentinel: &Sentinel, id: &IncidentId, entries: usize) -> Incident {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let incident = sentinel.store.get_incident(id).await.unwrap().unwrap();
+        let incident = sentinel.incident(id).await.unwrap();
         if incident
             .slack
             .as_ref()
@@ -428,7 +426,7 @@ async fn a_refused_message_is_parked_with_its_error_and_not_retried() {
         .filter(|c| c.text() == "lost")
         .count();
     assert_eq!(tries, 1, "ok:false is not retried");
-    let parked = app.sentinel.store.outbox_parked("C0GONE").await.unwrap();
+    let parked = app.store.outbox_parked("C0GONE").await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].payload["text"], "lost");
     assert!(
@@ -533,13 +531,7 @@ async fn a_card_slack_refuses_is_recorded_and_not_posted_again() {
     let opened = trigger(&app.sentinel, Scenario::Disk).await;
     let deadline = std::time::Instant::now() + WAIT;
     let card = loop {
-        let incident = app
-            .sentinel
-            .store
-            .get_incident(&opened.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let incident = app.store.get_incident(&opened.id).await.unwrap().unwrap();
         if let Some(card) = incident.slack {
             break card;
         }
@@ -555,7 +547,7 @@ async fn a_card_slack_refuses_is_recorded_and_not_posted_again() {
         "{card:?}"
     );
     // Later changes do not make it try again.
-    await_approval(&app.sentinel, &opened.id).await;
+    await_approval(&app.store, &opened.id).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(double.calls_to("chat.postMessage").len(), 1, "tried once");
     app.stop().await;
@@ -585,7 +577,7 @@ async fn two_replicas_on_one_redis_post_a_card_and_its_replies_once() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    await_approval(&b.sentinel, &opened.id).await;
+    await_approval(&b.store, &opened.id).await;
     b.slack
         .outbox
         .sync_incident(CARDS, &opened.id)
