@@ -37,6 +37,8 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        crate::telemetry::metrics::metrics()
+            .start_templates_at_zero(crate::slack::blocks::template_names());
         // Every write through this store is announced to the card sync and the live stream.
         let observed = store::observed::Observed::new(store::open(&settings).await?);
         let changes = observed.changes();

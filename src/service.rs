@@ -68,6 +68,43 @@ pub struct StatusReport {
     pub breakers: Vec<BreakerState>,
 }
 
+impl StatusReport {
+    /// What `/metrics` reads from the store: open breakers and open incidents per severity.
+    pub fn gauges(&self) -> crate::telemetry::metrics::StoreGauges {
+        let breakers = self
+            .breakers
+            .iter()
+            .map(|breaker| {
+                let (action, target) = breaker
+                    .key
+                    .split_once(':')
+                    .unwrap_or((breaker.key.as_str(), ""));
+                (
+                    action.to_owned(),
+                    target.to_owned(),
+                    breaker.state == "open",
+                )
+            })
+            .collect();
+        let incidents_open = ["info", "warning", "critical"]
+            .into_iter()
+            .map(|severity| {
+                let open = self
+                    .incidents
+                    .iter()
+                    .filter(|incident| incident.is_open())
+                    .filter(|incident| incident.severity.as_str() == severity)
+                    .count();
+                (severity, open)
+            })
+            .collect();
+        crate::telemetry::metrics::StoreGauges {
+            breakers,
+            incidents_open,
+        }
+    }
+}
+
 /// One circuit breaker, as `/api/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BreakerState {
@@ -555,9 +592,9 @@ impl Sentinel {
     /// Applies external alerts, already parsed and checked as a whole.
     pub async fn apply_alerts(
         &self,
-        updates: Vec<crate::web::alerts::AlertUpdate>,
+        updates: Vec<crate::domain::AlertUpdate>,
     ) -> Result<AlertsOutcome, ServiceError> {
-        use crate::web::alerts::AlertUpdate;
+        use crate::domain::AlertUpdate;
         let mut outcome = AlertsOutcome::default();
         for update in updates {
             let now = Timestamp::now();

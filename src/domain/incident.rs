@@ -156,6 +156,17 @@ impl Detection {
     }
 }
 
+/// What one external alert asks for (an Alertmanager alert, a generic JSON alert): open or
+/// update an incident, or resolve the one of that fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertUpdate {
+    Firing(Detection),
+    Resolved {
+        fingerprint: Fingerprint,
+        summary: String,
+    },
+}
+
 /// The incident JSON of SPEC §11, plus a few additive fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {

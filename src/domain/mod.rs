@@ -22,8 +22,8 @@ pub use actor::Actor;
 pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, GENESIS_HASH};
 pub use ids::{Fingerprint, IdError, IncidentId, Resource};
 pub use incident::{
-    Detection, Execution, IllegalTransition, Incident, RollbackStart, Sighting, SlackCard, Status,
-    TimelineEntry, UnknownStatus,
+    AlertUpdate, Detection, Execution, IllegalTransition, Incident, RollbackStart, Sighting,
+    SlackCard, Status, TimelineEntry, UnknownStatus,
 };
 pub use observation::Observation;
 pub use role::{Role, UnknownRole};

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Incident, IncidentId, SlackCard, Status, Timestamp};
 use crate::service::{Sentinel, ServiceError};
 use crate::slack::blocks::{self, BlocksError, Rendered};
-use crate::slack::outbox::{CallError, ChannelCalls, Outbox};
+use crate::slack::outbox::{CallError, ChannelCalls, Outbox, SyncIncident};
 use crate::store::{IncidentQuery, SharedStore, StoreError};
 
 /// How often the card task looks over the store for changes it missed (a lagged
@@ -141,6 +141,22 @@ pub struct CardSync {
     refresh: Duration,
 }
 
+impl SyncIncident for CardSync {
+    /// Brings one incident's card and thread up to date in `calls.channel`: posts the card
+    /// if there is none, updates it if it shows something else, then posts the missing
+    /// thread replies in timeline order; again while the incident keeps changing (a few
+    /// rounds at most, then the next queued sync goes on). Progress is saved after every
+    /// call, so a retry continues where this stopped.
+    async fn sync(&self, calls: &mut ChannelCalls<'_>, id: &IncidentId) -> Result<(), CallError> {
+        for _ in 0..5 {
+            if !self.sync_once(calls, id).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CardSync {
     pub fn new(store: SharedStore, public_url: &str, refresh: Duration) -> Self {
         CardSync {
@@ -148,24 +164,6 @@ impl CardSync {
             public_url: public_url.to_owned(),
             refresh,
         }
-    }
-
-    /// Brings one incident's card and thread up to date in `calls.channel`: posts the card
-    /// if there is none, updates it if it shows something else, then posts the missing
-    /// thread replies in timeline order; again while the incident keeps changing (a few
-    /// rounds at most, then the next queued sync goes on). Progress is saved after every
-    /// call, so a retry continues where this stopped.
-    pub async fn sync(
-        &self,
-        calls: &mut ChannelCalls<'_>,
-        id: &IncidentId,
-    ) -> Result<(), CallError> {
-        for _ in 0..5 {
-            if !self.sync_once(calls, id).await? {
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// One round of [`Self::sync`]; true when it made a call.

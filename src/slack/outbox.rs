@@ -250,20 +250,33 @@ fn lease_name(channel: &str) -> String {
     format!("slack-outbox:{channel}")
 }
 
+/// What brings an incident's card and thread up to date for [`Envelope::IncidentSync`]
+/// (`slack::cards::CardSync`). The outbox only knows this much of it: the cards sit above
+/// the outbox and queue their work here, so the outbox must not depend on them.
+pub trait SyncIncident: Send + Sync + 'static {
+    /// Makes the calls that bring incident `id`'s card and thread in `calls.channel` up to
+    /// date; an error stops the drain and is retried like a message's.
+    fn sync(
+        &self,
+        calls: &mut ChannelCalls<'_>,
+        id: &IncidentId,
+    ) -> impl std::future::Future<Output = Result<(), CallError>> + Send;
+}
+
 /// Sends what the outbox holds. One per process; it drains each channel's queue in its own
 /// task while this process holds that channel's lease.
-pub struct Sender {
+pub struct Sender<C> {
     api: SlackApi,
     outbox: Outbox,
     store: SharedStore,
     /// Card rendering and bookkeeping for [`Envelope::IncidentSync`].
-    cards: crate::slack::cards::CardSync,
+    cards: C,
     /// This process's name for leases.
     holder: String,
 }
 
-impl Sender {
-    pub fn new(api: SlackApi, outbox: Outbox, cards: crate::slack::cards::CardSync) -> Self {
+impl<C: SyncIncident> Sender<C> {
+    pub fn new(api: SlackApi, outbox: Outbox, cards: C) -> Self {
         let store = Arc::clone(&outbox.inner.store);
         Sender {
             api,

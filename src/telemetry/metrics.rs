@@ -232,9 +232,6 @@ impl Metrics {
         for method in SLACK_METHODS {
             self.slack_api_calls.with_label_values(&[method, "ok"]);
         }
-        for template in crate::slack::blocks::template_names() {
-            self.slack_render_failures.with_label_values(&[template]);
-        }
         for collector in ["prometheus", "host", "docker", "sandbox"] {
             self.collector_errors.with_label_values(&[collector]);
         }
@@ -337,6 +334,14 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
+    /// Creates the render-failure series of each Slack template at zero; the Slack side
+    /// names its templates at startup (telemetry sits below it and does not know them).
+    pub fn start_templates_at_zero(&self, templates: &[&str]) {
+        for template in templates {
+            self.slack_render_failures.with_label_values(&[template]);
+        }
+    }
+
     pub fn sse_connected(&self) {
         self.sse_clients.inc();
     }
@@ -345,13 +350,13 @@ impl Metrics {
         self.sse_clients.dec();
     }
 
-    /// The exposition text, with the store-derived gauges set from `status` first.
-    pub fn render(&self, status: Option<&crate::service::StatusReport>) -> String {
+    /// The exposition text, with the store-derived gauges set from `gauges` first.
+    pub fn render(&self, gauges: Option<&StoreGauges>) -> String {
         let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.breaker_open.reset();
         self.incidents_open.reset();
-        if let Some(status) = status {
-            self.set_store_gauges(status);
+        if let Some(gauges) = gauges {
+            self.set_store_gauges(gauges);
         }
         let mut text = Vec::new();
         TextEncoder::new()
@@ -360,28 +365,28 @@ impl Metrics {
         String::from_utf8(text).expect("the text format is UTF-8")
     }
 
-    fn set_store_gauges(&self, status: &crate::service::StatusReport) {
-        for breaker in &status.breakers {
-            let (action, target) = breaker
-                .key
-                .split_once(':')
-                .unwrap_or((breaker.key.as_str(), ""));
+    fn set_store_gauges(&self, gauges: &StoreGauges) {
+        for (action, target, open) in &gauges.breakers {
             self.breaker_open
-                .with_label_values(&[action, target])
-                .set(i64::from(breaker.state == "open"));
+                .with_label_values(&[action.as_str(), target.as_str()])
+                .set(i64::from(*open));
         }
-        for severity in ["info", "warning", "critical"] {
-            let open = status
-                .incidents
-                .iter()
-                .filter(|incident| incident.is_open())
-                .filter(|incident| incident.severity.as_str() == severity)
-                .count();
+        for (severity, open) in &gauges.incidents_open {
             self.incidents_open
                 .with_label_values(&[severity])
-                .set(i64::try_from(open).unwrap_or(i64::MAX));
+                .set(i64::try_from(*open).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// The gauges read from the store at scrape time (the service computes them from its
+/// status report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Each circuit breaker: action, target, open.
+    pub breakers: Vec<(String, String, bool)>,
+    /// Open incidents per severity, every severity named (0 included).
+    pub incidents_open: Vec<(&'static str, usize)>,
 }
 
 #[cfg(test)]
@@ -402,10 +407,11 @@ mod tests {
     #[test]
     fn render_failures_are_counted_per_template_from_zero() {
         let metrics = Metrics::new();
+        metrics.start_templates_at_zero(&["incident_card", "timeline_reply"]);
         let text = metrics.render(None);
         assert!(
             text.contains(r#"sentinel_slack_render_failures_total{template="incident_card"} 0"#),
-            "every template's series starts at zero"
+            "every named template's series starts at zero"
         );
         metrics.slack_render_failure("incident_card");
         metrics.slack_render_failure("incident_card");

@@ -10,15 +10,7 @@ use serde::Deserialize;
 
 use crate::domain::{Detection, Fingerprint, Resource, Severity, Signal, Source};
 
-/// What one alert in a payload asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AlertUpdate {
-    Firing(Detection),
-    Resolved {
-        fingerprint: Fingerprint,
-        summary: String,
-    },
-}
+pub use crate::domain::AlertUpdate;
 
 /// Alertmanager's webhook payload, version 4.
 #[derive(Debug, Deserialize)]

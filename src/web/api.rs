@@ -41,14 +41,14 @@ where
 /// `GET /metrics`: Sentinel's own metrics. The store-derived gauges are left out, not failed,
 /// when the store cannot be read, so a scrape still shows why.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let status = match state.sentinel.status().await {
-        Ok(status) => Some(status),
+    let gauges = match state.sentinel.status().await {
+        Ok(status) => Some(status.gauges()),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot read the status");
             None
         }
     };
-    let text = crate::telemetry::metrics::metrics().render(status.as_ref());
+    let text = crate::telemetry::metrics::metrics().render(gauges.as_ref());
     (
         [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         text,
