@@ -39,6 +39,11 @@ pub enum AuditEvent<'a> {
     },
     AutomationPaused,
     AutomationResumed,
+    /// A demo scenario was set up or reset (`sentinel demo`): what it made or removed.
+    DemoStaged {
+        scenario: &'a str,
+        report: serde_json::Value,
+    },
     /// A step of remediation ([`Step`]), with what it concerned.
     Step {
         step: Step,
@@ -66,6 +71,8 @@ pub enum Step {
     ActionRolledBack,
     IncidentEscalated,
     RecoveryNoted,
+    /// A test alert's approved fix was recorded as a dry run, not executed.
+    DryRunRecorded,
 }
 
 impl Step {
@@ -86,6 +93,7 @@ impl Step {
             Step::ActionRolledBack => "ActionRolledBack",
             Step::IncidentEscalated => "IncidentEscalated",
             Step::RecoveryNoted => "RecoveryNoted",
+            Step::DryRunRecorded => "DryRunRecorded",
         }
     }
 }
@@ -102,6 +110,7 @@ impl AuditEvent<'_> {
             AuditEvent::DecisionRefused { .. } => "DecisionRefused",
             AuditEvent::AutomationPaused => "AutomationPaused",
             AuditEvent::AutomationResumed => "AutomationResumed",
+            AuditEvent::DemoStaged { .. } => "DemoStaged",
             AuditEvent::Step { step, .. } => step.name(),
         }
     }
@@ -117,7 +126,8 @@ impl AuditEvent<'_> {
             AuditEvent::SilenceCreated { .. }
             | AuditEvent::SilenceExpired { .. }
             | AuditEvent::AutomationPaused
-            | AuditEvent::AutomationResumed => None,
+            | AuditEvent::AutomationResumed
+            | AuditEvent::DemoStaged { .. } => None,
         }
     }
 
@@ -154,6 +164,9 @@ impl AuditEvent<'_> {
                 "why": why,
             }),
             AuditEvent::AutomationPaused | AuditEvent::AutomationResumed => json!({}),
+            AuditEvent::DemoStaged { scenario, report } => {
+                json!({ "scenario": scenario, "report": report })
+            }
             AuditEvent::Step { details, .. } => details.clone(),
         }
     }

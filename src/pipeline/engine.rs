@@ -35,6 +35,9 @@ pub enum Recovery {
     AlertSource,
     /// A person resolved it by hand (`POST /api/incidents/{id}/resolve`, `/sentinel resolve`).
     Person,
+    /// A person reset the demo (`sentinel demo reset`): its situation is gone. As `Person`,
+    /// but the step is `reset`.
+    Reset,
 }
 
 /// Every input an incident can receive.
@@ -70,6 +73,11 @@ pub enum Event {
     /// Right before execution, the target no longer matches the approved snapshot.
     TargetChanged {
         snapshot: Value,
+    },
+    /// An approved fix of a test alert (`synthetic`) is recorded as a dry run instead of
+    /// running: the incident closes with step `dry_run` and nothing reaches a target.
+    DryRun {
+        message: String,
     },
     /// The intent: the execution record is written before the side effect.
     ExecutionStarted {
@@ -118,6 +126,7 @@ impl Event {
                 Recovery::Monitor => "cleared",
                 Recovery::AlertSource => "alert_resolved",
                 Recovery::Person => "resolved_by_hand",
+                Recovery::Reset => "reset",
             },
             Event::AnalysisStarted { .. } => "analysis_started",
             Event::Analyzed(_) => "analyzed",
@@ -125,6 +134,7 @@ impl Event {
             Event::Reject { .. } => "rejected",
             Event::Expire { .. } => "expired",
             Event::TargetChanged { .. } => "target_changed",
+            Event::DryRun { .. } => "dry_run",
             Event::ExecutionStarted { .. } => "execution_started",
             Event::Executed { .. } => "executed",
             Event::ExecutionFailed { .. } => "execution_failed",
@@ -348,6 +358,22 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
             _ => unchanged(format!("no approved fix waits to run: it is {status}")),
         },
 
+        Event::DryRun { message } => match status {
+            Approved if incident.execution.is_none() => {
+                let mut next = incident.clone();
+                go(&mut next, Resolved, "sentinel", message.clone(), now);
+                if let Some(entry) = next.timeline.last_mut() {
+                    entry.step = "dry_run".to_owned();
+                }
+                moved(next, Vec::new())
+            }
+            _ => unchanged(format!("no approved fix waits to run: it is {status}")),
+        },
+
+        // A test alert's fix never runs: its intent is never written.
+        Event::ExecutionStarted { .. } if incident.synthetic => {
+            unchanged("a test alert's fix is a dry run; it never executes")
+        }
         Event::ExecutionStarted { execution } => match status {
             Approved if incident.execution.is_none() => {
                 let mut next = incident.clone();
@@ -517,6 +543,17 @@ fn recovered(
     now: Timestamp,
 ) -> Outcome {
     use Status::*;
+    let step = if by == Recovery::Reset {
+        "reset"
+    } else {
+        "recovered"
+    };
+    // A reset is a person's word, like a manual resolve.
+    let by = if by == Recovery::Reset {
+        Recovery::Person
+    } else {
+        by
+    };
     let resolve = |step: &str| {
         let mut next = incident.clone();
         go(&mut next, Resolved, &actor.to_string(), message, now);
@@ -547,13 +584,13 @@ fn recovered(
         )),
         (Executing, _) => noted(incident, actor, message, now),
         // A person's word closes it; the measurement then has nothing left to decide.
-        (Verifying, Recovery::Person) => resolve("recovered"),
+        (Verifying, Recovery::Person) => resolve(step),
         (Verifying, _) => noted(incident, actor, message, now),
         (
             Detected | Analyzing | AwaitingApproval | Approved | Rejected | RolledBack | Escalated
             | Failed,
             _,
-        ) => resolve("recovered"),
+        ) => resolve(step),
     }
 }
 

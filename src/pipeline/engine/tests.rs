@@ -122,6 +122,7 @@ fn events() -> Vec<(&'static str, Event)> {
         ("cleared", recovered(Recovery::Monitor)),
         ("alert_resolved", recovered(Recovery::AlertSource)),
         ("resolved_by_hand", recovered(Recovery::Person)),
+        ("reset", recovered(Recovery::Reset)),
         (
             "analysis_started",
             Event::AnalysisStarted { resumed: false },
@@ -153,6 +154,12 @@ fn events() -> Vec<(&'static str, Event)> {
             "target_changed",
             Event::TargetChanged {
                 snapshot: json!({"state": "running"}),
+            },
+        ),
+        (
+            "dry_run",
+            Event::DryRun {
+                message: "test alert: container_start would run; nothing was executed".into(),
             },
         ),
         (
@@ -270,6 +277,22 @@ const TABLE: &[(&str, [&str; 11])] = &[
         ],
     ),
     (
+        "reset",
+        [
+            ">resolved",
+            ">resolved",
+            ">resolved",
+            ">resolved",
+            ">resolved",
+            "!",
+            ">resolved",
+            "!",
+            ">resolved",
+            ">resolved",
+            ">resolved",
+        ],
+    ),
+    (
         "analysis_started",
         [
             ">analyzing",
@@ -372,6 +395,22 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             ">awaiting_approval",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+        ],
+    ),
+    (
+        "dry_run",
+        [
+            "-",
+            "-",
+            "-",
+            ">resolved",
             "-",
             "-",
             "-",
@@ -543,7 +582,39 @@ fn every_pair_of_status_and_event_ends_as_the_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 20 * 11);
+    assert_eq!(checked, 22 * 11);
+}
+
+#[test]
+fn a_test_alerts_fix_is_a_dry_run_and_never_executes() {
+    let mut approved = incident_at(Status::Approved);
+    approved.synthetic = true;
+    // No intent is ever written for it, so the executor never reaches the target.
+    let intent = Event::ExecutionStarted {
+        execution: execution(false),
+    };
+    assert!(matches!(
+        apply(&approved, &intent, at(5)),
+        Outcome::Unchanged { ref effects, .. } if effects.is_empty()
+    ));
+    let dry = Event::DryRun {
+        message: "test alert: container_start would run; nothing was executed".into(),
+    };
+    let Outcome::Moved(t) = apply(&approved, &dry, at(6)) else {
+        panic!("not recorded");
+    };
+    assert!(t.effects.is_empty());
+    let next = t.next();
+    assert_eq!(next.status, Status::Resolved);
+    assert!(next.execution.is_none());
+    assert_eq!(next.timeline.last().unwrap().step, "dry_run");
+    // With nothing executed there is nothing to roll back.
+    let mut stored = next.clone();
+    stored.version += 1;
+    assert!(matches!(
+        apply(&stored, &Event::RollbackRequested { actor: admin() }, at(7)),
+        Outcome::Refused(_)
+    ));
 }
 
 #[test]
@@ -567,6 +638,26 @@ fn a_recovery_before_execution_resolves_with_the_step_recovered() {
         assert_eq!(last.step, "recovered", "{status}");
         assert_eq!(t.next().status, Status::Resolved);
         assert_eq!(t.next().resolved_at, Some(at(5)));
+    }
+}
+
+#[test]
+fn a_demo_reset_resolves_with_the_step_reset() {
+    for status in [
+        Status::AwaitingApproval,
+        Status::Verifying,
+        Status::RolledBack,
+    ] {
+        let event = Event::Recovered {
+            by: Recovery::Reset,
+            actor: admin(),
+            message: "demo reset: sentinel-demo removed".into(),
+        };
+        let Outcome::Moved(t) = apply(&incident_at(status), &event, at(5)) else {
+            panic!("{status}: not moved");
+        };
+        assert_eq!(t.next().status, Status::Resolved, "{status}");
+        assert_eq!(t.next().timeline.last().unwrap().step, "reset", "{status}");
     }
 }
 
