@@ -143,17 +143,47 @@ impl fmt::Display for Resource {
 }
 
 /// `signal:resource`, the key of deduplication: at most one open incident per fingerprint.
+/// A test alert's is `test:signal:resource`, so a made-up breach and a real one of the same
+/// signal and resource never share an incident (SPEC §12.2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Fingerprint(String);
 
 impl Fingerprint {
+    /// What a test alert's fingerprint starts with.
+    pub const TEST_PREFIX: &'static str = "test:";
+
     pub fn new(signal: Signal, resource: &Resource) -> Self {
         Fingerprint(format!("{}:{}", signal.as_str(), resource.as_str()))
     }
 
-    /// Parses `signal:resource` as typed by a person (`/sentinel silence host_cpu:host 1h`).
+    /// The fingerprint of a test alert (`trigger`) of `signal` on `resource`.
+    pub fn test_alert(signal: Signal, resource: &Resource) -> Self {
+        Fingerprint(format!(
+            "{}{}",
+            Self::TEST_PREFIX,
+            Fingerprint::new(signal, resource).0
+        ))
+    }
+
+    /// Whether this names test alerts rather than a real breach.
+    pub fn is_test_alert(&self) -> bool {
+        self.0.starts_with(Self::TEST_PREFIX)
+    }
+
+    /// Parses `signal:resource` as typed by a person (`/sentinel silence host_cpu:host 1h`),
+    /// or a test alert's `test:signal:resource`.
     pub fn parse(text: &str) -> Result<Self, IdError> {
+        if let Some(real) = text.strip_prefix(Self::TEST_PREFIX) {
+            let real = Fingerprint::parse(real)?;
+            if real.is_test_alert() {
+                return Err(IdError::BadCharacter {
+                    kind: "fingerprint",
+                    ch: ':',
+                });
+            }
+            return Ok(Fingerprint(format!("{}{}", Self::TEST_PREFIX, real.0)));
+        }
         let (signal, resource) = text.split_once(':').ok_or(IdError::BadCharacter {
             kind: "fingerprint",
             ch: ':',
@@ -248,5 +278,18 @@ mod tests {
         );
         assert!(Fingerprint::parse("nonsense:web-1").is_err());
         assert!(Fingerprint::parse("web-1").is_err());
+    }
+
+    #[test]
+    fn a_test_alert_fingerprint_differs_from_the_real_one_and_round_trips() {
+        let host = Resource::host();
+        let real = Fingerprint::new(Signal::HostMemory, &host);
+        let test = Fingerprint::test_alert(Signal::HostMemory, &host);
+        assert_eq!(test.as_str(), "test:host_memory:host");
+        assert_ne!(test, real);
+        assert!(test.is_test_alert() && !real.is_test_alert());
+        assert_eq!(Fingerprint::parse(test.as_str()).unwrap(), test);
+        assert!(Fingerprint::parse("test:test:host_memory:host").is_err());
+        assert!(Fingerprint::parse("test:nonsense:host").is_err());
     }
 }

@@ -151,8 +151,19 @@ pub struct Detection {
 }
 
 impl Detection {
+    /// A test alert's (`trigger`) is its own, `test:signal:resource`: a real breach never
+    /// folds into a made-up incident, and a test alert never into a real one.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::new(self.signal, &self.resource)
+        if self.is_synthetic() {
+            Fingerprint::test_alert(self.signal, &self.resource)
+        } else {
+            Fingerprint::new(self.signal, &self.resource)
+        }
+    }
+
+    /// Made up on purpose (`trigger`), not seen on a real target.
+    pub fn is_synthetic(&self) -> bool {
+        self.source == Source::Trigger
     }
 }
 
@@ -349,7 +360,7 @@ impl Incident {
             execution: None,
             slack: None,
             proposal_id: None,
-            synthetic: detection.source == Source::Trigger,
+            synthetic: detection.is_synthetic(),
             recovered_at: None,
         }
     }

@@ -162,7 +162,12 @@ pub fn detect(
     decisions
 }
 
+/// The signal a real breach's fingerprint names. `None` for a test alert's: no sample ever
+/// confirms or clears a made-up breach, so the monitor leaves those incidents to people.
 fn signal_of(fingerprint: &Fingerprint) -> Option<Signal> {
+    if fingerprint.is_test_alert() {
+        return None;
+    }
     fingerprint.as_str().split_once(':')?.0.parse().ok()
 }
 
@@ -438,6 +443,45 @@ mod tests {
     }
 
     #[test]
+    fn a_real_breach_is_judged_apart_from_an_open_test_alert() {
+        let thresholds = Settings::defaults().thresholds;
+        let mut state = DetectorState::default();
+        let test = test_alert(Scenario::Memory, &thresholds).fingerprint();
+        let open = BTreeSet::from([test.clone()]);
+        let none = BTreeSet::new();
+        // The open test alert neither lets a real breach skip `for`, nor is it cleared by
+        // clean samples or by going unobserved.
+        let first = detect(
+            &mut state,
+            &[memory(70.0)],
+            &none,
+            &open,
+            &thresholds,
+            TWO_AND_TWO,
+        );
+        assert!(first.is_empty(), "{first:?}");
+        let second = detect(
+            &mut state,
+            &[memory(70.0)],
+            &none,
+            &open,
+            &thresholds,
+            TWO_AND_TWO,
+        );
+        assert!(
+            matches!(&second[..], [Decision::Breach(d)] if d.fingerprint().as_str() == "host_memory:host"),
+            "{second:?}"
+        );
+        for _ in 0..4 {
+            let clean = detect(&mut state, &[], &none, &open, &thresholds, TWO_AND_TWO);
+            assert!(
+                clean.iter().all(|d| !matches!(d, Decision::Recovered { fingerprint, .. } if *fingerprint == test)),
+                "{clean:?}"
+            );
+        }
+    }
+
+    #[test]
     fn an_open_incident_whose_resource_disappeared_resolves() {
         let thresholds = Settings::defaults().thresholds;
         let mut state = DetectorState::default();
@@ -541,7 +585,8 @@ mod tests {
             assert_eq!(scenario.as_str().parse::<Scenario>().unwrap(), scenario);
         }
         let memory = test_alert(Scenario::Memory, &thresholds);
-        assert_eq!(memory.fingerprint().as_str(), "host_memory:host");
+        assert_eq!(memory.fingerprint().as_str(), "test:host_memory:host");
+        assert!(memory.is_synthetic());
         assert_eq!(memory.severity, Severity::Critical);
         assert!(memory.value <= 100.0);
         let sandbox = test_alert(Scenario::Sandbox, &thresholds);

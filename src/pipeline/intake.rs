@@ -2,6 +2,9 @@
 //!
 //! Monitoring, `POST /api/trigger-alert`, `/sentinel trigger` and the alert webhooks all come
 //! through [`open_or_update`], so silences and deduplication hold for every source alike.
+//! A test alert (`trigger`) is `synthetic` and has a fingerprint of its own
+//! (`test:signal:resource`, [`Detection::fingerprint`]): a real breach never folds into it,
+//! nor it into a real incident; its fix is only ever a dry run (`remediate`).
 //!
 //! In: a detection and `now`. Out: a new incident, an updated one, or the silence that
 //! suppressed it. Writes the store and the audit log.
@@ -67,11 +70,13 @@ pub async fn open_or_update(
                 }
             }
         }
+        // A test alert is silenced by what silences the real breach it stands for.
+        let real = Fingerprint::new(detection.signal, &detection.resource);
         let silences = store.active_silences(now).await?;
-        if let Some(silence) = silences
-            .into_iter()
-            .find(|s| s.target.matches(&fingerprint, detection.resource.as_str()))
-        {
+        if let Some(silence) = silences.into_iter().find(|s| {
+            s.target.matches(&fingerprint, detection.resource.as_str())
+                || s.target.matches(&real, detection.resource.as_str())
+        }) {
             return Ok(Intake::Silenced(silence));
         }
         let incident = Incident::open(IncidentId::generate(), detection, now);

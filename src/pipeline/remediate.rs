@@ -457,9 +457,12 @@ async fn analyze_and_decide(
                 json!({ "by": "policy", "risk": decision.risk }),
             )
             .await;
-            store
-                .record_auto_action(&plan.key(), Timestamp::now())
-                .await?;
+            // A test alert's fix never runs, so it spends none of the real budget.
+            if !stored.synthetic {
+                store
+                    .record_auto_action(&plan.key(), Timestamp::now())
+                    .await?;
+            }
         }
         Verdict::NeedsApproval { role, why } => {
             emit(
@@ -565,6 +568,9 @@ async fn execute_holding(
         return Ok(());
     }
     let plan = action.plan();
+    if incident.synthetic {
+        return dry_run(pipeline, action, &incident).await;
+    }
     // The approval holds for the state that was shown; if the target changed, ask again.
     let now_state = match pipeline.executor.snapshot(plan).await {
         Ok(state) => state,
@@ -661,6 +667,42 @@ async fn execute_holding(
                 .await;
             }
         }
+    }
+    Ok(())
+}
+
+/// A test alert's approved fix: recorded (step `dry_run`, audited `DryRunRecorded`) and
+/// never run. Nothing is asked of the target, not even a snapshot.
+async fn dry_run(
+    pipeline: &Pipeline,
+    action: &ApprovedAction,
+    incident: &Incident,
+) -> Result<(), StoreError> {
+    let plan = action.plan();
+    let message = format!(
+        "dry run: this is a test alert, so {} on {} was not run (approved by {}); nothing \
+         was changed",
+        plan.action(),
+        incident.resource,
+        action.approved_by()
+    );
+    let event = Event::DryRun { message };
+    let stepped = step(
+        pipeline.store.as_ref(),
+        &incident.id,
+        Some(incident.clone()),
+        &event,
+        Timestamp::now(),
+    )
+    .await?;
+    if let Some((stored, _)) = moved(stepped) {
+        emit(
+            pipeline,
+            Step::DryRunRecorded,
+            &stored,
+            json!({ "action": plan.to_proposed(), "approved_by": action.approved_by() }),
+        )
+        .await;
     }
     Ok(())
 }

@@ -120,6 +120,8 @@ struct IncidentView {
     approvals: Vec<String>,
     timeline: Vec<TimelineView>,
     timeline_hidden: usize,
+    /// A test alert (`trigger`): labelled so, its fix only a dry run.
+    synthetic: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -342,6 +344,7 @@ fn incident_view(incident: &Incident) -> IncidentView {
         opened_at: incident.opened_at.to_string(),
         resolved_at: incident.resolved_at.map(|at| at.to_string()),
         occurrences: incident.occurrences,
+        synthetic: incident.synthetic,
         approvals: incident.approvals.clone(),
         timeline,
         timeline_hidden: incident.timeline.len() - shown,

@@ -97,7 +97,9 @@ async fn a_test_alert_opens_one_incident_with_the_spec_shape_and_repeats_update_
     }
     let first: Incident = serde_json::from_value(reply.body.clone()).unwrap();
     assert!(first.id.as_str().starts_with("inc-"));
-    assert_eq!(reply.body["fingerprint"], "host_memory:host");
+    // A test alert has a fingerprint of its own: no real breach folds into it.
+    assert_eq!(reply.body["fingerprint"], "test:host_memory:host");
+    assert_eq!(reply.body["synthetic"], true);
     assert_eq!(reply.body["signal"], "host_memory");
     assert_eq!(reply.body["status"], "detected");
     assert_eq!(reply.body["timeline"][0]["step"], "detected");

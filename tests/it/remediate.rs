@@ -305,6 +305,8 @@ async fn propose_for_approval(app: &TestApp, plan: &ActionPlan) -> IncidentId {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let mut stored = app.store.get_incident(&id).await.unwrap().unwrap();
+    // Made into a real incident: a test alert's fix would only be a dry run.
+    stored.synthetic = false;
     stored.proposed_action = Some(plan.to_proposed());
     stored.risk = Some(sentinel::domain::Risk::Medium);
     stored.snapshot = Some(
@@ -475,7 +477,8 @@ async fn the_circuit_breaker_opens_after_the_budget_and_shows_in_status() {
             vec![b'x'; 120_000_000],
         )
         .unwrap();
-        let incident = app.trigger("sandbox").await;
+        // A real breach: a test alert's cleanup would only be a dry run, and spend no budget.
+        let incident = detect(&app, "sandbox_size:sandbox").await;
         let settled = loop {
             let current = app.store.get_incident(&incident.id).await.unwrap().unwrap();
             if matches!(
