@@ -37,6 +37,14 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        // A first run has no sandbox yet: made here, so its signal reads 0 MB, not
+        // "unavailable". Sentinel never deletes anything but inside it.
+        std::fs::create_dir_all(&settings.sandbox_dir).with_context(|| {
+            format!(
+                "cannot create the sandbox directory {}",
+                settings.sandbox_dir.display()
+            )
+        })?;
         crate::telemetry::metrics::metrics()
             .start_templates_at_zero(crate::slack::blocks::template_names());
         // Every write through this store is announced to the card sync and the live stream.

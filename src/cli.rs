@@ -1,5 +1,5 @@
 //! The command line (SPEC §9): `serve` (the default), `check`, `config check`,
-//! `blocks render`, `manifest`, `keys new`.
+//! `blocks render`, `manifest`, `keys new`, and `demo`, a client of a running server.
 //!
 //! In: arguments and the environment. Out: an exit code. Configuration errors are printed as
 //! one line on standard error and exit with status 2; nothing starts.
@@ -71,6 +71,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Ask the running server to stage a real, harmless problem and watch it handle it:
+    /// `sandbox` (120 MB of demo logs: cleaned up on its own), `container` (a stopped
+    /// container: its start waits for approval), `memory` (a container at 75 % of its memory
+    /// limit: its fix waits for approval), or `reset` (removes them and resolves their
+    /// incidents). Needs an admin API key.
+    Demo {
+        /// sandbox, container, memory or reset.
+        #[arg(value_parser = parse_demo)]
+        scenario: crate::demo::DemoScenario,
+        /// The server's address. Default: http:// and the configured `listen` address.
+        #[arg(long, env = "SENTINEL_URL", value_name = "URL")]
+        server: Option<String>,
+        /// A file whose first line is the admin API key (as `sentinel keys new` prints it).
+        #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+        key_file: Option<PathBuf>,
+        /// The admin API key itself; prefer the environment to the command line.
+        #[arg(long, env = "SENTINEL_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +120,11 @@ enum KeysCommand {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+fn parse_demo(text: &str) -> Result<crate::demo::DemoScenario, String> {
+    text.parse()
+        .map_err(|e: crate::demo::UnknownDemoScenario| e.to_string())
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -151,6 +175,18 @@ pub fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { role, name },
         } => keys_new(role, name),
+        Command::Demo {
+            scenario,
+            server,
+            key_file,
+            api_key,
+        } => {
+            let Some(settings) = load(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.listen));
+            demo(scenario, &server, key_file.as_deref(), api_key)
+        }
         Command::Check { json } => {
             let Some(settings) = load(cli.config.as_deref()) else {
                 return ExitCode::from(2);
@@ -212,6 +248,79 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sentinel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sentinel demo <scenario>`: `POST /api/scenarios/{scenario}` on the running server with
+/// an admin key; prints what the server says it did.
+fn demo(
+    scenario: crate::demo::DemoScenario,
+    server: &str,
+    key_file: Option<&std::path::Path>,
+    api_key: Option<String>,
+) -> ExitCode {
+    let key = match (key_file, api_key) {
+        (Some(file), _) => match std::fs::read_to_string(file) {
+            Ok(text) => text.lines().next().unwrap_or_default().trim().to_owned(),
+            Err(e) => {
+                eprintln!("sentinel: cannot read the key file {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(key)) => key.trim().to_owned(),
+        (None, None) => String::new(),
+    };
+    if key.is_empty() {
+        eprintln!(
+            "sentinel: demo needs an admin API key: --key-file FILE or SENTINEL_API_KEY \
+             (create one with `sentinel keys new --role admin`)"
+        );
+        return ExitCode::from(2);
+    }
+    let url = format!("{}/api/scenarios/{scenario}", server.trim_end_matches('/'));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sentinel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .header("x-api-key", key)
+            .timeout(std::time::Duration::from_secs(600))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!(
+                "{}",
+                body["message"]
+                    .as_str()
+                    .unwrap_or("done, but the server said nothing")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let why = body["error"].as_str().unwrap_or("no reason given");
+            eprintln!("sentinel: the server refused the {scenario} demo ({status}): {why}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "sentinel: cannot reach Sentinel at {server} (is `sentinel` running? --server \
+                 or SENTINEL_URL names another address): {e}"
+            );
             ExitCode::FAILURE
         }
     }

@@ -241,6 +241,16 @@ impl AlertmanagerSettings {
     }
 }
 
+/// `[demo]`: the scenarios `sentinel demo` sets up (`crate::demo`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSettings {
+    /// The image demo containers run; it must have `sh`, `sleep` and `dd` (busybox has).
+    pub image: String,
+    /// The demo container's name; the memory scenario's is this plus `-memory`.
+    pub container: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
@@ -312,6 +322,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
+    pub demo: DemoSettings,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyEntry>,
     #[serde(skip)]
@@ -518,6 +529,25 @@ impl Settings {
                     ));
                 }
             }
+        }
+
+        if self.demo.image.trim().is_empty() {
+            return Err(ConfigError::new("demo.image", "must name an image"));
+        }
+        let name = &self.demo.container;
+        let valid_name = name.len() <= 100
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid_name {
+            return Err(ConfigError::new(
+                "demo.container",
+                format!("{name:?} is not a container name (letters, digits, _ . -)"),
+            ));
         }
 
         if self.monitor.lease_ttl.0 <= self.interval.0 {

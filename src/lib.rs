@@ -7,6 +7,7 @@
 //! - [`pipeline`]: the loop, one module per stage: monitor → detect → intake → analyze →
 //!   policy → approve → execute → verify, and audit.
 //! - [`service`]: the operations people ask for, shared by the HTTP API and Slack.
+//! - [`demo`]: demo scenarios that stage a real, harmless situation, and their reset.
 //! - [`store`]: persistence behind one trait, on Redis or an embedded redb file.
 //! - [`web`]: the HTTP server (API with key roles, health).
 //! - [`slack`], [`runtime`]: Slack, and Docker / Prometheus / host / sandbox access.
@@ -15,6 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod pipeline;
 pub mod runtime;

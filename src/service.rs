@@ -729,6 +729,161 @@ fn not_found(id: &IncidentId) -> ServiceError {
 }
 
 /// Refuses `actor` unless their role allows `needed` (Sentinel itself acts under policy).
+/// Demo scenarios (SPEC §12.2, `crate::demo`): admins set up a real, harmless situation and
+/// reset it. Kept in a block of its own.
+impl Sentinel {
+    /// Sets up a demo scenario, or resets them all (`DemoScenario::Reset`: see
+    /// [`Self::demo_reset`]). Audited as `DemoStaged`.
+    #[tracing::instrument(name = "demo", skip_all, fields(scenario = %scenario, actor = %actor))]
+    pub async fn demo(
+        &self,
+        scenario: crate::demo::DemoScenario,
+        actor: &Actor,
+    ) -> Result<crate::demo::DemoReport, crate::demo::DemoError> {
+        require(actor, crate::domain::Role::Admin, "running a demo scenario")?;
+        if scenario == crate::demo::DemoScenario::Reset {
+            return self.demo_reset(actor).await;
+        }
+        let report = crate::demo::Demo::new(&self.settings)
+            .make(scenario)
+            .await?;
+        self.audit_demo(scenario, &report, actor).await?;
+        tracing::info!(%scenario, "demo scenario set up");
+        Ok(report)
+    }
+
+    /// Resolves (step `reset`) the open incidents the demo caused and every open test
+    /// alert, removes the demo containers and files, then resolves again whatever the monitor
+    /// opened for them meanwhile: resolving first means the monitor never gets to call a
+    /// removed container "recovered" before the reset says what happened. An incident whose
+    /// fix is running is left to finish, and the report says so.
+    async fn demo_reset(
+        &self,
+        actor: &Actor,
+    ) -> Result<crate::demo::DemoReport, crate::demo::DemoError> {
+        let demo = crate::demo::Demo::new(&self.settings);
+        let names = demo.container_names();
+        let mut resolved = Vec::new();
+        let mut left_running = Vec::new();
+        let message = format!("demo reset: removing {}", names.join(" and "));
+        self.reset_incidents(
+            &names,
+            false,
+            &message,
+            actor,
+            &mut resolved,
+            &mut left_running,
+        )
+        .await?;
+        let mut report = demo.remove_all().await?;
+        let message = format!("demo reset: {}", report.message);
+        self.reset_incidents(
+            &names,
+            report.files > 0,
+            &message,
+            actor,
+            &mut resolved,
+            &mut left_running,
+        )
+        .await?;
+        left_running.retain(|id| !resolved.contains(id));
+        left_running.dedup();
+        report.resolved = resolved.iter().map(ToString::to_string).collect();
+        if !report.resolved.is_empty() {
+            report
+                .message
+                .push_str(&format!("; resolved {}", report.resolved.join(", ")));
+        }
+        if !left_running.is_empty() {
+            let ids: Vec<String> = left_running.iter().map(ToString::to_string).collect();
+            report.message.push_str(&format!(
+                "; left open while their fix runs: {}",
+                ids.join(", ")
+            ));
+        }
+        self.audit_demo(crate::demo::DemoScenario::Reset, &report, actor)
+            .await?;
+        tracing::info!(resolved = report.resolved.len(), "demo reset");
+        Ok(report)
+    }
+
+    /// One pass of [`Self::demo_reset`]: resolves the open incidents of the demo containers,
+    /// of the sandbox (when `sandbox` says demo files were removed) and every test alert.
+    async fn reset_incidents(
+        &self,
+        names: &[String],
+        sandbox: bool,
+        message: &str,
+        actor: &Actor,
+        resolved: &mut Vec<IncidentId>,
+        left_running: &mut Vec<IncidentId>,
+    ) -> Result<(), ServiceError> {
+        use crate::domain::Signal;
+        let open = self
+            .store
+            .list_incidents(IncidentQuery {
+                open_only: true,
+                limit: 10_000,
+            })
+            .await?;
+        for incident in open {
+            let demo_container = matches!(
+                incident.signal,
+                Signal::ContainerDown | Signal::ContainerMemory
+            ) && names.iter().any(|n| n == incident.resource.as_str());
+            let demo_sandbox =
+                sandbox && incident.signal == Signal::SandboxSize && !incident.synthetic;
+            if !(demo_container || demo_sandbox || incident.synthetic) {
+                continue;
+            }
+            let message = if incident.synthetic {
+                "demo reset: test alert closed".to_owned()
+            } else {
+                message.to_owned()
+            };
+            let event = Event::Recovered {
+                by: Recovery::Reset,
+                actor: actor.clone(),
+                message: message.clone(),
+            };
+            let now = Timestamp::now();
+            let id = incident.id.clone();
+            match remediate::step(self.store.as_ref(), &id, Some(incident), &event, now).await? {
+                Some(Stepped::Moved { stored, .. }) => {
+                    audit::emit(
+                        self.store.as_ref(),
+                        actor,
+                        AuditEvent::IncidentResolved {
+                            incident: &stored,
+                            message: &message,
+                        },
+                        now,
+                    )
+                    .await?;
+                    resolved.push(stored.id);
+                }
+                Some(Stepped::Refused { incident, .. }) => left_running.push(incident.id),
+                Some(Stepped::Unchanged { .. }) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_demo(
+        &self,
+        scenario: crate::demo::DemoScenario,
+        report: &crate::demo::DemoReport,
+        actor: &Actor,
+    ) -> Result<(), ServiceError> {
+        let event = AuditEvent::DemoStaged {
+            scenario: scenario.as_str(),
+            report: serde_json::to_value(report).unwrap_or_default(),
+        };
+        audit::emit(self.store.as_ref(), actor, event, Timestamp::now()).await?;
+        Ok(())
+    }
+}
+
 fn require(actor: &Actor, needed: crate::domain::Role, what: &str) -> Result<(), ServiceError> {
     match actor.role() {
         Some(has) if !has.allows(needed) => Err(ServiceError::Forbidden(format!(

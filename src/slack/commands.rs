@@ -63,6 +63,8 @@ pub enum SlashCommand {
     Resume,
     Check,
     Trigger(Scenario),
+    /// A demo scenario (`sandbox`, `container`, `memory`) or `reset`.
+    Demo(crate::demo::DemoScenario),
     /// Anything else, as typed: answered with usage.
     Unknown(String),
 }
@@ -94,7 +96,7 @@ impl SlashCommand {
             // Operators decide on medium risk; the service asks for admin on high risk.
             Approve(_) | Reject(..) | Resolve(..) => Some(Role::Operator),
             Silence { .. } | Unsilence(_) | Check => Some(Role::Operator),
-            Rollback(_) | Pause | Resume | Trigger(_) => Some(Role::Admin),
+            Rollback(_) | Pause | Resume | Trigger(_) | Demo(_) => Some(Role::Admin),
         }
     }
 }
@@ -128,6 +130,7 @@ fn parse_known(text: &str) -> Option<SlashCommand> {
         ("trigger", [scenario]) => {
             SlashCommand::Trigger(scenario.to_ascii_lowercase().parse().ok()?)
         }
+        ("demo", [scenario]) => SlashCommand::Demo(scenario.to_ascii_lowercase().parse().ok()?),
         _ => return None,
     };
     Some(command)
@@ -307,6 +310,7 @@ async fn dispatch(ctx: &Ctx<'_>, command: SlashCommand) -> Reply {
         Resume => resume(ctx).await,
         Check => check(ctx).await,
         Trigger(scenario) => trigger(ctx, scenario).await,
+        Demo(scenario) => demo(ctx, scenario).await,
         Unknown(text) => unknown(ctx, text).await,
     }
 }
@@ -537,7 +541,8 @@ commands! {
     async fn trigger(ctx: &Ctx<'_>, scenario: Scenario) -> Reply {
         match ctx.sentinel().trigger(scenario, &ctx.actor()).await {
             Ok(Intake::Opened(incident)) => Reply::in_channel(format!(
-                "{} injected a {scenario} test alert: opened {}.", ctx.user(), incident.id
+                "{} injected a {scenario} test alert: opened {}. Its fix will only be a dry run.",
+                ctx.user(), incident.id
             )),
             Ok(Intake::Updated(incident)) => Reply::in_channel(format!(
                 "{} injected a {scenario} test alert: {} was already open and is updated.",
@@ -548,6 +553,20 @@ commands! {
                 silence.ends_at, silence.id, silence.created_by
             )),
             Err(e) => failed(e),
+        }
+    }
+
+    /// `demo <sandbox|container|memory|reset>` · admin · stage a real, harmless problem to watch Sentinel fix, or remove it
+    async fn demo(ctx: &Ctx<'_>, scenario: crate::demo::DemoScenario) -> Reply {
+        use crate::demo::DemoError;
+        match ctx.sentinel().demo(scenario, &ctx.actor()).await {
+            Ok(report) => Reply::in_channel(format!(
+                "{} ran the {scenario} demo: {}.",
+                ctx.user(),
+                escape(&report.message)
+            )),
+            Err(DemoError::Service(e)) => failed(e),
+            Err(e) => Reply::ephemeral(format!("The {scenario} demo failed: {}.", escape(&e.to_string()))),
         }
     }
 }
@@ -826,6 +845,8 @@ mod tests {
             ("check", Check),
             ("trigger memory", Trigger(Scenario::Memory)),
             ("trigger CPU", Trigger(Scenario::Cpu)),
+            ("demo sandbox", Demo(crate::demo::DemoScenario::Sandbox)),
+            ("demo Reset", Demo(crate::demo::DemoScenario::Reset)),
         ];
         for (text, expected) in cases {
             assert_eq!(SlashCommand::parse(text), expected, "{text:?}");
@@ -854,6 +875,9 @@ mod tests {
             "silence web-1 soon",
             "unsilence",
             "trigger meteor",
+            "demo",
+            "demo meteor",
+            "demo sandbox now",
             "pause everything",
         ] {
             assert_eq!(
@@ -883,6 +907,7 @@ mod tests {
             (Pause, Some(Role::Admin)),
             (Resume, Some(Role::Admin)),
             (Trigger(Scenario::Cpu), Some(Role::Admin)),
+            (Demo(crate::demo::DemoScenario::Memory), Some(Role::Admin)),
         ];
         for (command, role) in table {
             assert_eq!(command.needs(), role, "{command:?}");
@@ -902,7 +927,7 @@ mod tests {
 
     #[test]
     fn every_help_line_has_usage_who_and_what() {
-        assert_eq!(HELP.len(), 15, "one per command but Unknown");
+        assert_eq!(HELP.len(), 16, "one per command but Unknown");
         for line in HELP {
             let (usage, who, what) =
                 help_entry(line).unwrap_or_else(|| panic!("malformed help line {line:?}"));
@@ -921,7 +946,8 @@ mod tests {
                 .replace("<fingerprint or resource>", "web-1")
                 .replace("<duration>", "1h")
                 .replace("<silence id, fingerprint or resource>", "web-1")
-                .replace("<memory|cpu|disk|latency|container|sandbox>", "cpu");
+                .replace("<memory|cpu|disk|latency|container|sandbox>", "cpu")
+                .replace("<sandbox|container|memory|reset>", "reset");
             assert!(
                 !matches!(SlashCommand::parse(&example), SlashCommand::Unknown(_)),
                 "{example:?} from {line:?} does not parse"

@@ -242,6 +242,27 @@ pub async fn trigger_alert(
     }
 }
 
+/// `POST /api/scenarios/{name}` (admin): sets up a demo scenario (`sandbox`, `container`,
+/// `memory`: 201 with what was made) or resets them (`reset`: 200 with what was removed and
+/// resolved). An unknown name is 404; Docker unreachable 503; a container of a demo name
+/// that is not a demo container 409, with nothing changed.
+pub async fn demo_scenario(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let scenario: crate::demo::DemoScenario = name
+        .parse()
+        .map_err(|e: crate::demo::UnknownDemoScenario| ApiError::not_found(e.to_string()))?;
+    let report = state.sentinel.demo(scenario, &actor).await?;
+    let status = if scenario == crate::demo::DemoScenario::Reset {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(report)).into_response())
+}
+
 pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(state.sentinel.audit().await?).into_response())
 }

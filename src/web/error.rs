@@ -66,6 +66,25 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+impl From<crate::demo::DemoError> for ApiError {
+    fn from(e: crate::demo::DemoError) -> Self {
+        use crate::demo::DemoError;
+        let status = match &e {
+            DemoError::Service(_) => None,
+            DemoError::Docker(_) => Some(StatusCode::SERVICE_UNAVAILABLE),
+            DemoError::Conflict(_) => Some(StatusCode::CONFLICT),
+            DemoError::Sandbox(_) => Some(StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        match (e, status) {
+            (DemoError::Service(e), _) => ApiError::from(e),
+            (other, status) => ApiError::new(
+                status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                other.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         // A body over the limit keeps its 413; every other unreadable body is bad input.

@@ -152,6 +152,12 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             AtLeast(Role::Admin),
             api::trigger_alert,
         ),
+        route(
+            Method::POST,
+            "/api/scenarios/{name}",
+            AtLeast(Role::Admin),
+            api::demo_scenario,
+        ),
         route(Method::GET, "/api/audit", AtLeast(Role::Admin), api::audit),
         route(
             Method::GET,

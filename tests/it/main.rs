@@ -10,6 +10,7 @@ mod collectors;
 mod containers;
 mod crash;
 mod decisions;
+mod demo;
 mod docker;
 mod durability;
 mod engine;

@@ -44,6 +44,8 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
         [401, 401, 403, 403, 404],
     ),
     ("POST", "/api/trigger-alert", [401, 401, 403, 403, 201]),
+    // Swept with the literal name "{name}", an unknown scenario: admins get 404.
+    ("POST", "/api/scenarios/{name}", [401, 401, 403, 403, 404]),
     ("GET", "/api/audit", [401, 401, 403, 403, 200]),
     ("GET", "/api/silences", [401, 401, 200, 200, 200]),
     ("POST", "/api/silences", [401, 401, 403, 201, 201]),
