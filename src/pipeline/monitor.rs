@@ -637,7 +637,7 @@ impl Builder<'_> {
                     ("traffic_from".to_owned(), source.as_str().to_owned()),
                 ]);
                 let note = format!(
-                    "estimated from traffic: {} MB/s, {} errors/s",
+                    "from {} MB/s and {} errors/s of traffic",
                     round(mb),
                     round(errors)
                 );

@@ -57,6 +57,10 @@ impl DockerError {
             DockerError::UnsupportedHost { host } => {
                 format!("Docker: {host:?} is not a unix://, tcp:// or http:// address")
             }
+            DockerError::Unreachable {
+                error: BollardError::SocketNotFoundError(path),
+                ..
+            } => format!("Docker: no socket at {path}"),
             DockerError::Unreachable { host, error } => match io_kind(error) {
                 Some(std::io::ErrorKind::NotFound) => match host.strip_prefix("unix://") {
                     Some(path) => format!("Docker: no socket at {path}"),
