@@ -738,7 +738,7 @@ async fn pending_approvals_list_what_waits_for_whom_until_when() {
             .cloned()
             .unwrap()
     };
-    let timeout_ms = app.sentinel.settings.approval_timeout.0.as_millis() as i64;
+    let timeout_ms = app.sentinel.settings().approval_timeout.0.as_millis() as i64;
     for (incident, role) in [(&medium, "operator"), (&high, "admin")] {
         let pending = entry(incident.id.as_str());
         assert_eq!(pending["role_needed"], role, "{pending}");
