@@ -124,6 +124,19 @@ pub struct MonitorSettings {
     pub prometheus_url: String,
     pub docker_host: String,
     pub docker_concurrency: usize,
+    /// Containers watched: any of these match (empty: all), then none of `container_exclude`.
+    pub container_include: Vec<crate::runtime::ContainerSelector>,
+    pub container_exclude: Vec<crate::runtime::ContainerSelector>,
+}
+
+impl MonitorSettings {
+    /// Which containers are watched.
+    pub fn container_filter(&self) -> crate::runtime::ContainerFilter {
+        crate::runtime::ContainerFilter {
+            include: self.container_include.clone(),
+            exclude: self.container_exclude.clone(),
+        }
+    }
 }
 
 /// PromQL instant queries for host signals (`[prometheus]`).
@@ -140,6 +153,9 @@ pub struct PrometheusQueries {
     pub network_errors: String,
     /// Percent of the limit, one series per container `name`.
     pub container_memory: String,
+    /// Measured network latency in milliseconds, one number. Empty: the latency is
+    /// estimated from the traffic (source `estimate`).
+    pub network_latency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -816,6 +832,12 @@ mod tests {
         );
         assert_eq!(t.sandbox_size_mb.warning, Some(100.0));
         assert_eq!((s.monitor.for_samples, s.monitor.clear_for), (2, 2));
+        assert!(s.monitor.container_include.is_empty());
+        assert_eq!(
+            s.monitor.container_exclude,
+            vec![crate::runtime::ContainerSelector::parse("label:sentinel.ignore=true").unwrap()]
+        );
+        assert_eq!(s.prometheus.network_latency, "");
         assert_eq!(s.actions.auto_budget_per_hour, 3);
         assert_eq!(s.rbac.default_role, DefaultRole::Role(Role::Viewer));
         assert!(s.alertmanager.bearer_token().is_none());
@@ -952,6 +974,18 @@ mod tests {
             ("listen = \"everywhere\"", &[], "listen", "everywhere"),
             ("no_such_option = 1", &[], "no_such_option", "unknown field"),
             ("[monitor]\nfor = 0", &[], "monitor.for", "at least 1"),
+            (
+                "[monitor]\ncontainer_exclude = [\"label:sentinel.ignore=true\", \"image:x\"]",
+                &[],
+                "monitor.container_exclude[1]",
+                "label:KEY",
+            ),
+            (
+                "[monitor]\ncontainer_include = [\"name:\"]",
+                &[],
+                "monitor.container_include[0]",
+                "name:GLOB",
+            ),
             (
                 "[monitor]\nprometheus_url = \"localhost:9090\"",
                 &[],

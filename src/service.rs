@@ -231,7 +231,7 @@ impl Sentinel {
         let (pipeline, receiver) = Pipeline::new(Arc::clone(&settings), Arc::clone(&store), llm);
         let sentinel = Sentinel {
             pipeline: Arc::new(pipeline),
-            readings: Arc::new(Readings::default()),
+            readings: Arc::new(Readings::pending(&settings)),
             changes,
             settings,
             store,
@@ -294,7 +294,7 @@ impl Sentinel {
         self.readings.set_signals(readings);
     }
 
-    /// The latest readings on this replica (empty before its first cycle).
+    /// The latest readings on this replica (`pending` before its first cycle).
     pub fn signal_readings(&self) -> Vec<SignalReading> {
         self.readings.signals()
     }

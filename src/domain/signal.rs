@@ -111,6 +111,26 @@ pub enum Source {
     Alertmanager,
     /// Injected with `POST /api/trigger-alert` or `/sentinel trigger`.
     Trigger,
+    /// Computed from other readings, not measured: `network_latency` from the traffic.
+    Estimate,
+    /// Container memory from cAdvisor through Prometheus, when Docker cannot be asked.
+    Cadvisor,
+}
+
+impl Source {
+    /// The name `/api/status` and incident JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Prometheus => "prometheus",
+            Source::Local => "local",
+            Source::Docker => "docker",
+            Source::Sandbox => "sandbox",
+            Source::Alertmanager => "alertmanager",
+            Source::Trigger => "trigger",
+            Source::Estimate => "estimate",
+            Source::Cadvisor => "cadvisor",
+        }
+    }
 }
 
 /// One signal's latest reading, as `/api/status` shows it (SPEC §11).
@@ -120,9 +140,13 @@ pub struct SignalReading {
     pub resource: String,
     pub value: Option<f64>,
     pub threshold: Option<f64>,
-    /// `ok`, `breached` or `unavailable`.
+    /// `ok`, `breached`, `unavailable`, or `pending` before the signal's first reading.
     pub state: String,
     pub source: String,
+    /// Why there is no value (`Docker: connection refused`), or a note on the value (`no
+    /// containers to watch`), worded for people. Left out when there is nothing to say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]
@@ -137,6 +161,23 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", signal.as_str()));
         }
         assert!("cpu".parse::<Signal>().is_err());
+    }
+
+    #[test]
+    fn source_names_are_their_json() {
+        for source in [
+            Source::Prometheus,
+            Source::Local,
+            Source::Docker,
+            Source::Sandbox,
+            Source::Alertmanager,
+            Source::Trigger,
+            Source::Estimate,
+            Source::Cadvisor,
+        ] {
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{}\"", source.as_str()));
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Pipeline {
 /// The monitor's latest readings on this replica: written once per cycle, read by status
 /// requests, the page's trend charts and the live stream.
 pub struct Readings {
-    /// Empty until the first cycle.
+    /// Until the first cycle, every configured signal as `pending` ([`Readings::pending`]).
     signals: RwLock<Vec<SignalReading>>,
     /// The latest monitor cycle on this replica, for `/api/status`.
     last_cycle: RwLock<Option<CycleReport>>,
@@ -92,6 +92,20 @@ impl Default for Readings {
 }
 
 impl Readings {
+    /// Readings that list every signal `settings` watch as `pending` until the first cycle,
+    /// so status, the page and `/sentinel status` show them from the first moment.
+    pub fn pending(settings: &Settings) -> Self {
+        let reason = if settings.monitor.enabled {
+            "waiting for the first monitor cycle"
+        } else {
+            "no monitor cycle has run on this replica ([monitor] enabled = false)"
+        };
+        Readings {
+            signals: RwLock::new(crate::pipeline::monitor::pending_readings(settings, reason)),
+            ..Readings::default()
+        }
+    }
+
     pub fn set_cycle(&self, report: CycleReport) {
         *self.last_cycle.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
@@ -119,7 +133,7 @@ impl Readings {
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    /// The latest readings (empty before the first cycle).
+    /// The latest readings (every signal `pending` before the first cycle).
     pub fn signals(&self) -> Vec<SignalReading> {
         self.signals
             .read()

@@ -1,13 +1,18 @@
-//! Monitor: every `interval`, collect what Prometheus (or the local host), Docker and the
-//! sandbox say, hand it to `detect`, and apply the decisions through `intake`.
+//! Monitor: every `interval`, collect what Prometheus (or the local host), Docker (or
+//! cAdvisor) and the sandbox say, hand it to `detect`, and apply the decisions through
+//! `intake`.
 //!
 //! In: settings and the collectors of `runtime`. Out: observations, the readings
 //! `/api/status` shows, incidents opened, updated and resolved, and a [`CycleReport`].
 //!
 //! Each collector runs under `collector_timeout`; one that fails or hangs marks its signals
-//! unavailable and never stops the others. A cycle never overlaps the next. With several
-//! replicas only the holder of the `monitor` lease runs cycles, and it checks its fencing
-//! token right before writing, so a replica that lost the lease while paused writes nothing.
+//! unavailable, with a reason worded for people, and never stops the others. A cycle never
+//! overlaps the next. With several replicas only the holder of the `monitor` lease runs
+//! cycles, and it checks its fencing token right before writing, so a replica that lost the
+//! lease while paused writes nothing.
+//!
+//! Only watched containers (`[monitor] container_include` / `container_exclude`) are
+//! reported: an unwatched one opens nothing and is in nobody's inventory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,32 +29,68 @@ use crate::pipeline::intake::{self, Intake};
 use crate::pipeline::{Pipeline, Readings};
 use crate::runtime::docker::DockerCollector;
 use crate::runtime::host::HostCollector;
-use crate::runtime::prometheus::PrometheusClient;
-use crate::runtime::{sandbox, ContainerSample, HostSample};
+use crate::runtime::prometheus::{CadvisorContainer, PrometheusClient};
+use crate::runtime::{sandbox, ContainerFilter, ContainerSample, HostSample};
 use crate::store::IncidentQuery;
 
 /// The lease that elects the replica running the monitor loop.
 pub const LEASE: &str = "monitor";
 
+/// The resource container signals are reported under when there is no container to name
+/// (Docker unreachable, nothing watched, no reading yet).
+pub const CONTAINERS_RESOURCE: &str = "containers";
+
 /// What one cycle collected.
 #[derive(Debug, Clone, Default)]
 pub struct Collected {
     pub observations: Vec<Observation>,
-    /// Signals that could not be measured, and why.
+    /// Signals that could not be measured, and why (pending ones included: a signal without
+    /// a value neither opens nor resolves anything).
     pub unavailable: BTreeMap<Signal, String>,
     /// Every signal with value, threshold, state and source, for `/api/status`.
     pub readings: Vec<SignalReading>,
+}
+
+/// The host signals as read this cycle.
+#[derive(Debug, Clone)]
+pub struct HostRead {
+    pub sample: HostSample,
+    /// `Prometheus`, or `Local` for this machine.
+    pub source: Source,
+    /// Why the local host was read although Prometheus is configured, for people.
+    pub fallback: Option<String>,
+}
+
+/// What Docker (or, without it, cAdvisor) said about containers this cycle.
+#[derive(Debug, Clone)]
+pub enum ContainersRead {
+    /// Docker answered: the watched containers, and how many others it has.
+    Docker {
+        watched: Vec<ContainerSample>,
+        unwatched: usize,
+    },
+    /// Docker could not be asked (`why`, for people); `cadvisor` is container memory from
+    /// Prometheus when it is configured, with the watched containers only.
+    Unavailable {
+        why: String,
+        cadvisor: Option<Result<Vec<CadvisorContainer>, String>>,
+    },
 }
 
 /// The collectors, built once from the settings.
 pub struct Collectors {
     settings: Arc<Settings>,
     prometheus: Option<PrometheusClient>,
+    /// Which containers are watched, from `[monitor] container_include` / `_exclude`.
+    filter: ContainerFilter,
     /// Keeps the previous CPU and network counters between cycles to compute rates.
     host: Arc<std::sync::Mutex<HostCollector>>,
     /// Connected on first use and again after a failure, so a Docker daemon that starts
     /// after Sentinel is picked up.
     docker: tokio::sync::Mutex<Option<DockerCollector>>,
+    /// The last Docker failure logged, so a daemon that stays away is logged once, not
+    /// every cycle.
+    docker_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Collectors {
@@ -69,22 +110,30 @@ impl Collectors {
         };
         let host = HostCollector::new(settings.monitor.disk_mounts.clone());
         Collectors {
+            filter: settings.monitor.container_filter(),
             settings,
             prometheus,
             host: Arc::new(std::sync::Mutex::new(host)),
             docker: tokio::sync::Mutex::new(None),
+            docker_failure: std::sync::Mutex::new(None),
         }
     }
 
     /// Runs every collector concurrently, each under the collector timeout.
     #[tracing::instrument(name = "collect", skip_all)]
     pub async fn collect(&self) -> Collected {
-        let (host, containers, sandbox) =
-            tokio::join!(self.host_signals(), self.containers(), self.sandbox_bytes());
+        let (host, containers, sandbox) = tokio::join!(
+            self.host_signals(),
+            self.containers_read(),
+            self.sandbox_bytes()
+        );
         let metrics = crate::telemetry::metrics::metrics();
         for (collector, failed) in [
             ("host", host.is_err()),
-            ("docker", containers.is_err()),
+            (
+                "docker",
+                matches!(containers, ContainersRead::Unavailable { .. }),
+            ),
             ("sandbox", sandbox.is_err()),
         ] {
             if failed {
@@ -94,67 +143,178 @@ impl Collectors {
         build_observations(&self.settings, host, containers, sandbox)
     }
 
-    async fn host_signals(&self) -> Result<(HostSample, Source), String> {
+    async fn host_signals(&self) -> Result<HostRead, String> {
         let timeout = self.settings.monitor.collector_timeout.0;
+        let mut fallback = None;
         if let Some(prometheus) = &self.prometheus {
             let query = prometheus.host_sample(
                 &self.settings.prometheus,
                 &self.settings.monitor.disk_mounts,
             );
-            match tokio::time::timeout(timeout, query).await {
+            let why = match tokio::time::timeout(timeout, query).await {
                 // Prometheus up but node-exporter not scraped: nothing to go on.
                 Ok(Ok(sample)) if sample.memory_percent.is_some() => {
-                    return Ok((sample, Source::Prometheus))
+                    return Ok(HostRead {
+                        sample,
+                        source: Source::Prometheus,
+                        fallback: None,
+                    })
                 }
                 Ok(Ok(_)) => {
-                    crate::telemetry::metrics::metrics().collector_error("prometheus");
-                    tracing::warn!("prometheus has no node-exporter data; reading the local host")
+                    tracing::warn!("prometheus has no node-exporter data; reading the local host");
+                    "Prometheus has no node-exporter data".to_owned()
                 }
                 Ok(Err(e)) => {
-                    crate::telemetry::metrics::metrics().collector_error("prometheus");
-                    tracing::warn!(error = %e, "prometheus failed; reading the local host")
+                    tracing::warn!(error = %e, "prometheus failed; reading the local host");
+                    e.for_people()
                 }
                 Err(_) => {
-                    crate::telemetry::metrics::metrics().collector_error("prometheus");
-                    tracing::warn!("prometheus timed out; reading the local host")
+                    tracing::warn!("prometheus timed out; reading the local host");
+                    format!(
+                        "Prometheus did not answer within {}",
+                        humantime::format_duration(timeout)
+                    )
                 }
-            }
+            };
+            crate::telemetry::metrics::metrics().collector_error("prometheus");
+            fallback = Some(format!("{why}; read from this host instead"));
         }
         let host = Arc::clone(&self.host);
         let read = tokio::task::spawn_blocking(move || {
             host.lock().unwrap_or_else(|e| e.into_inner()).sample()
         });
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(sample)) => Ok((sample, Source::Local)),
-            Ok(Err(e)) => Err(format!("reading the local host failed: {e}")),
-            Err(_) => Err("reading the local host timed out".to_owned()),
+            Ok(Ok(sample)) => Ok(HostRead {
+                sample,
+                source: Source::Local,
+                fallback,
+            }),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the local host failed");
+                Err("reading this host failed".to_owned())
+            }
+            Err(_) => Err(format!(
+                "reading this host took longer than {}",
+                humantime::format_duration(timeout)
+            )),
         }
     }
 
-    /// The containers Docker reports, or why it cannot be asked.
+    /// The watched containers Docker reports, or why it cannot be asked (for people).
     pub async fn containers(&self) -> Result<Vec<ContainerSample>, String> {
+        self.all_containers().await.map(|all| {
+            all.into_iter()
+                .filter(|c| self.filter.watches_container(c))
+                .collect()
+        })
+    }
+
+    /// Every container Docker reports, watched or not.
+    async fn all_containers(&self) -> Result<Vec<ContainerSample>, String> {
         let monitor = &self.settings.monitor;
         let timeout = monitor.collector_timeout.0;
         let mut docker = self.docker.lock().await;
-        if docker.is_none() {
-            let connect =
-                DockerCollector::connect(&monitor.docker_host, monitor.docker_concurrency, timeout);
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(collector)) => *docker = Some(collector),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("connecting to docker timed out".to_owned()),
+        let result = async {
+            if docker.is_none() {
+                let connect = DockerCollector::connect(
+                    &monitor.docker_host,
+                    monitor.docker_concurrency,
+                    timeout,
+                );
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(collector)) => *docker = Some(collector),
+                    Ok(Err(e)) => return Err((e.for_people(), e.to_string())),
+                    Err(_) => {
+                        let why = format!(
+                            "Docker: did not answer within {}",
+                            humantime::format_duration(timeout)
+                        );
+                        return Err((why.clone(), why));
+                    }
+                }
+            }
+            let Some(collector) = docker.as_ref() else {
+                return Err((
+                    "Docker: not connected".to_owned(),
+                    "not connected".to_owned(),
+                ));
+            };
+            match tokio::time::timeout(timeout, collector.collect()).await {
+                Ok(Ok(containers)) => Ok(containers),
+                Ok(Err(e)) => Err((e.for_people(), e.to_string())),
+                Err(_) => {
+                    let why = format!(
+                        "Docker: listing containers took longer than {}",
+                        humantime::format_duration(timeout)
+                    );
+                    Err((why.clone(), why))
+                }
             }
         }
-        let collector = docker.as_ref().expect("connected above");
-        let result = match tokio::time::timeout(timeout, collector.collect()).await {
-            Ok(Ok(containers)) => Ok(containers),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("docker timed out".to_owned()),
-        };
-        if result.is_err() {
-            *docker = None;
+        .await;
+        let mut logged = self
+            .docker_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(containers) => {
+                if logged.take().is_some() {
+                    tracing::info!("docker answers again");
+                }
+                Ok(containers)
+            }
+            Err((for_people, full)) => {
+                *docker = None;
+                if logged.as_deref() != Some(full.as_str()) {
+                    tracing::warn!(error = %full, "cannot read containers from docker");
+                    *logged = Some(full);
+                }
+                Err(for_people)
+            }
         }
-        result
+    }
+
+    /// Docker's containers split into watched and not, or, without Docker, container memory
+    /// from cAdvisor through Prometheus when it is configured.
+    async fn containers_read(&self) -> ContainersRead {
+        let why = match self.all_containers().await {
+            Ok(all) => {
+                let total = all.len();
+                let watched: Vec<ContainerSample> = all
+                    .into_iter()
+                    .filter(|c| self.filter.watches_container(c))
+                    .collect();
+                return ContainersRead::Docker {
+                    unwatched: total - watched.len(),
+                    watched,
+                };
+            }
+            Err(why) => why,
+        };
+        let cadvisor = match &self.prometheus {
+            None => None,
+            Some(prometheus) => {
+                let timeout = self.settings.monitor.collector_timeout.0;
+                let query =
+                    prometheus.cadvisor_containers(&self.settings.prometheus.container_memory);
+                Some(match tokio::time::timeout(timeout, query).await {
+                    Ok(Ok(containers)) => Ok(containers
+                        .into_iter()
+                        .filter(|c| self.filter.watches(&c.name, |key| c.label(key)))
+                        .collect()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "container memory from cadvisor failed");
+                        crate::telemetry::metrics::metrics().collector_error("prometheus");
+                        Err(e.for_people())
+                    }
+                    Err(_) => Err(format!(
+                        "Prometheus did not answer within {}",
+                        humantime::format_duration(timeout)
+                    )),
+                })
+            }
+        };
+        ContainersRead::Unavailable { why, cadvisor }
     }
 
     async fn sandbox_bytes(&self) -> Result<u64, String> {
@@ -163,13 +323,31 @@ impl Collectors {
         let walk = tokio::task::spawn_blocking(move || sandbox::sandbox_size(&dir));
         match tokio::time::timeout(timeout, walk).await {
             Ok(Ok(Ok(bytes))) => Ok(bytes),
-            Ok(Ok(Err(e))) => Err(format!(
-                "cannot measure the sandbox {}: {e}",
-                self.settings.sandbox_dir.display()
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(error = %e, "cannot measure the sandbox");
+                Err(sandbox_reason(&e))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "measuring the sandbox failed");
+                Err("measuring the sandbox failed".to_owned())
+            }
+            Err(_) => Err(format!(
+                "measuring the sandbox took longer than {}",
+                humantime::format_duration(timeout)
             )),
-            Ok(Err(e)) => Err(format!("measuring the sandbox failed: {e}")),
-            Err(_) => Err("measuring the sandbox timed out".to_owned()),
         }
+    }
+}
+
+/// Why the sandbox cannot be measured, for people.
+fn sandbox_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "sandbox directory missing".to_owned(),
+        std::io::ErrorKind::PermissionDenied => {
+            "sandbox directory cannot be read (permission denied)".to_owned()
+        }
+        std::io::ErrorKind::NotADirectory => "the sandbox path is not a directory".to_owned(),
+        _ => "the sandbox cannot be measured".to_owned(),
     }
 }
 
@@ -180,242 +358,481 @@ fn round(value: f64) -> f64 {
 /// The resource the sandbox's signal is reported under.
 pub const SANDBOX_RESOURCE: &str = "sandbox";
 
-/// Turns the collectors' samples into observations, unavailable signals and readings. Pure.
-pub fn build_observations(
-    settings: &Settings,
-    host: Result<(HostSample, Source), String>,
-    containers: Result<Vec<ContainerSample>, String>,
-    sandbox_bytes: Result<u64, String>,
-) -> Collected {
-    let mut collected = Collected::default();
-    let thresholds = &settings.thresholds;
-    let observe = |collected: &mut Collected,
-                   signal: Signal,
-                   resource: &str,
-                   value: f64,
-                   source: Source,
-                   details: BTreeMap<String, String>| {
+/// The source network latency will have: measured by Prometheus when a query is configured
+/// (and Prometheus is), else an estimate.
+fn latency_source(settings: &Settings) -> Source {
+    if !settings.monitor.prometheus_url.is_empty()
+        && !settings.prometheus.network_latency.trim().is_empty()
+    {
+        Source::Prometheus
+    } else {
+        Source::Estimate
+    }
+}
+
+/// Every signal the settings make Sentinel watch, each `pending` with `reason`: what
+/// `/api/status`, the page and `/sentinel status` show before the first cycle.
+pub fn pending_readings(settings: &Settings, reason: &str) -> Vec<SignalReading> {
+    let host_source = if settings.monitor.prometheus_url.is_empty() {
+        Source::Local
+    } else {
+        Source::Prometheus
+    };
+    let mut expected = vec![
+        (Signal::HostCpu, "host".to_owned(), host_source),
+        (Signal::HostMemory, "host".to_owned(), host_source),
+    ];
+    for mount in &settings.monitor.disk_mounts {
+        expected.push((Signal::Disk, mount.clone(), host_source));
+    }
+    expected.extend([
+        (
+            Signal::NetworkLatency,
+            "host".to_owned(),
+            latency_source(settings),
+        ),
+        (
+            Signal::ContainerDown,
+            CONTAINERS_RESOURCE.to_owned(),
+            Source::Docker,
+        ),
+        (
+            Signal::ContainerMemory,
+            CONTAINERS_RESOURCE.to_owned(),
+            Source::Docker,
+        ),
+        (
+            Signal::SandboxSize,
+            SANDBOX_RESOURCE.to_owned(),
+            Source::Sandbox,
+        ),
+    ]);
+    expected
+        .into_iter()
+        .map(|(signal, resource, source)| {
+            let threshold = detect::threshold_of(signal, &settings.thresholds);
+            SignalReading {
+                signal: signal.as_str().to_owned(),
+                resource,
+                value: None,
+                threshold: threshold.warning.or(threshold.critical),
+                state: "pending".to_owned(),
+                source: source.as_str().to_owned(),
+                reason: Some(reason.to_owned()),
+            }
+        })
+        .collect()
+}
+
+/// Builds readings and observations for one cycle.
+struct Builder<'a> {
+    settings: &'a Settings,
+    collected: Collected,
+}
+
+impl Builder<'_> {
+    /// A measured value: an observation and its reading.
+    fn observe(
+        &mut self,
+        signal: Signal,
+        resource: &str,
+        value: f64,
+        source: Source,
+        details: BTreeMap<String, String>,
+        reason: Option<String>,
+    ) {
         let Ok(resource) = Resource::parse(resource) else {
             return;
         };
-        let threshold = detect::threshold_of(signal, thresholds);
+        let threshold = detect::threshold_of(signal, &self.settings.thresholds);
         let state = if detect::breach(value, &threshold).is_some() {
             "breached"
         } else {
             "ok"
         };
-        collected.readings.push(SignalReading {
+        self.collected.readings.push(SignalReading {
             signal: signal.as_str().to_owned(),
             resource: resource.as_str().to_owned(),
             value: Some(round(value)),
             threshold: threshold.warning.or(threshold.critical),
             state: state.to_owned(),
-            source: source_name(source).to_owned(),
+            source: source.as_str().to_owned(),
+            reason,
         });
-        collected.observations.push(Observation {
+        self.collected.observations.push(Observation {
             signal,
             resource,
             value,
             source,
             details,
         });
-    };
-    let unavailable =
-        |collected: &mut Collected, signal: Signal, resource: &str, source: &str, why: &str| {
-            let threshold = detect::threshold_of(signal, thresholds);
-            collected.unavailable.insert(signal, why.to_owned());
-            collected.readings.push(SignalReading {
-                signal: signal.as_str().to_owned(),
-                resource: resource.to_owned(),
-                value: None,
-                threshold: threshold.warning.or(threshold.critical),
-                state: "unavailable".to_owned(),
-                source: source.to_owned(),
-            });
-        };
+    }
 
-    match host {
-        Ok((sample, source)) => {
-            let from = source_name(source);
-            let no_rate = "no rate yet: needs a second sample";
-            match sample.cpu_percent {
-                Some(cpu) => observe(
-                    &mut collected,
-                    Signal::HostCpu,
-                    "host",
-                    cpu,
-                    source,
-                    BTreeMap::new(),
-                ),
-                None => unavailable(&mut collected, Signal::HostCpu, "host", from, no_rate),
-            }
-            match sample.memory_percent {
-                Some(memory) => observe(
-                    &mut collected,
-                    Signal::HostMemory,
-                    "host",
-                    memory,
-                    source,
-                    BTreeMap::new(),
-                ),
-                None => unavailable(&mut collected, Signal::HostMemory, "host", from, "no value"),
-            }
-            for mount in &settings.monitor.disk_mounts {
-                match sample.disks.get(mount) {
-                    Some(percent) => observe(
-                        &mut collected,
-                        Signal::Disk,
-                        mount,
-                        *percent,
-                        source,
-                        BTreeMap::new(),
-                    ),
-                    None => {
-                        unavailable(&mut collected, Signal::Disk, mount, from, "mount not found")
-                    }
+    /// No value this cycle: `state` is `unavailable`, or `pending` while a first value is
+    /// still to come (a rate needs two samples). Either way it neither opens nor resolves.
+    fn without_value(
+        &mut self,
+        signal: Signal,
+        resource: &str,
+        source: Source,
+        state: &str,
+        why: &str,
+    ) {
+        let threshold = detect::threshold_of(signal, &self.settings.thresholds);
+        self.collected.unavailable.insert(signal, why.to_owned());
+        self.collected.readings.push(SignalReading {
+            signal: signal.as_str().to_owned(),
+            resource: resource.to_owned(),
+            value: None,
+            threshold: threshold.warning.or(threshold.critical),
+            state: state.to_owned(),
+            source: source.as_str().to_owned(),
+            reason: Some(why.to_owned()),
+        });
+    }
+
+    /// A reading that is no value and no failure: nothing there to measure (`no containers
+    /// to watch`). Nothing opens, and what was open for it recovers as no longer reported.
+    fn nothing_to_measure(&mut self, signal: Signal, source: Source, note: String) {
+        let threshold = detect::threshold_of(signal, &self.settings.thresholds);
+        self.collected.readings.push(SignalReading {
+            signal: signal.as_str().to_owned(),
+            resource: CONTAINERS_RESOURCE.to_owned(),
+            value: None,
+            threshold: threshold.warning.or(threshold.critical),
+            state: "ok".to_owned(),
+            source: source.as_str().to_owned(),
+            reason: Some(note),
+        });
+    }
+
+    fn host(&mut self, host: Result<HostRead, String>) {
+        let settings = self.settings;
+        let read = match host {
+            Ok(read) => read,
+            Err(why) => {
+                for signal in [Signal::HostCpu, Signal::HostMemory] {
+                    self.without_value(signal, "host", Source::Local, "unavailable", &why);
                 }
-            }
-            match (sample.network_mb_per_s, sample.network_errors_per_s) {
-                (Some(mb), Some(errors)) => {
-                    let latency = 25.0 + 2.0 * mb + 100.0 * errors;
-                    let details = BTreeMap::from([
-                        (
-                            "formula".to_owned(),
-                            "25 + 2 × MB/s + 100 × errors/s".to_owned(),
-                        ),
-                        ("network_mb_per_s".to_owned(), format!("{}", round(mb))),
-                        (
-                            "network_errors_per_s".to_owned(),
-                            format!("{}", round(errors)),
-                        ),
-                    ]);
-                    observe(
-                        &mut collected,
-                        Signal::NetworkLatency,
-                        "host",
-                        latency,
-                        source,
-                        details,
-                    );
+                for mount in &settings.monitor.disk_mounts {
+                    self.without_value(Signal::Disk, mount, Source::Local, "unavailable", &why);
                 }
-                _ => unavailable(
-                    &mut collected,
+                self.without_value(
                     Signal::NetworkLatency,
                     "host",
-                    from,
-                    no_rate,
+                    Source::Estimate,
+                    "unavailable",
+                    &why,
+                );
+                return;
+            }
+        };
+        let HostRead {
+            sample,
+            source,
+            fallback,
+        } = read;
+        let second_sample = "waiting for a second sample to compute a rate";
+        match sample.cpu_percent {
+            Some(cpu) => self.observe(
+                Signal::HostCpu,
+                "host",
+                cpu,
+                source,
+                BTreeMap::new(),
+                fallback.clone(),
+            ),
+            None if source == Source::Local => {
+                self.without_value(Signal::HostCpu, "host", source, "pending", second_sample)
+            }
+            None => self.without_value(
+                Signal::HostCpu,
+                "host",
+                source,
+                "unavailable",
+                "the host_cpu query has no data yet",
+            ),
+        }
+        match sample.memory_percent {
+            Some(memory) => self.observe(
+                Signal::HostMemory,
+                "host",
+                memory,
+                source,
+                BTreeMap::new(),
+                fallback.clone(),
+            ),
+            None => self.without_value(
+                Signal::HostMemory,
+                "host",
+                source,
+                "unavailable",
+                "/proc/meminfo cannot be read",
+            ),
+        }
+        for mount in &settings.monitor.disk_mounts {
+            match sample.disks.get(mount) {
+                Some(percent) => self.observe(
+                    Signal::Disk,
+                    mount,
+                    *percent,
+                    source,
+                    BTreeMap::new(),
+                    fallback.clone(),
+                ),
+                None => self.without_value(
+                    Signal::Disk,
+                    mount,
+                    source,
+                    "unavailable",
+                    "mount point not found",
                 ),
             }
         }
-        Err(why) => {
-            for signal in [Signal::HostCpu, Signal::HostMemory, Signal::NetworkLatency] {
-                unavailable(&mut collected, signal, "host", "local", &why);
-            }
-            for mount in &settings.monitor.disk_mounts {
-                unavailable(&mut collected, Signal::Disk, mount, "local", &why);
-            }
-        }
+        self.latency(&sample, source, fallback);
     }
 
-    match containers {
-        Ok(containers) => {
-            for container in &containers {
-                let mut details = BTreeMap::from([
-                    ("state".to_owned(), container.state.clone()),
-                    (
-                        "restart_count".to_owned(),
-                        container.restart_count.to_string(),
-                    ),
-                ]);
-                if let Some(health) = &container.health {
-                    details.insert("health".to_owned(), health.clone());
-                }
-                if container.protected() {
-                    details.insert("protected".to_owned(), "true".to_owned());
-                }
-                let down = container.down_reason();
-                if let Some(reason) = &down {
-                    details.insert("down_reason".to_owned(), reason.clone());
-                }
-                observe(
-                    &mut collected,
-                    Signal::ContainerDown,
-                    &container.name,
-                    if down.is_some() { 1.0 } else { 0.0 },
-                    Source::Docker,
-                    details.clone(),
-                );
-                if let Some(percent) = container.memory_percent() {
-                    if let (Some(used), Some(limit)) =
-                        (container.memory_used_bytes, container.memory_limit_bytes)
-                    {
-                        details.insert("memory_used_bytes".to_owned(), used.to_string());
-                        details.insert("memory_limit_bytes".to_owned(), limit.to_string());
-                    }
-                    observe(
-                        &mut collected,
-                        Signal::ContainerMemory,
-                        &container.name,
-                        percent,
-                        Source::Docker,
+    /// Measured by the `[prometheus] network_latency` query when it is set and Prometheus
+    /// answered; otherwise estimated from the traffic (source `estimate`).
+    fn latency(&mut self, sample: &HostSample, source: Source, fallback: Option<String>) {
+        if let Some(measured) = &sample.network_latency_ms {
+            match measured {
+                Ok(ms) => {
+                    let details = BTreeMap::from([(
+                        "query".to_owned(),
+                        self.settings.prometheus.network_latency.clone(),
+                    )]);
+                    self.observe(
+                        Signal::NetworkLatency,
+                        "host",
+                        *ms,
+                        Source::Prometheus,
                         details,
+                        None,
                     );
                 }
+                Err(why) => self.without_value(
+                    Signal::NetworkLatency,
+                    "host",
+                    Source::Prometheus,
+                    "unavailable",
+                    why,
+                ),
+            }
+            return;
+        }
+        match (sample.network_mb_per_s, sample.network_errors_per_s) {
+            (Some(mb), Some(errors)) => {
+                let latency = 25.0 + 2.0 * mb + 100.0 * errors;
+                let details = BTreeMap::from([
+                    (
+                        "formula".to_owned(),
+                        "25 + 2 × MB/s + 100 × errors/s".to_owned(),
+                    ),
+                    ("network_mb_per_s".to_owned(), format!("{}", round(mb))),
+                    (
+                        "network_errors_per_s".to_owned(),
+                        format!("{}", round(errors)),
+                    ),
+                    ("traffic_from".to_owned(), source.as_str().to_owned()),
+                ]);
+                let note = format!(
+                    "from {} MB/s and {} errors/s of traffic",
+                    round(mb),
+                    round(errors)
+                );
+                let note = match fallback {
+                    Some(fallback) => format!("{note} ({fallback})"),
+                    None => note,
+                };
+                self.observe(
+                    Signal::NetworkLatency,
+                    "host",
+                    latency,
+                    Source::Estimate,
+                    details,
+                    Some(note),
+                );
+            }
+            _ if source == Source::Local => self.without_value(
+                Signal::NetworkLatency,
+                "host",
+                Source::Estimate,
+                "pending",
+                "waiting for a second sample to compute the traffic",
+            ),
+            _ => self.without_value(
+                Signal::NetworkLatency,
+                "host",
+                Source::Estimate,
+                "unavailable",
+                "the network traffic queries have no data yet",
+            ),
+        }
+    }
+
+    fn containers(&mut self, containers: ContainersRead) {
+        match containers {
+            ContainersRead::Docker { watched, unwatched } => {
+                self.docker_containers(&watched, unwatched)
+            }
+            ContainersRead::Unavailable { why, cadvisor } => {
+                self.without_value(
+                    Signal::ContainerDown,
+                    CONTAINERS_RESOURCE,
+                    Source::Docker,
+                    "unavailable",
+                    &why,
+                );
+                match cadvisor {
+                    None => self.without_value(
+                        Signal::ContainerMemory,
+                        CONTAINERS_RESOURCE,
+                        Source::Docker,
+                        "unavailable",
+                        &why,
+                    ),
+                    Some(Err(prometheus)) => self.without_value(
+                        Signal::ContainerMemory,
+                        CONTAINERS_RESOURCE,
+                        Source::Cadvisor,
+                        "unavailable",
+                        &format!("{why}; cAdvisor through Prometheus: {prometheus}"),
+                    ),
+                    Some(Ok(containers)) if containers.is_empty() => self.without_value(
+                        Signal::ContainerMemory,
+                        CONTAINERS_RESOURCE,
+                        Source::Cadvisor,
+                        "unavailable",
+                        &format!("{why}; cAdvisor through Prometheus has no container memory"),
+                    ),
+                    Some(Ok(containers)) => {
+                        for container in containers {
+                            let details = BTreeMap::from([("docker".to_owned(), why.clone())]);
+                            self.observe(
+                                Signal::ContainerMemory,
+                                &container.name,
+                                container.memory_percent,
+                                Source::Cadvisor,
+                                details,
+                                Some(format!("from cAdvisor: {why}")),
+                            );
+                        }
+                    }
+                }
             }
         }
-        Err(why) => {
-            unavailable(
-                &mut collected,
+    }
+
+    fn docker_containers(&mut self, containers: &[ContainerSample], unwatched: usize) {
+        let mut measured = 0;
+        for container in containers {
+            let mut details = BTreeMap::from([
+                ("state".to_owned(), container.state.clone()),
+                (
+                    "restart_count".to_owned(),
+                    container.restart_count.to_string(),
+                ),
+            ]);
+            if let Some(health) = &container.health {
+                details.insert("health".to_owned(), health.clone());
+            }
+            if container.protected() {
+                details.insert("protected".to_owned(), "true".to_owned());
+            }
+            let down = container.down_reason();
+            if let Some(reason) = &down {
+                details.insert("down_reason".to_owned(), reason.clone());
+            }
+            self.observe(
                 Signal::ContainerDown,
-                "containers",
-                "docker",
-                &why,
+                &container.name,
+                if down.is_some() { 1.0 } else { 0.0 },
+                Source::Docker,
+                details.clone(),
+                down.clone(),
             );
-            unavailable(
-                &mut collected,
+            if let Some(percent) = container.memory_percent() {
+                if let (Some(used), Some(limit)) =
+                    (container.memory_used_bytes, container.memory_limit_bytes)
+                {
+                    details.insert("memory_used_bytes".to_owned(), used.to_string());
+                    details.insert("memory_limit_bytes".to_owned(), limit.to_string());
+                }
+                measured += 1;
+                self.observe(
+                    Signal::ContainerMemory,
+                    &container.name,
+                    percent,
+                    Source::Docker,
+                    details,
+                    None,
+                );
+            }
+        }
+        let not_watched = match unwatched {
+            0 => String::new(),
+            1 => " (1 container is not watched)".to_owned(),
+            n => format!(" ({n} containers are not watched)"),
+        };
+        if containers.is_empty() {
+            self.nothing_to_measure(
+                Signal::ContainerDown,
+                Source::Docker,
+                format!("no containers to watch{not_watched}"),
+            );
+        }
+        if measured == 0 {
+            self.nothing_to_measure(
                 Signal::ContainerMemory,
-                "containers",
-                "docker",
-                &why,
+                Source::Docker,
+                format!("no running container to measure{not_watched}"),
             );
         }
     }
 
-    match sandbox_bytes {
-        Ok(bytes) => {
-            let details = BTreeMap::from([(
-                "path".to_owned(),
-                settings.sandbox_dir.display().to_string(),
-            )]);
-            observe(
-                &mut collected,
+    fn sandbox(&mut self, sandbox_bytes: Result<u64, String>) {
+        match sandbox_bytes {
+            Ok(bytes) => {
+                let details = BTreeMap::from([(
+                    "path".to_owned(),
+                    self.settings.sandbox_dir.display().to_string(),
+                )]);
+                self.observe(
+                    Signal::SandboxSize,
+                    SANDBOX_RESOURCE,
+                    bytes as f64 / 1e6,
+                    Source::Sandbox,
+                    details,
+                    None,
+                );
+            }
+            Err(why) => self.without_value(
                 Signal::SandboxSize,
                 SANDBOX_RESOURCE,
-                bytes as f64 / 1e6,
                 Source::Sandbox,
-                details,
-            );
+                "unavailable",
+                &why,
+            ),
         }
-        Err(why) => unavailable(
-            &mut collected,
-            Signal::SandboxSize,
-            SANDBOX_RESOURCE,
-            "sandbox",
-            &why,
-        ),
     }
-    collected
 }
 
-fn source_name(source: Source) -> &'static str {
-    match source {
-        Source::Prometheus => "prometheus",
-        Source::Local => "local",
-        Source::Docker => "docker",
-        Source::Sandbox => "sandbox",
-        Source::Alertmanager => "alertmanager",
-        Source::Trigger => "trigger",
-    }
+/// Turns the collectors' samples into observations, unavailable signals and readings. Pure.
+pub fn build_observations(
+    settings: &Settings,
+    host: Result<HostRead, String>,
+    containers: ContainersRead,
+    sandbox_bytes: Result<u64, String>,
+) -> Collected {
+    let mut builder = Builder {
+        settings,
+        collected: Collected::default(),
+    };
+    builder.host(host);
+    builder.containers(containers);
+    builder.sandbox(sandbox_bytes);
+    builder.collected
 }
 
 /// What one cycle did; the latest is shown in `/api/status`.

@@ -1037,8 +1037,9 @@ fn describe_change(before: &serde_json::Value, after: &serde_json::Value) -> Str
     }
 }
 
-/// When the incident last started waiting for approval.
-fn waiting_since(incident: &Incident) -> Timestamp {
+/// When the incident last started waiting for approval (`GET /api/approvals/pending`
+/// shows it, and when it expires).
+pub fn waiting_since(incident: &Incident) -> Timestamp {
     incident
         .timeline
         .iter()

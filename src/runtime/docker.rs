@@ -49,6 +49,65 @@ pub enum DockerError {
     CollectTimedOut { host: String, timeout: Duration },
 }
 
+impl DockerError {
+    /// The reason in a few words for the status page and `/sentinel status` (`Docker:
+    /// connection refused`); the full error, with bollard's chain, goes to the log.
+    pub fn for_people(&self) -> String {
+        match self {
+            DockerError::UnsupportedHost { host } => {
+                format!("Docker: {host:?} is not a unix://, tcp:// or http:// address")
+            }
+            DockerError::Unreachable {
+                error: BollardError::SocketNotFoundError(path),
+                ..
+            } => format!("Docker: no socket at {path}"),
+            DockerError::Unreachable { host, error } => match io_kind(error) {
+                Some(std::io::ErrorKind::NotFound) => match host.strip_prefix("unix://") {
+                    Some(path) => format!("Docker: no socket at {path}"),
+                    None => "Docker: not found".to_owned(),
+                },
+                Some(std::io::ErrorKind::ConnectionRefused) => {
+                    "Docker: connection refused".to_owned()
+                }
+                Some(std::io::ErrorKind::PermissionDenied) => {
+                    "Docker: permission denied on its socket".to_owned()
+                }
+                Some(std::io::ErrorKind::TimedOut) => "Docker: connection timed out".to_owned(),
+                _ => format!("Docker: cannot connect to {host}"),
+            },
+            DockerError::ConnectTimedOut { timeout, .. } => format!(
+                "Docker: did not answer within {}",
+                humantime::format_duration(*timeout)
+            ),
+            DockerError::Request { doing, error, .. } => match error {
+                BollardError::DockerResponseServerError { status_code, .. } => {
+                    format!("Docker: answered HTTP {status_code} while {doing}")
+                }
+                _ => format!("Docker: failed while {doing}"),
+            },
+            DockerError::CollectTimedOut { timeout, .. } => format!(
+                "Docker: listing containers took longer than {}",
+                humantime::format_duration(*timeout)
+            ),
+        }
+    }
+}
+
+/// The kind of the operating system error behind a bollard error, if there is one.
+fn io_kind(error: &BollardError) -> Option<std::io::ErrorKind> {
+    if let BollardError::IOError { err } = error {
+        return Some(err.kind());
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
+}
+
 /// A connected, version-negotiated Docker client that produces [`ContainerSample`]s.
 #[derive(Debug, Clone)]
 pub struct DockerCollector {

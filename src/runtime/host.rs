@@ -89,6 +89,8 @@ impl HostCollector {
             disks: self.disk_percents(),
             network_mb_per_s: rates.map(|(bytes, _)| bytes / 1e6),
             network_errors_per_s: rates.map(|(_, errors)| errors),
+            // This machine measures no latency; the monitor estimates it from the traffic.
+            network_latency_ms: None,
         }
     }
 

@@ -58,6 +58,59 @@ pub enum PromError {
     Ambiguous { query: String, count: usize },
 }
 
+/// One container as cAdvisor reports it through Prometheus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CadvisorContainer {
+    pub name: String,
+    /// Working set in percent of the memory limit.
+    pub memory_percent: f64,
+    /// Docker labels with the keys as cAdvisor writes them: `container_label_` stripped and
+    /// every character but letters, digits and `_` turned into `_` (`sentinel_ignore`).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CadvisorContainer {
+    /// The label Docker calls `key` (`sentinel.ignore`), looked up under cAdvisor's name for
+    /// it (`sentinel_ignore`).
+    pub fn label(&self, key: &str) -> Option<&str> {
+        let sanitized: String = key
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.labels.get(&sanitized).map(String::as_str)
+    }
+}
+
+impl PromError {
+    /// The reason in a few words for the status page and `/sentinel status`; the full error
+    /// goes to the log.
+    pub fn for_people(&self) -> String {
+        match self {
+            PromError::InvalidUrl { .. } => "the Prometheus URL is not valid".to_owned(),
+            PromError::Client(_) => "the HTTP client cannot be built".to_owned(),
+            PromError::Timeout { timeout, .. } => format!(
+                "Prometheus did not answer within {}",
+                humantime::format_duration(*timeout)
+            ),
+            PromError::Unreachable { source, .. } => {
+                if source.is_connect() {
+                    "Prometheus: connection refused".to_owned()
+                } else {
+                    "Prometheus cannot be reached".to_owned()
+                }
+            }
+            PromError::Http { status, .. } => format!("Prometheus answered HTTP {status}"),
+            PromError::Query { error_type, .. } => {
+                format!("Prometheus rejected the query ({error_type})")
+            }
+            PromError::Malformed(_) => "Prometheus answered something unexpected".to_owned(),
+            PromError::Ambiguous { count, .. } => {
+                format!("the query answered {count} series where one number was expected")
+            }
+        }
+    }
+}
+
 /// A Prometheus HTTP API client for instant queries.
 #[derive(Debug, Clone)]
 pub struct PrometheusClient {
@@ -135,11 +188,28 @@ impl PrometheusClient {
             let query = disk_query(&queries.disk, mount);
             (mount, self.single_value(&query).await)
         }));
-        let (cpu, memory, network_bytes, network_errors, disks) = tokio::join!(
+        let latency = async {
+            if queries.network_latency.trim().is_empty() {
+                return None;
+            }
+            Some(match self.single_value(&queries.network_latency).await {
+                Ok(Some(ms)) => Ok(ms),
+                Ok(None) => Err("the [prometheus] network_latency query has no data".to_owned()),
+                Err(error) => {
+                    tracing::warn!(signal = "network_latency", error = %error, "prometheus query failed");
+                    Err(format!(
+                        "the [prometheus] network_latency query failed: {}",
+                        error.for_people()
+                    ))
+                }
+            })
+        };
+        let (cpu, memory, network_bytes, network_errors, latency, disks) = tokio::join!(
             self.single_value(&queries.host_cpu),
             self.single_value(&queries.host_memory),
             self.single_value(&queries.network_bytes),
             self.single_value(&queries.network_errors),
+            latency,
             disks,
         );
         let memory_percent = memory?;
@@ -149,6 +219,7 @@ impl PrometheusClient {
             disks: BTreeMap::new(),
             network_mb_per_s: or_log("network_bytes", network_bytes).map(|bytes| bytes / 1e6),
             network_errors_per_s: or_log("network_errors", network_errors),
+            network_latency_ms: latency,
         };
         for (mount, result) in disks {
             if let Some(percent) = or_log("disk", result) {
@@ -161,11 +232,48 @@ impl PrometheusClient {
     /// Container memory in percent of its limit, by the `name` label (cAdvisor). Series
     /// without a `name` are left out; no such series at all gives an empty map.
     pub async fn container_memory(&self, query: &str) -> Result<BTreeMap<String, f64>, PromError> {
-        let samples = self.instant_query(query).await?;
-        Ok(samples
+        Ok(self
+            .cadvisor_containers(query)
+            .await?
             .into_iter()
-            .filter_map(|mut sample| Some((sample.labels.remove("name")?, sample.value)))
+            .map(|container| (container.name, container.memory_percent))
             .collect())
+    }
+
+    /// Container memory from cAdvisor with each container's Docker labels, as far as the
+    /// series carry them (`container_label_<key>`), sorted by name, one per name (the
+    /// highest when several series share a name).
+    pub async fn cadvisor_containers(
+        &self,
+        query: &str,
+    ) -> Result<Vec<CadvisorContainer>, PromError> {
+        let mut by_name: BTreeMap<String, CadvisorContainer> = BTreeMap::new();
+        for sample in self.instant_query(query).await? {
+            let Some(name) = sample.labels.get("name").filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let container = CadvisorContainer {
+                name: name.clone(),
+                memory_percent: sample.value,
+                labels: sample
+                    .labels
+                    .iter()
+                    .filter_map(|(key, value)| {
+                        Some((
+                            key.strip_prefix("container_label_")?.to_owned(),
+                            value.clone(),
+                        ))
+                    })
+                    .collect(),
+            };
+            match by_name.get(name) {
+                Some(seen) if seen.memory_percent >= container.memory_percent => {}
+                _ => {
+                    by_name.insert(name.clone(), container);
+                }
+            }
+        }
+        Ok(by_name.into_values().collect())
     }
 
     /// A query that answers one number: `None` for no series, an error for several.
@@ -475,6 +583,18 @@ mod tests {
                 "{body}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn cadvisor_labels_are_found_by_their_docker_key() {
+        let container = CadvisorContainer {
+            name: "web-1".into(),
+            memory_percent: 10.0,
+            labels: labels(&[("sentinel_ignore", "true"), ("com_example_team", "db")]),
+        };
+        assert_eq!(container.label("sentinel.ignore"), Some("true"));
+        assert_eq!(container.label("com.example-team"), Some("db"));
+        assert_eq!(container.label("sentinel.protected"), None);
     }
 
     #[test]

@@ -1568,8 +1568,15 @@ pub fn sample_context(template: &str) -> Value {
                  "state": "ok", "source": "local"},
                 {"signal": "container_memory", "resource": "web-1", "value": 72.4,
                  "threshold": 60.0, "state": "breached", "source": "docker"},
-                {"signal": "network_latency", "resource": "host", "value": null,
-                 "threshold": 500.0, "state": "unavailable", "source": "prometheus"}
+                {"signal": "network_latency", "resource": "host", "value": 31.0,
+                 "threshold": 200.0, "state": "ok", "source": "estimate",
+                 "reason": "from 3 MB/s and 0 errors/s of traffic"},
+                {"signal": "container_down", "resource": "containers", "value": null,
+                 "threshold": 1.0, "state": "unavailable", "source": "docker",
+                 "reason": "Docker: connection refused"},
+                {"signal": "sandbox_size", "resource": "sandbox", "value": null,
+                 "threshold": 100.0, "state": "pending", "source": "sandbox",
+                 "reason": "waiting for the first monitor cycle"}
             ],
             "incidents": [incident],
             "public_url": "https://sentinel.example.com"

@@ -10,12 +10,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::{Actor, IncidentId};
+use crate::domain::{ActionId, Actor, IncidentId, Risk, Role, Severity, Signal, Status, Timestamp};
 use crate::pipeline::detect::Scenario;
 use crate::pipeline::intake::Intake;
+use crate::pipeline::{approve, remediate};
 use crate::service::ServiceError;
 use crate::store::IncidentQuery;
 use crate::web::alerts;
@@ -71,6 +74,81 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 
 pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(state.sentinel.status().await?).into_response())
+}
+
+/// `GET /api/infrastructure-status`: the signals and the last monitor cycle on the replica
+/// that answers. Reads no store, so it answers while the store is away.
+pub async fn infrastructure_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let sentinel = &state.sentinel;
+    Json(json!({
+        "signals": sentinel.signal_readings(),
+        "last_cycle": sentinel.last_cycle(),
+    }))
+}
+
+/// One incident waiting for a person's decision, as `GET /api/approvals/pending` lists it.
+#[derive(Debug, Serialize)]
+pub struct PendingApproval {
+    pub incident: IncidentId,
+    pub fingerprint: String,
+    pub signal: Signal,
+    pub resource: String,
+    pub severity: Severity,
+    pub summary: String,
+    /// The proposal an approval must name (`{"proposal_id": …}`) to apply.
+    pub proposal_id: Option<String>,
+    /// The catalogue action proposed, and its parameters.
+    pub action: Option<ActionId>,
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub risk: Option<Risk>,
+    /// The least role that may approve or reject it.
+    pub role_needed: Role,
+    /// Approvals already given (the first of two under the two-person rule).
+    pub approvals: Vec<String>,
+    pub waiting_since: Timestamp,
+    /// When the request escalates unanswered (`approval_timeout` after `waiting_since`).
+    pub expires_at: Timestamp,
+}
+
+/// `GET /api/approvals/pending`: incidents waiting for a person, the soonest to expire first.
+pub async fn pending_approvals(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let sentinel = &state.sentinel;
+    let timeout = sentinel.settings().approval_timeout.0;
+    let open = sentinel
+        .incidents(IncidentQuery {
+            open_only: true,
+            limit: MAX_LIST_LIMIT,
+        })
+        .await?;
+    let mut pending: Vec<PendingApproval> = open
+        .into_iter()
+        .filter(|incident| incident.status == Status::AwaitingApproval)
+        .map(|incident| {
+            let waiting_since = remediate::waiting_since(&incident);
+            let (action, params) = match &incident.proposed_action {
+                Some(proposed) => (Some(proposed.action), proposed.params.clone()),
+                None => (None, BTreeMap::new()),
+            };
+            PendingApproval {
+                role_needed: approve::needed_role(&incident),
+                expires_at: waiting_since.saturating_add(timeout),
+                waiting_since,
+                fingerprint: incident.fingerprint.to_string(),
+                signal: incident.signal,
+                resource: incident.resource.to_string(),
+                severity: incident.severity,
+                summary: incident.summary,
+                proposal_id: incident.proposal_id,
+                action,
+                params,
+                risk: incident.risk,
+                approvals: incident.approvals,
+                incident: incident.id,
+            }
+        })
+        .collect();
+    pending.sort_by_key(|p| (p.expires_at, p.incident.clone()));
+    Ok(Json(pending).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -111,6 +111,18 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/api/status", Public, api::status),
         route(
             Method::GET,
+            "/api/infrastructure-status",
+            Public,
+            api::infrastructure_status,
+        ),
+        route(
+            Method::GET,
+            "/api/approvals/pending",
+            AtLeast(Role::Viewer),
+            api::pending_approvals,
+        ),
+        route(
+            Method::GET,
             "/api/incidents",
             AtLeast(Role::Viewer),
             api::list_incidents,

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::{Incident, Sample, Signal, Status, Timestamp};
+use crate::domain::{Incident, Sample, Signal, Source, Status, Timestamp};
 use crate::service::{SignalReading, StatusReport};
 use crate::store::IncidentQuery;
 
@@ -86,6 +86,11 @@ struct TileView {
     threshold: String,
     state: String,
     source: String,
+    /// Where the value comes from, in words: `Prometheus`, `this host`, `estimated from
+    /// traffic`, …
+    source_words: &'static str,
+    /// Why there is no value, or a note on it (`Docker: connection refused`).
+    reason: Option<String>,
     chart: Option<ChartView>,
 }
 
@@ -281,19 +286,45 @@ fn chart(samples: &[Sample], threshold: Option<f64>, now: Timestamp) -> Option<C
     })
 }
 
+/// A reading's source for people.
+fn source_words(source: &str) -> &'static str {
+    match source {
+        "prometheus" => "Prometheus",
+        "local" => "this host",
+        "docker" => "Docker",
+        "cadvisor" => "cAdvisor via Prometheus",
+        "estimate" => "estimated from traffic",
+        "sandbox" => "sandbox directory",
+        "alertmanager" => "Alertmanager",
+        "trigger" => "test alert",
+        _ => "unknown source",
+    }
+}
+
 fn tile(reading: &SignalReading, samples: &[Sample], now: Timestamp) -> TileView {
     let signal = reading.signal.as_str();
+    let estimate = reading.source == "estimate";
     TileView {
         signal: reading.signal.clone(),
         resource: reading.resource.clone(),
-        value: reading
-            .value
-            .map_or_else(|| "—".to_owned(), |v| with_unit(v, signal)),
+        value: reading.value.map_or_else(
+            || "—".to_owned(),
+            |v| {
+                let value = with_unit(v, signal);
+                if estimate {
+                    format!("≈ {value}")
+                } else {
+                    value
+                }
+            },
+        ),
         threshold: reading
             .threshold
             .map_or_else(String::new, |t| with_unit(t, signal)),
         state: reading.state.clone(),
         source: reading.source.clone(),
+        source_words: source_words(&reading.source),
+        reason: reading.reason.clone(),
         chart: chart(samples, reading.threshold, now),
     }
 }
@@ -337,8 +368,13 @@ fn incident_view(incident: &Incident) -> IncidentView {
         proposed,
         analyzer: incident.analyzer.clone(),
         value: format!(
-            "{} (threshold {})",
+            "{}{} (threshold {})",
             with_unit(incident.value, signal),
+            if incident.source == Source::Estimate {
+                ", estimated from traffic"
+            } else {
+                ""
+            },
             with_unit(incident.threshold, signal)
         ),
         opened_at: incident.opened_at.to_string(),

@@ -53,10 +53,13 @@ async fn health_readiness_and_status_answer_without_a_key() {
     assert_eq!(status.status, 200);
     assert_eq!(status.body["mode"], "auto");
     assert_eq!(status.body["paused"], false);
-    assert_eq!(
-        status.body["signals"],
-        Value::Array(vec![]),
-        "no monitor cycle yet"
+    let signals = status.body["signals"].as_array().unwrap();
+    assert!(!signals.is_empty(), "every configured signal is listed");
+    assert!(
+        signals
+            .iter()
+            .all(|s| s["state"] == "pending" && s["value"].is_null()),
+        "no monitor cycle yet: {signals:?}"
     );
     assert_eq!(status.body["incidents"], Value::Array(vec![]));
 
@@ -69,6 +72,7 @@ async fn health_readiness_and_status_answer_without_a_key() {
             threshold: Some(60.0),
             state: "ok".into(),
             source: "local".into(),
+            reason: None,
         }]);
     let status = app.get("/api/status", None).await;
     assert_eq!(

@@ -23,6 +23,7 @@ mod packaging;
 mod page;
 mod rbac;
 mod remediate;
+mod signals;
 mod slack_double;
 mod slack_inbound;
 mod slack_outbound;

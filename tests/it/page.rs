@@ -35,7 +35,10 @@ async fn the_page_shows_tiles_with_trends_incidents_and_banners() {
     })
     .await;
     let (_, html) = page(&app).await;
-    assert!(html.contains("No readings yet"), "before any cycle");
+    assert!(
+        html.contains("class=\"tile state-pending\" data-signal=\"host_cpu\""),
+        "before any cycle, every signal is a pending tile"
+    );
     assert!(html.contains("<strong>Dry-run</strong> mode"));
     assert!(!html.contains("banner-paused"));
 

@@ -21,6 +21,12 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/healthz", [200, 200, 200, 200, 200]),
     ("GET", "/readyz", [200, 200, 200, 200, 200]),
     ("GET", "/api/status", [200, 200, 200, 200, 200]),
+    (
+        "GET",
+        "/api/infrastructure-status",
+        [200, 200, 200, 200, 200],
+    ),
+    ("GET", "/api/approvals/pending", [401, 401, 200, 200, 200]),
     ("GET", "/api/incidents", [401, 401, 200, 200, 200]),
     ("GET", "/api/incidents/{id}", [401, 401, 404, 404, 404]),
     (

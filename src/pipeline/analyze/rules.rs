@@ -5,7 +5,7 @@
 //! mount, the latency inputs), a catalogue action with parameters, a risk and a confidence.
 //! Pure. `tests/it/decisions.rs` replays a fixture set through it and the policy.
 
-use crate::domain::{ActionPlan, CleanupDir, Incident, Risk, Signal};
+use crate::domain::{ActionPlan, CleanupDir, Incident, Risk, Signal, Source};
 use crate::pipeline::analyze::{Analysis, Evidence};
 use crate::runtime::ContainerSample;
 
@@ -60,30 +60,7 @@ pub fn analyze(incident: &Incident, evidence: &Evidence) -> Analysis {
                 .collect(),
         ),
         Signal::Disk => disk(resource, value, evidence),
-        Signal::NetworkLatency => {
-            let input = |key: &str| {
-                incident
-                    .labels
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| "?".into())
-            };
-            let facts = vec![
-                format!("network {} MB/s", input("network_mb_per_s")),
-                format!("network errors {}/s", input("network_errors_per_s")),
-                "latency = 25 + 2 × MB/s + 100 × errors/s".to_owned(),
-            ];
-            notify(
-                format!(
-                    "network latency estimated at {value:.0} ms from {} MB/s and {} errors/s; \
-                     no catalogue action applies",
-                    input("network_mb_per_s"),
-                    input("network_errors_per_s")
-                ),
-                0.5,
-                facts,
-            )
-        }
+        Signal::NetworkLatency => network_latency(incident),
         Signal::ContainerDown => container_down(resource, evidence),
         Signal::ContainerMemory => container_memory(resource, value, incident, evidence),
         Signal::SandboxSize => sandbox(value, evidence, None),
@@ -124,6 +101,14 @@ fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
             confidence: 0.6,
             evidence: facts,
         },
+        _ if !evidence.docker_available => notify(
+            format!(
+                "host memory at {value:.1} %; Docker could not be read, so which containers \
+                 hold the memory is unknown"
+            ),
+            0.3,
+            vec!["Docker could not be read".to_owned()],
+        ),
         _ => notify(
             format!(
                 "host memory at {value:.1} % and no container holds a large share of it; \
@@ -131,6 +116,55 @@ fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
             ),
             0.4,
             facts,
+        ),
+    }
+}
+
+/// Network latency names where its number came from: a Prometheus query (measured), the
+/// traffic formula (an estimate, with its inputs), or neither (a test alert).
+fn network_latency(incident: &Incident) -> Conclusion {
+    let value = incident.value;
+    let label = |key: &str| incident.labels.get(key).map(String::as_str);
+    match (
+        incident.source,
+        label("network_mb_per_s"),
+        label("network_errors_per_s"),
+    ) {
+        (Source::Estimate, Some(mb), Some(errors)) => notify(
+            format!(
+                "network latency estimated at {value:.0} ms from {mb} MB/s of traffic and \
+                 {errors} errors/s (25 + 2 × MB/s + 100 × errors/s; an estimate, not a \
+                 measurement); no catalogue action applies"
+            ),
+            0.5,
+            vec![
+                format!("network {mb} MB/s"),
+                format!("network errors {errors}/s"),
+                "latency estimated as 25 + 2 × MB/s + 100 × errors/s".to_owned(),
+            ],
+        ),
+        (Source::Prometheus, _, _) => notify(
+            format!(
+                "network latency measured at {value:.0} ms by the [prometheus] \
+                 network_latency query; no catalogue action applies"
+            ),
+            0.5,
+            label("query")
+                .map(|query| vec![format!("query: {query}")])
+                .unwrap_or_default(),
+        ),
+        _ => notify(
+            format!(
+                "network latency at {value:.0} ms; no traffic figures were recorded with it \
+                 ({}), so there is nothing to go on; no catalogue action applies",
+                if incident.synthetic {
+                    "a test alert"
+                } else {
+                    "its source sent none"
+                }
+            ),
+            0.3,
+            Vec::new(),
         ),
     }
 }
@@ -312,5 +346,79 @@ fn container_memory(
         risk: Risk::Medium,
         confidence: 0.7,
         evidence: facts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{Detection, IncidentId, Resource, Severity, Timestamp};
+
+    fn incident(signal: Signal, source: Source, labels: &[(&str, &str)]) -> Incident {
+        let detection = Detection {
+            signal,
+            resource: Resource::host(),
+            severity: Severity::Warning,
+            value: 240.0,
+            threshold: 200.0,
+            source,
+            summary: "s".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        Incident::open(IncidentId::generate(), &detection, Timestamp::now())
+    }
+
+    #[test]
+    fn latency_root_causes_say_where_the_number_came_from() {
+        let estimated = incident(
+            Signal::NetworkLatency,
+            Source::Estimate,
+            &[("network_mb_per_s", "107.5"), ("network_errors_per_s", "0")],
+        );
+        let cause = analyze(&estimated, &Evidence::default()).root_cause;
+        assert!(
+            cause.contains("estimated at 240 ms from 107.5 MB/s"),
+            "{cause}"
+        );
+        assert!(cause.contains("0 errors/s") && cause.contains("not a measurement"));
+
+        let measured = incident(
+            Signal::NetworkLatency,
+            Source::Prometheus,
+            &[("query", "1000 * probe_duration_seconds")],
+        );
+        let cause = analyze(&measured, &Evidence::default()).root_cause;
+        assert!(cause.contains("measured at 240 ms"), "{cause}");
+
+        let test_alert = incident(Signal::NetworkLatency, Source::Trigger, &[]);
+        let cause = analyze(&test_alert, &Evidence::default()).root_cause;
+        assert!(!cause.contains('?'), "{cause}");
+        assert!(cause.contains("a test alert"), "{cause}");
+    }
+
+    #[test]
+    fn host_memory_without_docker_says_docker_could_not_be_read() {
+        let memory = incident(Signal::HostMemory, Source::Local, &[]);
+        let blind = Evidence {
+            docker_available: false,
+            ..Evidence::default()
+        };
+        let cause = analyze(&memory, &blind).root_cause;
+        assert!(cause.contains("Docker could not be read"), "{cause}");
+        assert!(!cause.contains("no container holds"), "{cause}");
+        let seen = Evidence {
+            docker_available: true,
+            ..Evidence::default()
+        };
+        let cause = analyze(&memory, &seen).root_cause;
+        assert!(
+            cause.contains("no container holds a large share"),
+            "{cause}"
+        );
     }
 }
