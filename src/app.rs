@@ -143,11 +143,11 @@ impl Application {
         if let Some(socket_mode) = self.socket_mode {
             slack_tasks.push(tokio::spawn(socket_mode.run(self.shutdown.clone())));
         }
-        let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("http server failed");
+        let limits = web::server::Limits {
+            header_timeout: settings.http.header_timeout.0,
+            max_connections: settings.http.max_connections,
+        };
+        web::server::serve(self.listener, self.router, limits, self.shutdown.clone()).await;
         // The server stopped (shutdown, or it failed): stop the loop too and let it finish.
         self.shutdown.cancel();
         // Clicks acknowledged before the stop are finished, within reason.
@@ -173,7 +173,6 @@ impl Application {
         if let Err(e) = worker.await {
             tracing::error!(error = %e, "the remediation worker panicked");
         }
-        served?;
         tracing::info!("sentinel stopped");
         Ok(())
     }

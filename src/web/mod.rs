@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod page;
+pub mod server;
 pub mod stream;
 
 use std::sync::Arc;

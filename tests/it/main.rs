@@ -13,6 +13,7 @@ mod decisions;
 mod docker;
 mod durability;
 mod engine;
+mod hardening;
 mod helpers;
 mod leader;
 mod llm;
