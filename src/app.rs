@@ -59,6 +59,7 @@ impl Application {
             body_limit: settings.http.body_limit,
             slack: slack.clone(),
             monitor: Arc::clone(&monitor),
+            last_known: web::last_known::LastKnown::default(),
         });
         let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(&state)?;
         let addr = settings.listen_addr();

@@ -58,7 +58,9 @@ pub use crate::domain::SignalReading;
 pub struct StatusReport {
     pub mode: &'static str,
     pub paused: bool,
-    pub store: &'static str,
+    /// Whether the store answered; while it does not, the rest is the last known state
+    /// (`web::last_known`).
+    pub store: StoreHealth,
     pub signals: Vec<SignalReading>,
     pub incidents: Vec<Incident>,
     /// The latest monitor cycle on the replica that answered; `null` before the first.
@@ -101,6 +103,36 @@ impl StatusReport {
         crate::telemetry::metrics::StoreGauges {
             breakers,
             incidents_open,
+        }
+    }
+}
+
+/// The store as `/api/status` shows it: `{"ok": true, "backend": "redis"}`, or
+/// `{"ok": false, "since": …}` while it does not answer (no backend name, no backend message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreHealth {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    /// When this replica first failed to reach it, for as long as it still fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+}
+
+impl StoreHealth {
+    pub fn up(backend: &'static str) -> Self {
+        StoreHealth {
+            ok: true,
+            backend: Some(backend),
+            since: None,
+        }
+    }
+
+    pub fn down(since: Timestamp) -> Self {
+        StoreHealth {
+            ok: false,
+            backend: None,
+            since: Some(since),
         }
     }
 }
@@ -339,7 +371,7 @@ impl Sentinel {
         Ok(StatusReport {
             mode: self.settings.mode.as_str(),
             paused: control.paused,
-            store: self.store.backend(),
+            store: StoreHealth::up(self.store.backend()),
             signals: self.readings.signals(),
             incidents,
             monitor: self.last_cycle(),

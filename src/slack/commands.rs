@@ -391,10 +391,20 @@ commands! {
 
     /// `status` · viewer · health of every signal and the open incidents
     async fn status(ctx: &Ctx<'_>) -> Reply {
-        let report = match ctx.sentinel().status().await {
+        // While the store does not answer: the last known state, said as such.
+        let report = match ctx.inbound.app.last_known.status(ctx.sentinel()).await {
             Ok(report) => report,
             Err(e) => return failed(e),
         };
+        if let Some(since) = report.store.since.filter(|_| !report.store.ok) {
+            return Reply::ephemeral(format!(
+                "Sentinel cannot reach its store since {since}; nothing can be changed until it \
+                 answers again. Last known state: {} mode{}, {} open incidents.",
+                report.mode,
+                if report.paused { ", automation paused" } else { "" },
+                report.incidents.len()
+            ));
+        }
         let fallback = format!(
             "Sentinel is in {} mode{}; {} signals, {} open incidents.",
             report.mode,

@@ -60,17 +60,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers. Not ready is 503 with a plain reason; the backend's own
+/// message goes to the log.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let backend =
-        state.sentinel.ping().await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
-        })?;
+    let backend = state.sentinel.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready: the store does not answer");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store does not answer",
+        )
+    })?;
     Ok(Json(json!({ "status": "ready", "store": backend })))
 }
 
+/// `GET /api/status`: 200 even while the store does not answer, then with the last known
+/// state and `"store": {"ok": false, "since": …}`.
 pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.status().await?).into_response())
+    Ok(Json(state.last_known.status(&state.sentinel).await?).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -227,3 +227,345 @@ fn healthz_is_answered_while_half_open_connections_hold_every_file_descriptor() 
         "the descriptors never ran out, so this proved nothing: {logs}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// JSON errors on every route.
+
+/// A raw HTTP/1.1 exchange: the head as given, then (when `chunked` is set) that many bytes
+/// of body in 64 KB chunks, stopping early once the server answers. Returns the status, the
+/// content type and the body.
+fn raw_exchange(addr: &str, head: &str, chunked: Option<usize>) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    if let Some(total) = chunked {
+        let mut writer = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![b'a'; 65536];
+            let mut sent = 0;
+            while sent < total {
+                let frame = format!("{:x}\r\n", chunk.len());
+                if writer.write_all(frame.as_bytes()).is_err()
+                    || writer.write_all(&chunk).is_err()
+                    || writer.write_all(b"\r\n").is_err()
+                {
+                    return;
+                }
+                sent += chunk.len();
+            }
+            let _ = writer.write_all(b"0\r\n\r\n");
+        });
+    }
+    // Read the head, then exactly Content-Length bytes of body.
+    let mut received = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = stream.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed without an answer to {head:?}");
+        received.extend_from_slice(&buf[..n]);
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head_text = String::from_utf8_lossy(&received[..head_end]).to_string();
+    let status: u16 = head_text
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let header = |name: &str| {
+        head_text
+            .lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    while received.len() < head_end + length {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&received[head_end..]).to_string();
+    (status, header("content-type"), body)
+}
+
+/// Asserts an error answer is `{"error": "<text>"}` served as JSON.
+fn assert_json_error(what: &str, (status, content_type, body): &(u16, String, String)) {
+    assert!(*status >= 400, "{what}: {status} {body}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{what}: {status} with content type {content_type:?}: {body:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|_| panic!("{what}: {status} answered non-JSON {body:?}"));
+    let error = value["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "{what}: {status} {value}");
+}
+
+#[tokio::test]
+async fn every_error_on_every_route_is_json() {
+    let app = spawn_app_with(Backend::Embedded, |_| {}).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let admin = app.keys.admin.clone();
+    let routes = sentinel::web::routes();
+    assert!(routes.len() > 20, "the route table: {routes:?}");
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut checked = 0;
+        for route in &routes {
+            let path = route
+                .path
+                .replace("{id}", "inc-doesnotexist")
+                .replace("/api/silences/inc-doesnotexist", "/api/silences/sil-none");
+            let name = format!("{} {}", route.method, route.path);
+            // A method the route does not have: 405.
+            let wrong = raw_exchange(
+                &addr,
+                &format!("PATCH {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\nConnection: close\r\n\r\n"),
+                None,
+            );
+            assert_eq!(wrong.0, 405, "{name}: {wrong:?}");
+            assert_json_error(&format!("PATCH on {name}"), &wrong);
+            if route.method == reqwest::Method::POST {
+                // A chunked body far over the limit (no Content-Length to refuse it by).
+                let large = raw_exchange(
+                    &addr,
+                    &format!(
+                        "POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\n\
+                         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+                         Connection: close\r\n\r\n"
+                    ),
+                    Some(10 * 1024 * 1024),
+                );
+                assert_json_error(&format!("10 MB chunked to {name}"), &large);
+                // A declared length over the limit.
+                let declared = raw_exchange(
+                    &addr,
+                    &format!(
+                        "POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\n\
+                         Content-Type: application/json\r\nContent-Length: 10485760\r\n\
+                         Connection: close\r\n\r\n"
+                    ),
+                    None,
+                );
+                assert_json_error(&format!("10 MB declared to {name}"), &declared);
+                // The wrong content type, and a body that is not JSON.
+                for (content_type, body) in [("text/plain", "{}"), ("application/json", "{not json")] {
+                    let answer = raw_exchange(
+                        &addr,
+                        &format!(
+                            "POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\n\
+                             Content-Type: {content_type}\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None,
+                    );
+                    if answer.0 >= 400 {
+                        assert_json_error(&format!("{content_type} {body:?} to {name}"), &answer);
+                    }
+                }
+            } else {
+                // A query no route takes.
+                let answer = raw_exchange(
+                    &addr,
+                    &format!("{} {path}?limit=lots&status=%ZZ HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\nConnection: close\r\n\r\n", route.method),
+                    None,
+                );
+                if answer.0 >= 400 {
+                    assert_json_error(&format!("a bad query to {name}"), &answer);
+                }
+            }
+            checked += 1;
+        }
+        // The routes that read a body answer 413 for a large one, chunked or declared.
+        let reject = raw_exchange(
+            &addr,
+            &format!(
+                "POST /api/incidents/inc-doesnotexist/reject HTTP/1.1\r\nHost: x\r\n\
+                 X-API-Key: {admin}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            ),
+            Some(10 * 1024 * 1024),
+        );
+        assert_eq!(reject.0, 413, "{reject:?}");
+        let unknown = raw_exchange(
+            &addr,
+            "GET /no/such/route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            None,
+        );
+        assert_eq!(unknown.0, 404, "{unknown:?}");
+        assert_json_error("an unknown route", &unknown);
+        let bad_path = raw_exchange(
+            &addr,
+            &format!("GET /api/incidents/%FF%FE HTTP/1.1\r\nHost: x\r\nX-API-Key: {admin}\r\nConnection: close\r\n\r\n"),
+            None,
+        );
+        assert_json_error("a path that is not UTF-8", &bad_path);
+        checked
+    })
+    .await
+    .unwrap();
+    assert!(checked > 20);
+}
+
+// ---------------------------------------------------------------------------------------
+// The store unreachable.
+
+/// A private redis-server on its own port, without persistence, killed when dropped.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// No answer may carry the backend's name or its own message.
+fn assert_no_backend_words(what: &str, body: &str) {
+    let lower = body.to_lowercase();
+    for word in ["redis", "connection refused", "os error"] {
+        assert!(!lower.contains(word), "{what} mentions {word:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_the_page_and_status_answer_from_the_last_known_state() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Embedded, move |s| {
+        s.secrets.redis_url = Some(secrecy::SecretString::from(url));
+        s.store.redis_prefix = "sentinel-outage:".to_owned();
+    })
+    .await;
+    let incident = app.trigger("cpu").await;
+    let status = app.get("/api/status", None).await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.body["store"]["ok"], true, "{:?}", status.body);
+    assert_eq!(status.body["store"]["backend"], "redis");
+    assert!(app.get_text("/").await.contains(incident.id.as_str()));
+
+    redis.kill();
+    let before_down = sentinel::domain::Timestamp::now();
+    let response = app
+        .client
+        .get(format!("{}/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("cannot reach its store since"),
+        "no banner: {page}"
+    );
+    assert!(
+        page.contains(incident.id.as_str()),
+        "the last known incident is gone"
+    );
+    assert_no_backend_words("the page", &page);
+
+    let status = app.get("/api/status", None).await;
+    assert_eq!(status.status, 200, "{:?}", status.body);
+    assert_eq!(status.body["store"]["ok"], false, "{:?}", status.body);
+    let since = status.body["store"]["since"].as_str().expect("since");
+    let since = sentinel::domain::Timestamp::parse_rfc3339(since).unwrap();
+    assert!(
+        since.unix_millis() >= before_down.unix_millis() - 1000,
+        "{since}"
+    );
+    assert_eq!(status.body["incidents"][0]["id"], incident.id.as_str());
+    assert_no_backend_words("/api/status", &status.body.to_string());
+
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, 503);
+    assert_no_backend_words("/readyz", &ready.body.to_string());
+    for (method, path, key) in [
+        (
+            reqwest::Method::GET,
+            "/api/incidents".to_owned(),
+            &app.keys.viewer,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/incidents/{}", incident.id),
+            &app.keys.viewer,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/incidents/{}/approve", incident.id),
+            &app.keys.admin,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/audit".to_owned(),
+            &app.keys.admin,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/trigger-alert".to_owned(),
+            &app.keys.admin,
+        ),
+    ] {
+        let body = path
+            .ends_with("trigger-alert")
+            .then_some(r#"{"scenario":"disk"}"#);
+        let reply = app.request(method.clone(), &path, Some(key), body).await;
+        assert_eq!(reply.status, 503, "{method} {path}: {:?}", reply.body);
+        assert!(
+            reply.body["error"].is_string(),
+            "{method} {path}: {:?}",
+            reply.body
+        );
+        assert_no_backend_words(&format!("{method} {path}"), &reply.body.to_string());
+    }
+    // `since` stays the first failure while the store stays down.
+    let again = app.get("/api/status", None).await;
+    assert_eq!(again.body["store"]["since"], status.body["store"]["since"]);
+}
