@@ -40,7 +40,12 @@ impl Application {
         crate::telemetry::metrics::metrics()
             .start_templates_at_zero(crate::slack::blocks::template_names());
         // Every write through this store is announced to the card sync and the live stream.
-        let observed = store::observed::Observed::new(store::open(&settings).await?);
+        let observed = store::observed::Observed::new(store::open(&settings).await?)
+            .with_audit_mark(
+                settings
+                    .data_dir
+                    .join(crate::pipeline::audit::HIGH_WATER_FILE),
+            );
         let changes = observed.changes();
         let store: SharedStore = Arc::new(observed);
         let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), Arc::clone(&store), changes);

@@ -12,10 +12,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::domain::{
-    verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Silence, SilenceTarget,
-    Timestamp,
-};
+use crate::domain::{Actor, Incident, IncidentId, Silence, SilenceTarget, Timestamp};
 use crate::pipeline::analyze::llm::LlmAnalyzer;
 use crate::pipeline::approve::DecisionError;
 use crate::pipeline::audit::{self, AuditEvent};
@@ -148,11 +145,7 @@ pub struct BreakerState {
 }
 
 /// The body of `GET /api/audit`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditReport {
-    pub chain: ChainCheck,
-    pub entries: Vec<AuditEntry>,
-}
+pub use crate::pipeline::audit::AuditReport;
 
 /// What a batch of external alerts did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -249,6 +242,8 @@ pub struct Sentinel {
     changes: tokio::sync::broadcast::Sender<IncidentId>,
     /// Acknowledged work still being done (Slack clicks).
     background: Background,
+    /// Identical refusals arriving together, audited as one entry with a count.
+    refusals: Arc<audit::Refusals>,
 }
 
 impl Sentinel {
@@ -268,6 +263,7 @@ impl Sentinel {
             settings,
             store,
             background: Background::new(),
+            refusals: Arc::default(),
         };
         (sentinel, receiver)
     }
@@ -613,12 +609,10 @@ impl Sentinel {
         Ok(true)
     }
 
-    pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
-        let entries = self.store.list_audit().await?;
-        Ok(AuditReport {
-            chain: verify_chain(&entries),
-            entries,
-        })
+    /// One page of the audit trail (entries after `after`, at most `limit`) and the check of
+    /// the whole chain, truncation included.
+    pub async fn audit(&self, after: u64, limit: usize) -> Result<AuditReport, ServiceError> {
+        Ok(audit::read(self.store.as_ref(), after, limit).await?)
     }
 
     /// Applies external alerts, already parsed and checked as a whole.
@@ -744,12 +738,11 @@ impl Sentinel {
         error: DecisionError,
     ) -> ServiceError {
         let why = error.to_string();
-        let event = AuditEvent::DecisionRefused {
-            incident,
-            decision,
-            why: &why,
-        };
-        if let Err(e) = audit::emit(self.store.as_ref(), actor, event, Timestamp::now()).await {
+        let audited = self
+            .refusals
+            .refused(&self.store, actor, incident, decision, &why)
+            .await;
+        if let Err(e) = audited {
             return e.into();
         }
         error.into()

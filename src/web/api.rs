@@ -248,8 +248,34 @@ pub async fn trigger_alert(
     }
 }
 
-pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.audit().await?).into_response())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Entries with a larger sequence number than this; 0 (the default) from the start.
+    after: Option<u64>,
+    /// At most this many (default 200, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/audit?after=SEQ&limit=N`: a page of the trail, and the whole chain's check
+/// (`truncated` when entries are missing from its end).
+pub async fn audit(
+    State(state): State<AppState>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::pipeline::audit::{DEFAULT_PAGE, MAX_PAGE};
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let report = state
+        .sentinel
+        .audit(params.after.unwrap_or(0), limit)
+        .await?;
+    Ok(Json(report).into_response())
 }
 
 pub async fn list_silences(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -428,8 +428,11 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -568,4 +571,254 @@ async fn with_redis_down_the_page_and_status_answer_from_the_last_known_state() 
     // `since` stays the first failure while the store stays down.
     let again = app.get("/api/status", None).await;
     assert_eq!(again.body["store"]["since"], status.body["store"]["since"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The audit chain: truncation, paging, refusal coalescing.
+
+/// Adds `n` audit entries (one silence each) and returns the audit report.
+async fn add_entries(app: &crate::helpers::TestApp, n: usize) -> serde_json::Value {
+    for i in 0..n {
+        let reply = app
+            .post(
+                "/api/silences",
+                Some(&app.keys.operator),
+                &format!(r#"{{"target":"web-{i}","duration":"1h"}}"#),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    audit(app, "").await
+}
+
+async fn audit(app: &crate::helpers::TestApp, query: &str) -> serde_json::Value {
+    let reply = app
+        .get(&format!("/api/audit{query}"), Some(&app.keys.admin))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
+#[tokio::test]
+async fn entries_cut_from_the_end_of_the_chain_on_redis_are_reported_as_truncated() {
+    let app = spawn_app_with(Backend::Redis, |_| {}).await;
+    let intact = add_entries(&app, 5).await;
+    assert_eq!(intact["truncated"], false, "{intact}");
+    assert_eq!(intact["chain"]["verified"], true, "{intact}");
+    assert_eq!(intact["high_water"], 5);
+    // Two RPOPs: what is left still hashes as a chain, but it is shorter than seen.
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}audit", app.sentinel.settings.store.redis_prefix);
+    for _ in 0..2 {
+        let popped: Option<String> = redis::cmd("RPOP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(popped.is_some(), "nothing at {key}");
+    }
+    let cut = audit(&app, "").await;
+    assert_eq!(cut["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(cut["truncated"], true, "{cut}");
+    assert_eq!(cut["chain"]["verified"], false, "{cut}");
+    assert_eq!(cut["high_water"], 5);
+}
+
+#[tokio::test]
+async fn a_redis_restarted_without_persistence_shows_a_lost_log() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let port = redis.port;
+    let app = spawn_app_with(Backend::Embedded, move |s| {
+        s.secrets.redis_url = Some(secrecy::SecretString::from(url));
+    })
+    .await;
+    let before = add_entries(&app, 3).await;
+    assert_eq!(before["truncated"], false, "{before}");
+    redis.kill();
+    let _restarted = PrivateRedis::start_on(port);
+    // The connection comes back; the log and Redis' own mark are gone, the data
+    // directory's mark is not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lost = loop {
+        let reply = app.get("/api/audit", Some(&app.keys.admin)).await;
+        if reply.status == 200 {
+            break reply.body;
+        }
+        assert!(Instant::now() < deadline, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lost["entries"].as_array().unwrap().len(), 0, "{lost}");
+    assert_eq!(lost["truncated"], true, "{lost}");
+    assert_eq!(lost["high_water"], 3, "{lost}");
+}
+
+#[tokio::test]
+async fn entries_deleted_from_the_end_of_the_embedded_store_are_reported_as_truncated() {
+    const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_owned();
+    let dir = data_dir.clone();
+    let app = spawn_app_with(Backend::Embedded, move |s| s.data_dir = dir).await;
+    add_entries(&app, 6).await;
+    app.stop().await;
+    // Delete the last two entries from the table itself, with the process stopped.
+    {
+        let db = redb::Database::open(data_dir.join("sentinel.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(AUDIT).unwrap();
+            assert!(table.remove(6).unwrap().is_some());
+            assert!(table.remove(5).unwrap().is_some());
+        }
+        txn.commit().unwrap();
+    }
+    let dir = data_dir.clone();
+    let app = spawn_app_with(Backend::Embedded, move |s| s.data_dir = dir).await;
+    let cut = audit(&app, "").await;
+    assert_eq!(cut["entries"].as_array().unwrap().len(), 4, "{cut}");
+    assert_eq!(cut["truncated"], true, "{cut}");
+    assert_eq!(cut["chain"]["verified"], false, "{cut}");
+    assert_eq!(cut["high_water"], 6);
+    app.stop().await;
+    // The whole store lost: the data directory's own mark still knows.
+    std::fs::remove_file(data_dir.join("sentinel.redb")).unwrap();
+    let dir = data_dir.clone();
+    let app = spawn_app_with(Backend::Embedded, move |s| s.data_dir = dir).await;
+    let lost = audit(&app, "").await;
+    assert_eq!(lost["entries"].as_array().unwrap().len(), 0, "{lost}");
+    assert_eq!(lost["truncated"], true, "{lost}");
+    assert_eq!(lost["high_water"], 6);
+}
+
+#[tokio::test]
+async fn the_audit_trail_pages_with_after_and_limit() {
+    let app = spawn_app_with(Backend::Embedded, |_| {}).await;
+    let all = add_entries(&app, 7).await;
+    assert_eq!(all["entries"].as_array().unwrap().len(), 7);
+    assert_eq!(all["next_after"], serde_json::Value::Null);
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let page = audit(&app, &format!("?after={after}&limit=3")).await;
+        pages += 1;
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 3, "{page}");
+        assert_eq!(
+            page["chain"]["length"], 7,
+            "the check covers the whole chain"
+        );
+        seqs.extend(entries.iter().map(|e| e["seq"].as_u64().unwrap()));
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+    assert_eq!(pages, 3);
+    let tail = audit(&app, "?after=5").await;
+    let tail: Vec<u64> = tail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tail, vec![6, 7]);
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?after=-1",
+        "?after=x",
+        "?page=2",
+    ] {
+        let reply = app
+            .get(&format!("/api/audit{bad}"), Some(&app.keys.admin))
+            .await;
+        assert_eq!(reply.status, 400, "{bad}: {reply:?}");
+        assert!(reply.body["error"].is_string(), "{bad}: {reply:?}");
+    }
+}
+
+async fn refusals_are_coalesced(backend: Backend) {
+    const REFUSALS: usize = 200;
+    let app = spawn_app_with(backend, |_| {}).await;
+    let incident = app.trigger("cpu").await;
+    let resolved = app
+        .post(
+            &format!("/api/incidents/{}/resolve", incident.id),
+            Some(&app.keys.operator),
+            "",
+        )
+        .await;
+    assert_eq!(resolved.status, 200, "{resolved:?}");
+    let url = format!("{}/api/incidents/{}/approve", app.base, incident.id);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..REFUSALS {
+        let (client, url, key) = (app.client.clone(), url.clone(), app.keys.admin.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = client.post(url).header("x-api-key", key).send().await;
+            response.expect("the server answers").status().as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 409);
+    }
+    let took = started.elapsed();
+    let report = audit(&app, "?limit=1000").await;
+    let refusals: Vec<&serde_json::Value> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "DecisionRefused")
+        .collect();
+    let counted: u64 = refusals
+        .iter()
+        .map(|e| e["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        counted, REFUSALS as u64,
+        "every refusal is counted: {refusals:?}"
+    );
+    println!(
+        "{backend:?}: {REFUSALS} concurrent refused approvals by one actor in {took:?} -> {} \
+         audit entries, counts {:?}",
+        refusals.len(),
+        refusals
+            .iter()
+            .map(|e| e["details"]["count"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        refusals.len() <= 5,
+        "{} entries for {REFUSALS} refusals",
+        refusals.len()
+    );
+    assert!(refusals.iter().all(|e| e["actor"] == "api:test-admin"));
+    // A refusal by someone else, or of another decision, is an entry of its own.
+    let other = app
+        .post(
+            &format!("/api/incidents/{}/reject", incident.id),
+            Some(&app.keys.admin),
+            "",
+        )
+        .await;
+    assert_eq!(other.status, 409, "{other:?}");
+    let after = audit(&app, "?limit=1000").await;
+    let last = after["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"], "DecisionRefused");
+    assert_eq!(last["details"]["decision"], "reject");
+    assert_eq!(last["details"]["count"], 1);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_refusals_by_one_actor_are_one_entry_with_a_count() {
+    refusals_are_coalesced(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_refusals_by_one_actor_are_coalesced_on_redis() {
+    refusals_are_coalesced(Backend::Redis).await;
 }
