@@ -609,7 +609,7 @@ async fn entries_cut_from_the_end_of_the_chain_on_redis_are_reported_as_truncate
     // Two RPOPs: what is left still hashes as a chain, but it is shorter than seen.
     let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{}audit", app.sentinel.settings.store.redis_prefix);
+    let key = format!("{}audit", app.sentinel.settings().store.redis_prefix);
     for _ in 0..2 {
         let popped: Option<String> = redis::cmd("RPOP")
             .arg(&key)
