@@ -48,7 +48,12 @@ impl Application {
         crate::telemetry::metrics::metrics()
             .start_templates_at_zero(crate::slack::blocks::template_names());
         // Every write through this store is announced to the card sync and the live stream.
-        let observed = store::observed::Observed::new(store::open(&settings).await?);
+        let observed = store::observed::Observed::new(store::open(&settings).await?)
+            .with_audit_mark(
+                settings
+                    .data_dir
+                    .join(crate::pipeline::audit::HIGH_WATER_FILE),
+            );
         let changes = observed.changes();
         let store: SharedStore = Arc::new(observed);
         let (sentinel, jobs) = Sentinel::new(Arc::clone(&settings), Arc::clone(&store), changes);
@@ -67,6 +72,7 @@ impl Application {
             body_limit: settings.http.body_limit,
             slack: slack.clone(),
             monitor: Arc::clone(&monitor),
+            last_known: web::last_known::LastKnown::default(),
         });
         let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(&state)?;
         let addr = settings.listen_addr();
@@ -151,11 +157,11 @@ impl Application {
         if let Some(socket_mode) = self.socket_mode {
             slack_tasks.push(tokio::spawn(socket_mode.run(self.shutdown.clone())));
         }
-        let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("http server failed");
+        let limits = web::server::Limits {
+            header_timeout: settings.http.header_timeout.0,
+            max_connections: settings.http.max_connections,
+        };
+        web::server::serve(self.listener, self.router, limits, self.shutdown.clone()).await;
         // The server stopped (shutdown, or it failed): stop the loop too and let it finish.
         self.shutdown.cancel();
         // Clicks acknowledged before the stop are finished, within reason.
@@ -181,7 +187,6 @@ impl Application {
         if let Err(e) = worker.await {
             tracing::error!(error = %e, "the remediation worker panicked");
         }
-        served?;
         tracing::info!("sentinel stopped");
         Ok(())
     }

@@ -278,6 +278,11 @@ pub struct StoreSettings {
 pub struct HttpSettings {
     pub body_limit: usize,
     pub sse_keep_alive: HumanDuration,
+    /// How long a connection may take to send a request head (and how long it may sit idle
+    /// between requests) before it is closed.
+    pub header_timeout: HumanDuration,
+    /// How many connections may be open at once; past it the oldest idle one is closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -618,6 +623,18 @@ impl Settings {
             return Err(ConfigError::new(
                 "http.sse_keep_alive",
                 "must be at least 100ms",
+            ));
+        }
+        if self.http.header_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "http.header_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if self.http.max_connections < 16 {
+            return Err(ConfigError::new(
+                "http.max_connections",
+                "must be at least 16",
             ));
         }
 

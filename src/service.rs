@@ -12,10 +12,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::domain::{
-    verify_chain, Actor, AuditEntry, ChainCheck, Incident, IncidentId, Silence, SilenceTarget,
-    Timestamp,
-};
+use crate::domain::{Actor, Incident, IncidentId, Silence, SilenceTarget, Timestamp};
 use crate::pipeline::analyze::llm::LlmAnalyzer;
 use crate::pipeline::approve::DecisionError;
 use crate::pipeline::audit::{self, AuditEvent};
@@ -58,7 +55,9 @@ pub use crate::domain::SignalReading;
 pub struct StatusReport {
     pub mode: &'static str,
     pub paused: bool,
-    pub store: &'static str,
+    /// Whether the store answered; while it does not, the rest is the last known state
+    /// (`web::last_known`).
+    pub store: StoreHealth,
     pub signals: Vec<SignalReading>,
     pub incidents: Vec<Incident>,
     /// The latest monitor cycle on the replica that answered; `null` before the first.
@@ -105,6 +104,36 @@ impl StatusReport {
     }
 }
 
+/// The store as `/api/status` shows it: `{"ok": true, "backend": "redis"}`, or
+/// `{"ok": false, "since": …}` while it does not answer (no backend name, no backend message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreHealth {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    /// When this replica first failed to reach it, for as long as it still fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+}
+
+impl StoreHealth {
+    pub fn up(backend: &'static str) -> Self {
+        StoreHealth {
+            ok: true,
+            backend: Some(backend),
+            since: None,
+        }
+    }
+
+    pub fn down(since: Timestamp) -> Self {
+        StoreHealth {
+            ok: false,
+            backend: None,
+            since: Some(since),
+        }
+    }
+}
+
 /// One circuit breaker, as `/api/status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BreakerState {
@@ -116,11 +145,7 @@ pub struct BreakerState {
 }
 
 /// The body of `GET /api/audit`.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditReport {
-    pub chain: ChainCheck,
-    pub entries: Vec<AuditEntry>,
-}
+pub use crate::pipeline::audit::AuditReport;
 
 /// What a batch of external alerts did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -217,6 +242,8 @@ pub struct Sentinel {
     changes: tokio::sync::broadcast::Sender<IncidentId>,
     /// Acknowledged work still being done (Slack clicks).
     background: Background,
+    /// Identical refusals arriving together, audited as one entry with a count.
+    refusals: Arc<audit::Refusals>,
 }
 
 impl Sentinel {
@@ -236,6 +263,7 @@ impl Sentinel {
             settings,
             store,
             background: Background::new(),
+            refusals: Arc::default(),
         };
         (sentinel, receiver)
     }
@@ -339,7 +367,7 @@ impl Sentinel {
         Ok(StatusReport {
             mode: self.settings.mode.as_str(),
             paused: control.paused,
-            store: self.store.backend(),
+            store: StoreHealth::up(self.store.backend()),
             signals: self.readings.signals(),
             incidents,
             monitor: self.last_cycle(),
@@ -581,12 +609,10 @@ impl Sentinel {
         Ok(true)
     }
 
-    pub async fn audit(&self) -> Result<AuditReport, ServiceError> {
-        let entries = self.store.list_audit().await?;
-        Ok(AuditReport {
-            chain: verify_chain(&entries),
-            entries,
-        })
+    /// One page of the audit trail (entries after `after`, at most `limit`) and the check of
+    /// the whole chain, truncation included.
+    pub async fn audit(&self, after: u64, limit: usize) -> Result<AuditReport, ServiceError> {
+        Ok(audit::read(self.store.as_ref(), after, limit).await?)
     }
 
     /// Applies external alerts, already parsed and checked as a whole.
@@ -712,12 +738,11 @@ impl Sentinel {
         error: DecisionError,
     ) -> ServiceError {
         let why = error.to_string();
-        let event = AuditEvent::DecisionRefused {
-            incident,
-            decision,
-            why: &why,
-        };
-        if let Err(e) = audit::emit(self.store.as_ref(), actor, event, Timestamp::now()).await {
+        let audited = self
+            .refusals
+            .refused(&self.store, actor, incident, decision, &why)
+            .await;
+        if let Err(e) = audited {
             return e.into();
         }
         error.into()

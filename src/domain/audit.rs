@@ -75,6 +75,51 @@ pub struct ChainCheck {
     pub broken_at: Option<u64>,
 }
 
+/// [`verify_chain`] one entry at a time, for a chain read page by page.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: String,
+    length: u64,
+    broken_at: Option<u64>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            prev: GENESIS_HASH.to_owned(),
+            length: 0,
+            broken_at: None,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// The next entry of the chain, oldest first.
+    pub fn feed(&mut self, entry: &AuditEntry) {
+        self.length += 1;
+        if self.broken_at.is_some() {
+            return;
+        }
+        let expected_seq = self.length;
+        let fits = entry.seq == expected_seq
+            && entry.prev_hash == self.prev
+            && entry.hash == entry_hash(entry.seq, &entry.record, &entry.prev_hash);
+        if fits {
+            self.prev = entry.hash.clone();
+        } else {
+            self.broken_at = Some(expected_seq);
+        }
+    }
+
+    pub fn finish(self) -> ChainCheck {
+        ChainCheck {
+            verified: self.broken_at.is_none(),
+            length: self.length,
+            broken_at: self.broken_at,
+        }
+    }
+}
+
 pub fn verify_chain(entries: &[AuditEntry]) -> ChainCheck {
     let mut prev = GENESIS_HASH.to_owned();
     for (index, entry) in entries.iter().enumerate() {
@@ -152,6 +197,21 @@ mod tests {
         let mut swapped = chain_of(4);
         swapped.swap(0, 1);
         assert_eq!(verify_chain(&swapped).broken_at, Some(1));
+    }
+
+    #[test]
+    fn the_verifier_fed_one_by_one_agrees_with_verify_chain() {
+        let mut removed = chain_of(5);
+        removed.remove(1);
+        let mut edited = chain_of(3);
+        edited[2].record.event = "Edited".to_owned();
+        for entries in [chain_of(0), chain_of(4), removed, edited] {
+            let mut verifier = ChainVerifier::default();
+            for entry in &entries {
+                verifier.feed(entry);
+            }
+            assert_eq!(verifier.finish(), verify_chain(&entries));
+        }
     }
 
     #[test]

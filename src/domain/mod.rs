@@ -19,7 +19,7 @@ pub use action::{
     ActionId, ActionPlan, CleanupDir, InvalidParams, ProposedAction, Risk, UnknownAction,
 };
 pub use actor::Actor;
-pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, GENESIS_HASH};
+pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, ChainVerifier, GENESIS_HASH};
 pub use ids::{Fingerprint, IdError, IncidentId, Resource};
 pub use incident::{
     AlertUpdate, Detection, Execution, IllegalTransition, Incident, RollbackStart, Sighting,

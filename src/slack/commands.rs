@@ -154,7 +154,19 @@ pub struct Invocation {
     pub user_id: String,
     pub channel_id: String,
     pub reply_to: ReplyTo,
+    /// A slash command's `trigger_id`: a command that changes something runs once per
+    /// trigger id ([`COMMAND_DEDUP_TTL`]); a replay answers "already done". Mentions are
+    /// deduplicated by their event id instead (`None` here).
+    pub trigger_id: Option<String>,
 }
+
+/// How long a slash command's `trigger_id` is remembered (SPEC §12.3), in the store, so a
+/// replay to any replica is recognised.
+pub const COMMAND_DEDUP_TTL: Duration = Duration::from_secs(3600);
+
+/// The answer to a replayed slash command.
+pub const ALREADY_DONE: &str =
+    "Already done: this command was delivered before, so nothing was changed this time.";
 
 #[derive(Debug, Clone)]
 pub enum ReplyTo {
@@ -191,6 +203,11 @@ async fn answer_command(
             if let Some(refusal) = refusal(&command, &invocation.user_id, role) {
                 return refusal;
             }
+            if !only_reads {
+                if let Some(replayed) = claim_trigger(&inbound, &invocation).await {
+                    return replayed;
+                }
+            }
             dispatch(&ctx, command).await
         }
     };
@@ -207,6 +224,28 @@ async fn answer_command(
     answered.unwrap_or_else(|| {
         Reply::ephemeral("Still working on that; I will post the result here when it is done.")
     })
+}
+
+/// Claims a state-changing command's trigger id: `None` to go ahead, or the answer when it
+/// was seen before (or the store cannot say).
+async fn claim_trigger(inbound: &Inbound, invocation: &Invocation) -> Option<Reply> {
+    let trigger = invocation.trigger_id.as_deref()?;
+    let key = format!("slack:command:{trigger}");
+    let store = &inbound.app.store;
+    match store
+        .claim_once(&key, COMMAND_DEDUP_TTL, crate::domain::Timestamp::now())
+        .await
+    {
+        Ok(true) => None,
+        Ok(false) => {
+            tracing::info!(trigger, user = %invocation.user_id, "a slash command replayed; not run again");
+            Some(Reply::ephemeral(ALREADY_DONE))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot claim a slash command's trigger id");
+            Some(Reply::ephemeral(STORE_TROUBLE))
+        }
+    }
 }
 
 /// Posts a later answer where the command came from.
@@ -356,10 +395,20 @@ commands! {
 
     /// `status` · viewer · health of every signal and the open incidents
     async fn status(ctx: &Ctx<'_>) -> Reply {
-        let report = match ctx.sentinel().status().await {
+        // While the store does not answer: the last known state, said as such.
+        let report = match ctx.inbound.app.last_known.status(ctx.sentinel()).await {
             Ok(report) => report,
             Err(e) => return failed(e),
         };
+        if let Some(since) = report.store.since.filter(|_| !report.store.ok) {
+            return Reply::ephemeral(format!(
+                "Sentinel cannot reach its store since {since}; nothing can be changed until it \
+                 answers again. Last known state: {} mode{}, {} open incidents.",
+                report.mode,
+                if report.paused { ", automation paused" } else { "" },
+                report.incidents.len()
+            ));
+        }
         let fallback = format!(
             "Sentinel is in {} mode{}; {} signals, {} open incidents.",
             report.mode,
@@ -756,6 +805,7 @@ async fn receive_parsed(
         reply_to: ReplyTo::Slash {
             response_url: form.response_url,
         },
+        trigger_id: form.trigger_id.filter(|t| !t.is_empty()),
     };
     let reply = answer_command(inbound, invocation, command).await;
     Ok(Some(reply.to_json()))

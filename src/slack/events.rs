@@ -211,6 +211,7 @@ async fn mentioned(inbound: &Arc<Inbound>, mention: Mention) {
         reply_to: ReplyTo::Thread {
             ts: thread_ts.clone(),
         },
+        trigger_id: None,
     };
     let reply = commands::answer(inbound, invocation, command_text(&mention.text)).await;
     inbound

@@ -54,6 +54,10 @@ const OPEN_BY_FINGERPRINT: TableDefinition<&str, &str> =
     TableDefinition::new("open_by_fingerprint");
 /// seq → audit entry JSON.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The highest audit seq ever appended, under [`AUDIT_HIGH_WATER`], in a table of its own so
+/// entries cut from the end of `audit` show (`Store::audit_high_water`).
+const AUDIT_MARKS: TableDefinition<&str, u64> = TableDefinition::new("audit_marks");
+const AUDIT_HIGH_WATER: &str = "high_water";
 /// idempotency key → expiry (ms).
 const ONCE: TableDefinition<&str, i64> = TableDefinition::new("once");
 /// (expiry ms, key) → (): lets expired idempotency keys be purged in order.
@@ -245,6 +249,7 @@ impl EmbeddedStore {
             txn.open_table(INCIDENT_ORDER).map_err(unavailable)?;
             txn.open_table(OPEN_BY_FINGERPRINT).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
+            txn.open_table(AUDIT_MARKS).map_err(unavailable)?;
             txn.open_table(ONCE).map_err(unavailable)?;
             txn.open_table(ONCE_EXPIRY).map_err(unavailable)?;
             txn.open_table(SILENCES).map_err(unavailable)?;
@@ -625,6 +630,17 @@ impl Store for EmbeddedStore {
                     .map_err(unavailable)?;
                 entry
             };
+            let mut marks = txn.open_table(AUDIT_MARKS).map_err(unavailable)?;
+            let seen = marks
+                .get(AUDIT_HIGH_WATER)
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if entry.seq > seen {
+                marks
+                    .insert(AUDIT_HIGH_WATER, entry.seq)
+                    .map_err(unavailable)?;
+            }
             Ok(entry)
         })
         .await
@@ -640,6 +656,34 @@ impl Store for EmbeddedStore {
                 entries.push(decode(bytes.value())?);
             }
             Ok(entries)
+        })
+        .await
+    }
+
+    async fn list_audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let audit = txn.open_table(AUDIT).map_err(unavailable)?;
+            let mut entries = Vec::new();
+            for row in audit
+                .range(after.saturating_add(1)..)
+                .map_err(unavailable)?
+                .take(limit)
+            {
+                let (_, bytes) = row.map_err(unavailable)?;
+                entries.push(decode(bytes.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn audit_high_water(&self) -> StoreResult<u64> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let marks = txn.open_table(AUDIT_MARKS).map_err(unavailable)?;
+            let seen = marks.get(AUDIT_HIGH_WATER).map_err(unavailable)?;
+            Ok(seen.map(|v| v.value()).unwrap_or(0))
         })
         .await
     }

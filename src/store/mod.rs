@@ -159,6 +159,21 @@ pub trait Store: Send + Sync {
     /// The whole audit log, oldest first.
     async fn list_audit(&self) -> StoreResult<Vec<AuditEntry>>;
 
+    /// At most `limit` audit entries with a sequence number above `after`, oldest first.
+    async fn list_audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let entries = self.list_audit().await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .collect())
+    }
+
+    /// The highest audit sequence number this store ever appended, kept apart from the
+    /// entries (its own key, its own table) and never lowered, so entries cut from the end
+    /// of the chain show as a chain shorter than this. 0 before the first entry.
+    async fn audit_high_water(&self) -> StoreResult<u64>;
+
     /// Claims `key` for `ttl`: true the first time, false while an earlier claim lives.
     /// Slack event ids go through here so a retried delivery is handled once.
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool>;

@@ -5,6 +5,8 @@
 //! from the store, and catch up from the store after a restart or a lagged channel.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,12 +24,26 @@ pub struct Observed {
     inner: SharedStore,
     /// Ids of incidents just created or updated.
     changes: broadcast::Sender<IncidentId>,
+    /// The audit high-water mark kept outside the backend, when a file is given: a Redis
+    /// restarted without persistence loses its own mark with the log, this file does not.
+    local_mark: Option<LocalMark>,
 }
 
 impl Observed {
     pub fn new(inner: SharedStore) -> Self {
         let (changes, _) = broadcast::channel(1024);
-        Observed { inner, changes }
+        Observed {
+            inner,
+            changes,
+            local_mark: None,
+        }
+    }
+
+    /// Also keeps the highest audit sequence number seen in `path` (created when needed), and
+    /// reports the larger of it and the backend's own as `audit_high_water`.
+    pub fn with_audit_mark(mut self, path: PathBuf) -> Self {
+        self.local_mark = Some(LocalMark::open(path));
+        self
     }
 
     /// The sending side, for whoever hands out subscriptions.
@@ -86,10 +102,22 @@ impl Store for Observed {
         self.inner.put_card(id, card).await
     }
     async fn append_audit(&self, record: AuditRecord) -> StoreResult<AuditEntry> {
-        self.inner.append_audit(record).await
+        let entry = self.inner.append_audit(record).await?;
+        if let Some(mark) = &self.local_mark {
+            mark.raise(entry.seq);
+        }
+        Ok(entry)
     }
     async fn list_audit(&self) -> StoreResult<Vec<AuditEntry>> {
         self.inner.list_audit().await
+    }
+    async fn list_audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        self.inner.list_audit_page(after, limit).await
+    }
+    async fn audit_high_water(&self) -> StoreResult<u64> {
+        let backend = self.inner.audit_high_water().await?;
+        let local = self.local_mark.as_ref().map_or(0, LocalMark::get);
+        Ok(backend.max(local))
     }
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool> {
         self.inner.claim_once(key, ttl, now).await
@@ -164,5 +192,51 @@ impl Store for Observed {
     }
     async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>> {
         self.inner.outbox_parked(channel).await
+    }
+}
+
+/// The audit high-water mark in a file (a decimal number), raised after each append and
+/// never lowered. Written without fsync: after a crash it may lag the last few entries,
+/// which only weakens the check for those, never raises a false alarm.
+struct LocalMark {
+    path: PathBuf,
+    seen: AtomicU64,
+    /// One writer at a time, so the file always ends up holding the largest value.
+    writing: std::sync::Mutex<()>,
+}
+
+impl LocalMark {
+    fn open(path: PathBuf) -> Self {
+        let seen = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        LocalMark {
+            path,
+            seen: AtomicU64::new(seen),
+            writing: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    fn raise(&self, seq: u64) {
+        if self.seen.fetch_max(seq, Ordering::AcqRel) >= seq {
+            return;
+        }
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let value = self.get();
+        let temporary = self.path.with_extension("tmp");
+        let written = self
+            .path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&temporary, format!("{value}\n")))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot write the audit high-water mark");
+        }
     }
 }

@@ -130,13 +130,17 @@ fn merge_incident(fields: Vec<Option<Vec<u8>>>) -> StoreResult<Option<Incident>>
     Ok(Some(incident))
 }
 
-/// Appends an audit entry if the chain's head is still the expected one.
-/// KEYS: audit list, head key. ARGV: expected head ("" for none), entry json, new head.
+/// Appends an audit entry if the chain's head is still the expected one, and raises the
+/// high-water mark to its sequence number.
+/// KEYS: audit list, head key, high-water key. ARGV: expected head ("" for none), entry json,
+/// new head, the entry's seq.
 const APPEND_AUDIT: &str = r#"
 local head = redis.call('GET', KEYS[2]) or ''
 if head ~= ARGV[1] then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
+local seen = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[4]) > seen then redis.call('SET', KEYS[3], ARGV[4]) end
 return 1
 "#;
 
@@ -544,9 +548,11 @@ impl Store for RedisStore {
                 .append_audit
                 .key(self.key("audit"))
                 .key(self.key("audit:head"))
+                .key(self.key("audit:high-water"))
                 .arg(head.unwrap_or_default())
                 .arg(encode(&entry)?)
                 .arg(&new_head)
+                .arg(entry.seq)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
@@ -566,6 +572,45 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         rows.iter().map(|bytes| decode(bytes)).collect()
+    }
+
+    async fn list_audit_page(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // An unbroken list holds seq n at index n - 1: read just the page, and fall back to
+        // a whole read when entries are missing before it.
+        let start = isize::try_from(after).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(isize::try_from(limit).unwrap_or(isize::MAX) - 1);
+        let rows: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .lrange(self.key("audit"), start, stop)
+            .await
+            .map_err(unavailable)?;
+        let page: Vec<AuditEntry> = rows
+            .iter()
+            .map(|bytes| decode(bytes))
+            .collect::<Result<_, _>>()?;
+        if page.first().is_none_or(|first| first.seq == after + 1) && !page.is_empty() {
+            return Ok(page);
+        }
+        let all = self.list_audit().await?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .collect())
+    }
+
+    async fn audit_high_water(&self) -> StoreResult<u64> {
+        let seen: Option<u64> = self
+            .conn
+            .clone()
+            .get(self.key("audit:high-water"))
+            .await
+            .map_err(unavailable)?;
+        Ok(seen.unwrap_or(0))
     }
 
     async fn claim_once(&self, key: &str, ttl: Duration, _now: Timestamp) -> StoreResult<bool> {

@@ -63,17 +63,23 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers. Not ready is 503 with a plain reason; the backend's own
+/// message goes to the log.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let backend =
-        state.sentinel.ping().await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
-        })?;
+    let backend = state.sentinel.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready: the store does not answer");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store does not answer",
+        )
+    })?;
     Ok(Json(json!({ "status": "ready", "store": backend })))
 }
 
+/// `GET /api/status`: 200 even while the store does not answer, then with the last known
+/// state and `"store": {"ok": false, "since": …}`.
 pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.status().await?).into_response())
+    Ok(Json(state.last_known.status(&state.sentinel).await?).into_response())
 }
 
 /// `GET /api/infrastructure-status`: the signals and the last monitor cycle on the replica
@@ -341,8 +347,34 @@ pub async fn demo_scenario(
     Ok((status, Json(report)).into_response())
 }
 
-pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(state.sentinel.audit().await?).into_response())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Entries with a larger sequence number than this; 0 (the default) from the start.
+    after: Option<u64>,
+    /// At most this many (default 200, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/audit?after=SEQ&limit=N`: a page of the trail, and the whole chain's check
+/// (`truncated` when entries are missing from its end).
+pub async fn audit(
+    State(state): State<AppState>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::pipeline::audit::{DEFAULT_PAGE, MAX_PAGE};
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let report = state
+        .sentinel
+        .audit(params.after.unwrap_or(0), limit)
+        .await?;
+    Ok(Json(report).into_response())
 }
 
 pub async fn list_silences(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -52,17 +52,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a caller reads when the store is unreachable: never the backend's own message (that
+/// is logged), which would name the backend and its internals.
+pub const STORE_UNAVAILABLE: &str =
+    "the store is unavailable; nothing was changed, try again shortly";
+
+/// What a caller reads when stored data cannot be read back.
+pub const STORE_CORRUPT: &str = "stored data could not be read; see the server's log";
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        let status = match &e {
-            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
-            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ServiceError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            ServiceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        let (status, message) = match e {
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, e.to_string()),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, e.to_string()),
+            ServiceError::Conflict(_) => (StatusCode::CONFLICT, e.to_string()),
+            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+            ServiceError::Store(store) => {
+                tracing::error!(error = %store, "the store failed a request");
+                match store {
+                    StoreError::Unavailable(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        STORE_UNAVAILABLE.to_owned(),
+                    ),
+                    StoreError::Corrupt(_) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, STORE_CORRUPT.to_owned())
+                    }
+                    // Conflicts and lookups that escaped the service: what they say is ours.
+                    other => (StatusCode::CONFLICT, other.to_string()),
+                }
+            }
         };
-        ApiError::new(status, e.to_string())
+        ApiError::new(status, message)
     }
 }
 
@@ -83,6 +103,51 @@ impl From<crate::demo::DemoError> for ApiError {
             ),
         }
     }
+}
+
+/// Turns every error answer that is not JSON already (axum's extractor rejections, the body
+/// limit, unknown methods, the request timeout) into `{"error": …}` with the same status, so
+/// every error body on every route has one shape. The text comes from the original body, or
+/// the status's reason when it had none.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Error bodies are short texts; more than this is not worth reading.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    // Keep what the original answer said beyond its body (`Allow`, `Retry-After`, …).
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 impl From<JsonRejection> for ApiError {

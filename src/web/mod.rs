@@ -9,7 +9,9 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod last_known;
 pub mod page;
+pub mod server;
 pub mod stream;
 
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct AppContext {
     pub monitor: Arc<crate::pipeline::monitor::Monitor>,
     /// The live stream's fan-out, shared by every `GET /api/stream` client.
     pub stream: Arc<stream::Hub>,
+    /// The last status read, shown while the store does not answer.
+    pub last_known: last_known::LastKnown,
 }
 
 pub type AppState = Arc<AppContext>;
@@ -264,6 +268,8 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
+        // Outermost, so every error answer below it (the timeout's too) becomes JSON.
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 

@@ -24,7 +24,6 @@ use super::error::ApiError;
 use super::AppState;
 use crate::domain::{Incident, Sample, Signal, Source, Status, Timestamp};
 use crate::service::{SignalReading, StatusReport};
-use crate::store::IncidentQuery;
 
 const TEMPLATE: &str = include_str!("../../page/index.html");
 const STYLESHEET: &str = include_str!("../../page/sentinel.css");
@@ -60,6 +59,8 @@ struct PageView {
     paused: bool,
     dry_run: bool,
     store: &'static str,
+    /// While the store does not answer: since when, for the banner.
+    store_down_since: Option<String>,
     generated_at: String,
     monitor: Option<MonitorView>,
     open_breakers: Vec<String>,
@@ -423,7 +424,12 @@ fn view(
         mode: status.mode,
         paused: status.paused,
         dry_run: status.mode == "dry-run",
-        store: status.store,
+        store: if status.store.ok {
+            status.store.backend.unwrap_or("unknown")
+        } else {
+            "unreachable"
+        },
+        store_down_since: status.store.since.map(|since| down_for(since, now)),
         generated_at: now.to_string(),
         monitor: status.monitor.map(|cycle| MonitorView {
             at: cycle
@@ -448,6 +454,18 @@ fn view(
     }
 }
 
+/// "2026-11-28T10:00:00Z (4 minutes ago)".
+fn down_for(since: Timestamp, now: Timestamp) -> String {
+    let seconds = now.since(since).as_secs();
+    let ago = match seconds {
+        0..=59 => "less than a minute ago".to_owned(),
+        60..=119 => "1 minute ago".to_owned(),
+        120..=7199 => format!("{} minutes ago", seconds / 60),
+        _ => format!("{} hours ago", seconds / 3600),
+    };
+    format!("{since} ({ago})")
+}
+
 fn security_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 5] {
     [
         (header::CONTENT_TYPE, content_type),
@@ -461,13 +479,9 @@ fn security_headers(content_type: &'static str) -> [(header::HeaderName, &'stati
 /// `GET /`.
 pub async fn page(State(state): State<AppState>) -> Result<Response, ApiError> {
     let sentinel = &state.sentinel;
-    let status = sentinel.status().await?;
-    let recent = sentinel
-        .incidents(IncidentQuery {
-            open_only: false,
-            limit: LOOK_BACK,
-        })
-        .await?;
+    // While the store does not answer, the last known state, with a banner.
+    let status = state.last_known.status(sentinel).await?;
+    let recent = state.last_known.recent(sentinel, LOOK_BACK).await;
     let view = view(
         status,
         &recent,

@@ -130,7 +130,12 @@ async fn a_test_alert_of_every_scenario_executes_nothing_and_says_so() {
     std::fs::write(app.sandbox.join("tmp/scratch.bin"), vec![b't'; 3_000_000]).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", app.sandbox.join("cache/link")).unwrap();
     let before = manifest(&app.sandbox);
-    let since = unix_now();
+    // `docker events --since` counts whole seconds: start counting at the next one, after
+    // the container's own `create`, and only then act.
+    let since = unix_now() + 1;
+    while unix_now() < since {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     for scenario in sentinel::pipeline::detect::Scenario::ALL {
         let incident = app.trigger(scenario.as_str()).await;

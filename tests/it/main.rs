@@ -14,6 +14,7 @@ mod demo;
 mod docker;
 mod durability;
 mod engine;
+mod hardening;
 mod helpers;
 mod leader;
 mod llm;

@@ -153,7 +153,19 @@ async fn send(
     }
 }
 
+/// A slash command's form, with a fresh `trigger_id` (commands that change something run once
+/// per trigger id).
 fn command_body(user: &str, text: &str, response_url: Option<&str>) -> String {
+    let trigger = format!("{}.{}", now_secs(), rand_suffix());
+    command_body_with_trigger(user, text, response_url, &trigger)
+}
+
+fn command_body_with_trigger(
+    user: &str,
+    text: &str,
+    response_url: Option<&str>,
+    trigger: &str,
+) -> String {
     let mut pairs = vec![
         ("token", "deprecated"),
         ("team_id", "T1"),
@@ -162,7 +174,7 @@ fn command_body(user: &str, text: &str, response_url: Option<&str>) -> String {
         ("command", "/sentinel"),
         ("text", text),
         ("api_app_id", APP_ID),
-        ("trigger_id", "1.2.3"),
+        ("trigger_id", trigger),
     ];
     if let Some(url) = response_url {
         pairs.push(("response_url", url));
@@ -1670,4 +1682,74 @@ async fn a_mention_is_answered_within_two_seconds_during_a_burst_of_twenty_cards
         "the burst was over before the answer: not a test of it"
     );
     assert!(waited <= Duration::from_secs(2), "{waited:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Replayed slash commands (SPEC §12.3).
+
+/// The same signed `/sentinel pause` delivered again, after a resume, changes nothing and
+/// says "already done"; a fresh trigger id pauses again; a replayed question is answered.
+async fn a_replayed_command_changes_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, slack_settings).await;
+    let trigger = format!("{}.{}", now_secs(), rand_suffix());
+    let pause = command_body_with_trigger(ADMIN, "pause", None, &trigger);
+    let send_pause = || {
+        send(
+            &app,
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &pause,
+            Signing::Valid,
+            &[],
+        )
+    };
+    let first = send_pause().await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body["response_type"], "in_channel", "{first:?}");
+    assert!(app.store.control().await.unwrap().paused);
+    let resumed = slash(&app, ADMIN, "resume").await;
+    assert_eq!(resumed.body["response_type"], "in_channel", "{resumed:?}");
+    assert!(!app.store.control().await.unwrap().paused);
+    let audit_before = app.store.list_audit().await.unwrap().len();
+
+    let replay = send_pause().await;
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert_eq!(replay.body["response_type"], "ephemeral", "{replay:?}");
+    let text = replay.body["text"].as_str().unwrap_or_default();
+    assert!(text.to_lowercase().contains("already done"), "{replay:?}");
+    assert!(
+        !app.store.control().await.unwrap().paused,
+        "the replay paused again"
+    );
+    assert_eq!(app.store.list_audit().await.unwrap().len(), audit_before);
+
+    // Questions are not claimed: asking twice with one trigger id answers twice.
+    let status = command_body_with_trigger(ADMIN, "status", None, "9.9.9");
+    for _ in 0..2 {
+        let answer = send(
+            &app,
+            "/slack/commands",
+            "application/x-www-form-urlencoded",
+            &status,
+            Signing::Valid,
+            &[],
+        )
+        .await;
+        let text = answer.body["text"].as_str().unwrap_or_default();
+        assert!(!text.to_lowercase().contains("already done"), "{answer:?}");
+    }
+    // A new command (a new trigger id) is not a replay.
+    let again = slash(&app, ADMIN, "pause").await;
+    assert_eq!(again.body["response_type"], "in_channel", "{again:?}");
+    assert!(app.store.control().await.unwrap().paused);
+}
+
+#[tokio::test]
+async fn a_replayed_slash_command_changes_nothing_on_the_embedded_store() {
+    a_replayed_command_changes_nothing(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_replayed_slash_command_changes_nothing_on_redis() {
+    a_replayed_command_changes_nothing(Backend::Redis).await;
 }

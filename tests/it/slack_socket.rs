@@ -61,7 +61,8 @@ fn slash_payload(user: &str, text: &str, response_url: &str) -> Value {
         "api_app_id": APP_ID,
         "is_enterprise_install": "false",
         "response_url": response_url,
-        "trigger_id": "1.2.3",
+        // A fresh one each time: commands that change something run once per trigger id.
+        "trigger_id": sentinel::domain::IncidentId::generate().as_str(),
     })
 }
 
