@@ -70,16 +70,20 @@ impl Application {
             store: Arc::clone(&store),
             keys: ApiKeys::from_config(&settings.api_keys),
             body_limit: settings.http.body_limit,
-            slack: slack.clone(),
-            monitor: Arc::clone(&monitor),
             last_known: web::last_known::LastKnown::default(),
         });
-        let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(&state)?;
+        let socket_mode = crate::slack::socket_mode::SocketMode::from_settings(
+            &state,
+            Arc::clone(&monitor),
+            slack.clone(),
+        )?;
+        let slack_routes: axum::Router<web::AppState> =
+            crate::slack::http::router(Arc::clone(&state), Arc::clone(&monitor), slack.clone());
         let addr = settings.listen_addr();
         let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         Ok(Application {
             listener,
-            router: web::router(state),
+            router: web::router(state, slack_routes),
             sentinel,
             store,
             monitor,
@@ -190,6 +194,14 @@ impl Application {
         tracing::info!("sentinel stopped");
         Ok(())
     }
+}
+
+/// Every route the server answers, each with who may call it: the API's and the page's
+/// (`web`) and Slack's. The RBAC sweep and the deployment checks walk this table.
+pub fn routes() -> Vec<web::RouteSpec> {
+    let mut routes = web::routes();
+    routes.extend(crate::slack::http::routes());
+    routes
 }
 
 /// How many connections may wait to be accepted. `TcpListener::bind` uses 128, which a burst

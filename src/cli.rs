@@ -79,7 +79,7 @@ enum Command {
     Demo {
         /// sandbox, container, memory or reset.
         #[arg(value_parser = parse_demo)]
-        scenario: crate::demo::DemoScenario,
+        scenario: crate::service::demo::DemoScenario,
         /// The server's address. Default: http:// and the configured `listen` address.
         #[arg(long, env = "SENTINEL_URL", value_name = "URL")]
         server: Option<String>,
@@ -122,9 +122,9 @@ enum KeysCommand {
     },
 }
 
-fn parse_demo(text: &str) -> Result<crate::demo::DemoScenario, String> {
+fn parse_demo(text: &str) -> Result<crate::service::demo::DemoScenario, String> {
     text.parse()
-        .map_err(|e: crate::demo::UnknownDemoScenario| e.to_string())
+        .map_err(|e: crate::service::demo::UnknownDemoScenario| e.to_string())
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -256,7 +256,7 @@ fn serve(settings: Settings) -> ExitCode {
 /// `sentinel demo <scenario>`: `POST /api/scenarios/{scenario}` on the running server with
 /// an admin key; prints what the server says it did.
 fn demo(
-    scenario: crate::demo::DemoScenario,
+    scenario: crate::service::demo::DemoScenario,
     server: &str,
     key_file: Option<&std::path::Path>,
     api_key: Option<String>,

@@ -125,14 +125,14 @@ pub struct MonitorSettings {
     pub docker_host: String,
     pub docker_concurrency: usize,
     /// Containers watched: any of these match (empty: all), then none of `container_exclude`.
-    pub container_include: Vec<crate::runtime::ContainerSelector>,
-    pub container_exclude: Vec<crate::runtime::ContainerSelector>,
+    pub container_include: Vec<crate::domain::ContainerSelector>,
+    pub container_exclude: Vec<crate::domain::ContainerSelector>,
 }
 
 impl MonitorSettings {
     /// Which containers are watched.
-    pub fn container_filter(&self) -> crate::runtime::ContainerFilter {
-        crate::runtime::ContainerFilter {
+    pub fn container_filter(&self) -> crate::domain::ContainerFilter {
+        crate::domain::ContainerFilter {
             include: self.container_include.clone(),
             exclude: self.container_exclude.clone(),
         }
@@ -257,7 +257,7 @@ impl AlertmanagerSettings {
     }
 }
 
-/// `[demo]`: the scenarios `sentinel demo` sets up (`crate::demo`).
+/// `[demo]`: the scenarios `sentinel demo` sets up (`crate::service::demo`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSettings {
@@ -852,7 +852,7 @@ mod tests {
         assert!(s.monitor.container_include.is_empty());
         assert_eq!(
             s.monitor.container_exclude,
-            vec![crate::runtime::ContainerSelector::parse("label:sentinel.ignore=true").unwrap()]
+            vec![crate::domain::ContainerSelector::parse("label:sentinel.ignore=true").unwrap()]
         );
         assert_eq!(s.prometheus.network_latency, "");
         assert_eq!(s.actions.auto_budget_per_hour, 3);

@@ -16,7 +16,6 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod pipeline;
 pub mod runtime;

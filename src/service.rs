@@ -6,6 +6,8 @@
 //! The rules themselves live in the pure pipeline stages; this module loads, applies them,
 //! stores with compare-and-set and audits.
 
+pub mod demo;
+
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -754,7 +756,7 @@ fn not_found(id: &IncidentId) -> ServiceError {
 }
 
 /// Refuses `actor` unless their role allows `needed` (Sentinel itself acts under policy).
-/// Demo scenarios (SPEC §12.2, `crate::demo`): admins set up a real, harmless situation and
+/// Demo scenarios (SPEC §12.2, `crate::service::demo`): admins set up a real, harmless situation and
 /// reset it. Kept in a block of its own.
 impl Sentinel {
     /// Sets up a demo scenario, or resets them all (`DemoScenario::Reset`: see
@@ -762,14 +764,14 @@ impl Sentinel {
     #[tracing::instrument(name = "demo", skip_all, fields(scenario = %scenario, actor = %actor))]
     pub async fn demo(
         &self,
-        scenario: crate::demo::DemoScenario,
+        scenario: crate::service::demo::DemoScenario,
         actor: &Actor,
-    ) -> Result<crate::demo::DemoReport, crate::demo::DemoError> {
+    ) -> Result<crate::service::demo::DemoReport, crate::service::demo::DemoError> {
         require(actor, crate::domain::Role::Admin, "running a demo scenario")?;
-        if scenario == crate::demo::DemoScenario::Reset {
+        if scenario == crate::service::demo::DemoScenario::Reset {
             return self.demo_reset(actor).await;
         }
-        let report = crate::demo::Demo::new(&self.settings)
+        let report = crate::service::demo::Demo::new(&self.settings)
             .make(scenario)
             .await?;
         self.audit_demo(scenario, &report, actor).await?;
@@ -785,8 +787,8 @@ impl Sentinel {
     async fn demo_reset(
         &self,
         actor: &Actor,
-    ) -> Result<crate::demo::DemoReport, crate::demo::DemoError> {
-        let demo = crate::demo::Demo::new(&self.settings);
+    ) -> Result<crate::service::demo::DemoReport, crate::service::demo::DemoError> {
+        let demo = crate::service::demo::Demo::new(&self.settings);
         let names = demo.container_names();
         let mut resolved = Vec::new();
         let mut left_running = Vec::new();
@@ -826,7 +828,7 @@ impl Sentinel {
                 ids.join(", ")
             ));
         }
-        self.audit_demo(crate::demo::DemoScenario::Reset, &report, actor)
+        self.audit_demo(crate::service::demo::DemoScenario::Reset, &report, actor)
             .await?;
         tracing::info!(resolved = report.resolved.len(), "demo reset");
         Ok(report)
@@ -896,8 +898,8 @@ impl Sentinel {
 
     async fn audit_demo(
         &self,
-        scenario: crate::demo::DemoScenario,
-        report: &crate::demo::DemoReport,
+        scenario: crate::service::demo::DemoScenario,
+        report: &crate::service::demo::DemoReport,
         actor: &Actor,
     ) -> Result<(), ServiceError> {
         let event = AuditEvent::DemoStaged {

@@ -204,7 +204,7 @@ impl Collectors {
     pub async fn containers(&self) -> Result<Vec<ContainerSample>, String> {
         self.all_containers().await.map(|all| {
             all.into_iter()
-                .filter(|c| self.filter.watches_container(c))
+                .filter(|c| c.watched_by(&self.filter))
                 .collect()
         })
     }
@@ -282,7 +282,7 @@ impl Collectors {
                 let total = all.len();
                 let watched: Vec<ContainerSample> = all
                     .into_iter()
-                    .filter(|c| self.filter.watches_container(c))
+                    .filter(|c| c.watched_by(&self.filter))
                     .collect();
                 return ContainersRead::Docker {
                     unwatched: total - watched.len(),

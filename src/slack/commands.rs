@@ -64,7 +64,7 @@ pub enum SlashCommand {
     Check,
     Trigger(Scenario),
     /// A demo scenario (`sandbox`, `container`, `memory`) or `reset`.
-    Demo(crate::demo::DemoScenario),
+    Demo(crate::service::demo::DemoScenario),
     /// Anything else, as typed: answered with usage.
     Unknown(String),
 }
@@ -606,8 +606,8 @@ commands! {
     }
 
     /// `demo <sandbox|container|memory|reset>` · admin · stage a real, harmless problem to watch Sentinel fix, or remove it
-    async fn demo(ctx: &Ctx<'_>, scenario: crate::demo::DemoScenario) -> Reply {
-        use crate::demo::DemoError;
+    async fn demo(ctx: &Ctx<'_>, scenario: crate::service::demo::DemoScenario) -> Reply {
+        use crate::service::demo::DemoError;
         match ctx.sentinel().demo(scenario, &ctx.actor()).await {
             Ok(report) => Reply::in_channel(format!(
                 "{} ran the {scenario} demo: {}.",
@@ -895,8 +895,14 @@ mod tests {
             ("check", Check),
             ("trigger memory", Trigger(Scenario::Memory)),
             ("trigger CPU", Trigger(Scenario::Cpu)),
-            ("demo sandbox", Demo(crate::demo::DemoScenario::Sandbox)),
-            ("demo Reset", Demo(crate::demo::DemoScenario::Reset)),
+            (
+                "demo sandbox",
+                Demo(crate::service::demo::DemoScenario::Sandbox),
+            ),
+            (
+                "demo Reset",
+                Demo(crate::service::demo::DemoScenario::Reset),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(SlashCommand::parse(text), expected, "{text:?}");
@@ -957,7 +963,10 @@ mod tests {
             (Pause, Some(Role::Admin)),
             (Resume, Some(Role::Admin)),
             (Trigger(Scenario::Cpu), Some(Role::Admin)),
-            (Demo(crate::demo::DemoScenario::Memory), Some(Role::Admin)),
+            (
+                Demo(crate::service::demo::DemoScenario::Memory),
+                Some(Role::Admin),
+            ),
         ];
         for (command, role) in table {
             assert_eq!(command.needs(), role, "{command:?}");

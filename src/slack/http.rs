@@ -31,7 +31,7 @@ use crate::pipeline::monitor::Monitor;
 use crate::slack::blocks::Rendered;
 use crate::slack::roles::Roles;
 use crate::slack::verify::{self, Verifier};
-use crate::slack::{commands, events, interactions};
+use crate::slack::{commands, events, interactions, Slack};
 use crate::web::error::ApiError;
 use crate::web::{Access, AppState, RouteSpec};
 
@@ -73,6 +73,8 @@ pub fn respond(answer: Result<Answer, BadPayload>) -> Response {
 /// What the Slack handlers share; built once with the router (and once for Socket Mode).
 pub struct Inbound {
     pub app: AppState,
+    /// Slack's client and outbox, when `SLACK_BOT_TOKEN` is set.
+    pub slack: Option<Arc<Slack>>,
     pub roles: Roles,
     /// Runs `/sentinel check` cycles.
     pub monitor: Arc<Monitor>,
@@ -81,8 +83,8 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    pub fn new(app: AppState, monitor: Arc<Monitor>) -> Arc<Self> {
-        let api = app.slack.as_ref().map(|slack| slack.api.clone());
+    pub fn new(app: AppState, monitor: Arc<Monitor>, slack: Option<Arc<Slack>>) -> Arc<Self> {
+        let api = slack.as_ref().map(|slack| slack.api.clone());
         let roles = Roles::new(&app.sentinel.settings().rbac, api);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -90,6 +92,7 @@ impl Inbound {
             .expect("a reqwest client with a timeout builds");
         Arc::new(Inbound {
             app,
+            slack,
             roles,
             monitor,
             http,
@@ -127,7 +130,7 @@ impl Inbound {
     /// cards); only when that call fails (429, 5xx, a network error, `ok: false`) does it go
     /// through the outbox, which retries, paces and parks it there, so nothing is lost.
     pub async fn post_in_thread(&self, channel: &str, thread_ts: &str, reply: &Reply) {
-        let Some(slack) = &self.app.slack else {
+        let Some(slack) = &self.slack else {
             tracing::warn!("no SLACK_BOT_TOKEN: cannot answer in the thread");
             return;
         };
@@ -155,7 +158,7 @@ impl Inbound {
         response_url: Option<&str>,
         text: &str,
     ) {
-        if let (Some(slack), Some(channel)) = (&self.app.slack, channel) {
+        if let (Some(slack), Some(channel)) = (&self.slack, channel) {
             match slack.api.post_ephemeral(channel, user, text, &[]).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, "chat.postEphemeral failed"),
@@ -318,7 +321,7 @@ pub fn routes() -> Vec<RouteSpec> {
 }
 
 /// The Slack routes behind the verification layer, ready to merge into the server.
-pub fn router<S>(app: AppState) -> Router<S>
+pub fn router<S>(app: AppState, monitor: Arc<Monitor>, slack: Option<Arc<Slack>>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -326,8 +329,7 @@ where
         app.sentinel.settings().secrets.slack_signing_secret.clone(),
         app.body_limit,
     );
-    let monitor = Arc::clone(&app.monitor);
-    let inbound = Inbound::new(app, monitor);
+    let inbound = Inbound::new(app, monitor, slack);
     Router::new()
         .route("/slack/events", post(events::handle))
         .route("/slack/commands", post(commands::handle))

@@ -570,7 +570,7 @@ async fn open_reject_dialog(
             incident.id, incident.status
         ));
     }
-    let (Some(slack), Some(trigger_id)) = (&inbound.app.slack, trigger_id) else {
+    let (Some(slack), Some(trigger_id)) = (&inbound.slack, trigger_id) else {
         return Err(format!(
             "Cannot open the reject dialog here; use `/sentinel reject {} &lt;reason&gt;`.",
             incident.id

@@ -46,10 +46,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::pipeline::monitor::Monitor;
 use crate::slack::client::SlackApi;
 use crate::slack::events::{self, Redelivery};
 use crate::slack::http::{Answer, BadPayload, Inbound, ACK_BUDGET};
-use crate::slack::{commands, interactions};
+use crate::slack::{commands, interactions, Slack};
 use crate::web::AppState;
 
 /// The first wait before reconnecting; it doubles with every attempt that does not last.
@@ -92,7 +93,11 @@ pub struct SocketMode {
 impl SocketMode {
     /// The client, when `SLACK_APP_TOKEN` is set; `None` otherwise. Fails (at startup) when
     /// `[slack] api_url` cannot be used.
-    pub fn from_settings(app: &AppState) -> anyhow::Result<Option<SocketMode>> {
+    pub fn from_settings(
+        app: &AppState,
+        monitor: Arc<Monitor>,
+        slack: Option<Arc<Slack>>,
+    ) -> anyhow::Result<Option<SocketMode>> {
         let settings = app.sentinel.settings();
         let Some(token) = &settings.secrets.slack_app_token else {
             return Ok(None);
@@ -100,7 +105,7 @@ impl SocketMode {
         let api = SlackApi::new(&settings.slack.api_url, token.clone())
             .context("[slack] api_url (SLACK_API_URL)")?;
         Ok(Some(SocketMode {
-            inbound: Inbound::new(Arc::clone(app), Arc::clone(&app.monitor)),
+            inbound: Inbound::new(Arc::clone(app), monitor, slack),
             api,
             tls: tls_config(),
             max_message: app.body_limit.saturating_add(ENVELOPE_MARGIN),

@@ -335,11 +335,13 @@ pub async fn demo_scenario(
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let scenario: crate::demo::DemoScenario = name
-        .parse()
-        .map_err(|e: crate::demo::UnknownDemoScenario| ApiError::not_found(e.to_string()))?;
+    let scenario: crate::service::demo::DemoScenario =
+        name.parse()
+            .map_err(|e: crate::service::demo::UnknownDemoScenario| {
+                ApiError::not_found(e.to_string())
+            })?;
     let report = state.sentinel.demo(scenario, &actor).await?;
-    let status = if scenario == crate::demo::DemoScenario::Reset {
+    let status = if scenario == crate::service::demo::DemoScenario::Reset {
         StatusCode::OK
     } else {
         StatusCode::CREATED

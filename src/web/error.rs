@@ -86,9 +86,9 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<crate::demo::DemoError> for ApiError {
-    fn from(e: crate::demo::DemoError) -> Self {
-        use crate::demo::DemoError;
+impl From<crate::service::demo::DemoError> for ApiError {
+    fn from(e: crate::service::demo::DemoError) -> Self {
+        use crate::service::demo::DemoError;
         let status = match &e {
             DemoError::Service(_) => None,
             DemoError::Docker(_) => Some(StatusCode::SERVICE_UNAVAILABLE),

@@ -39,11 +39,6 @@ pub struct AppContext {
     pub store: crate::store::SharedStore,
     pub keys: ApiKeys,
     pub body_limit: usize,
-    /// The Slack client and outbox, when `SLACK_BOT_TOKEN` is set.
-    pub slack: Option<Arc<crate::slack::Slack>>,
-    /// The monitor, shared with the loop so `/sentinel check` runs a cycle with the loop's
-    /// detector memory.
-    pub monitor: Arc<crate::pipeline::monitor::Monitor>,
     /// The live stream's fan-out, shared by every `GET /api/stream` client.
     pub stream: Arc<stream::Hub>,
     /// The last status read, shown while the store does not answer.
@@ -208,14 +203,14 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     ]
 }
 
-/// The route table, for documentation and the RBAC sweep.
+/// The API's and the page's route table; [`crate::app::routes`] adds the other doors'.
 pub fn routes() -> Vec<RouteSpec> {
-    let api = route_handlers().into_iter().map(|(spec, _)| spec);
-    api.chain(crate::slack::http::routes()).collect()
+    route_handlers().into_iter().map(|(spec, _)| spec).collect()
 }
 
-/// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP application: these routes and `doors` (the Slack routes, with their own
+/// verification), under one body limit, one fallback and one trace layer.
+pub fn router(state: AppState, doors: Router<AppState>) -> Router {
     // Routes sharing a path (GET and POST /api/silences) share one method router.
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for (spec, handler) in route_handlers() {
@@ -229,7 +224,7 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 require_alert_token,
             )),
-            Access::SlackSignature => unreachable!("slack::http::router serves the Slack routes"),
+            Access::SlackSignature => unreachable!("the Slack door serves its own routes"),
         };
         match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
@@ -242,7 +237,7 @@ pub fn router(state: AppState) -> Router {
     }
     let body_limit = state.body_limit;
     router
-        .merge(crate::slack::http::router(state.clone()))
+        .merge(doors)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -450,7 +450,7 @@ fn demo_files(sandbox: &Path) -> Vec<String> {
     match std::fs::read_dir(sandbox.join("logs")) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(sentinel::demo::FILE_PREFIX))
+            .filter(|name| name.starts_with(sentinel::service::demo::FILE_PREFIX))
             .collect(),
         Err(_) => Vec::new(),
     }

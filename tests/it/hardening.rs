@@ -316,7 +316,7 @@ async fn every_error_on_every_route_is_json() {
     let app = spawn_app_with(Backend::Embedded, |_| {}).await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let admin = app.keys.admin.clone();
-    let routes = sentinel::web::routes();
+    let routes = sentinel::app::routes();
     assert!(routes.len() > 20, "the route table: {routes:?}");
     let checked = tokio::task::spawn_blocking(move || {
         let mut checked = 0;

@@ -16,6 +16,7 @@ mod durability;
 mod engine;
 mod hardening;
 mod helpers;
+mod layers;
 mod leader;
 mod llm;
 mod llm_double;

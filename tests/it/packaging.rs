@@ -336,7 +336,7 @@ fn dockerfile_runs_as_non_root_with_a_healthcheck_and_copies_every_embedded_file
         "HEALTHCHECK probes /healthz: {}",
         healthcheck.args
     );
-    let health_route = sentinel::web::routes()
+    let health_route = sentinel::app::routes()
         .into_iter()
         .any(|r| r.method == axum::http::Method::GET && r.path == "/healthz");
     assert!(health_route, "GET /healthz is a route of the app");
@@ -1087,7 +1087,7 @@ fn the_deployment_runs_two_non_root_replicas_on_redis_with_probes_on_real_routes
     );
 
     // The probes ask routes the app serves, on the port it listens on.
-    let routes = sentinel::web::routes();
+    let routes = sentinel::app::routes();
     let ports = sequence(&container["ports"], "ports");
     let port = &ports[0];
     let container_port = port["containerPort"].as_u64().expect("a containerPort");
@@ -1107,7 +1107,7 @@ fn the_deployment_runs_two_non_root_replicas_on_redis_with_probes_on_real_routes
             routes
                 .iter()
                 .any(|r| r.method == axum::http::Method::GET && r.path == actual),
-            "{probe} asks {actual}, which is not a route of sentinel::web::routes()"
+            "{probe} asks {actual}, which is not a route of sentinel::app::routes()"
         );
         let probe_port = &get["port"];
         assert!(

@@ -131,7 +131,7 @@ async fn sweep(app: &TestApp) {
 
 #[test]
 fn the_sweep_covers_every_route_of_the_router() {
-    let routed: BTreeSet<(String, String)> = sentinel::web::routes()
+    let routed: BTreeSet<(String, String)> = sentinel::app::routes()
         .into_iter()
         .map(|r| (r.method.to_string(), r.path.to_owned()))
         .collect();
