@@ -57,41 +57,6 @@ rss() { awk -v f="$2" '$1 == f ":" {printf "%.1f", $2 / 1024}' "/proc/$1/status"
 idle_sentinel=$(rss "$pid" VmRSS)
 idle_ceiling=$(rss "$ceiling_pid" VmRSS)
 
-sign() { # kind count → a Lua file of signed requests (the same file for both servers)
-    python3 - "$SECRET" "$1" "$2" "$id" >"$work/$1.lua" <<'PY'
-import hashlib, hmac, json, sys, time, urllib.parse
-secret, kind, count, incident = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-ts = str(int(time.time()))
-def body(i):
-    if kind == "status":
-        return urllib.parse.urlencode({"command": "/sentinel", "text": "status", "user_id": "UBENCHOP",
-            "channel_id": "CBENCH", "team_id": "T1", "response_url": "https://hooks.slack.com/commands/x",
-            "trigger_id": f"t{i}"})
-    payload = {"type": "block_actions", "user": {"id": "UBENCHOP"}, "trigger_id": f"bench-{ts}-{i}",
-        "container": {"type": "message", "message_ts": "1.1", "channel_id": "CBENCH"},
-        "channel": {"id": "CBENCH"}, "actions": [{"type": "button", "action_id": "approve",
-        "block_id": "b", "value": json.dumps({"incident": incident, "version": 1}), "action_ts": "1.2"}]}
-    return urllib.parse.urlencode({"payload": json.dumps(payload)})
-print("requests = {}")
-for i in range(count):
-    b = body(i)
-    sig = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:{b}".encode(), hashlib.sha256).hexdigest()
-    print(f"requests[{i + 1}] = {{ {json.dumps(b)}, {json.dumps(sig)} }}")
-print(f"timestamp = {json.dumps(ts)}")
-print("""
-local n = 0
-request = function()
-  n = n % #requests + 1
-  local r = requests[n]
-  return wrk.format("POST", nil, {
-    ["Content-Type"] = "application/x-www-form-urlencoded",
-    ["X-Slack-Request-Timestamp"] = timestamp,
-    ["X-Slack-Signature"] = r[2],
-  }, r[1])
-end
-""")
-PY
-}
 
 # run server kind → "req/s p99_ms non2xx" from one wrk run
 run() {
@@ -115,8 +80,8 @@ results=$work/results
 : >"$results"
 for round in $(seq "$ROUNDS"); do
     # Signed afresh each round: a signature is valid for 300 s.
-    sign status 1
-    sign click 50000
+    bench_sign status 1
+    bench_sign click 50000
     for kind in status click; do
         for server in ceiling sentinel; do
             line=$(run "$server" "$kind")
