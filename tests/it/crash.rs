@@ -52,7 +52,7 @@ use sentinel::store::{IncidentQuery, Store};
 use serde_json::Value;
 
 use crate::containers::IMAGE;
-use crate::helpers::{redis_store, redis_url, unique_prefix, Backend};
+use crate::helpers::{free_port, redis_store, redis_url, unique_prefix, Backend};
 
 /// The `settle` the runs use: how long after a fix Sentinel measures again.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -1021,12 +1021,6 @@ impl Setup {
             ),
         }
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().unwrap().port()
 }
 
 /// A running `sentinel serve`. The child is shared so that the Docker events thread can kill

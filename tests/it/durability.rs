@@ -19,7 +19,7 @@ use sentinel::store::redis::RedisStore;
 use sentinel::store::Store;
 use serde_json::{json, Value};
 
-use crate::helpers::{redis_store, redis_url, unique_prefix, Backend};
+use crate::helpers::{free_port, redis_store, redis_url, unique_prefix, Backend};
 
 /// The alerts injected, one per round, each followed by `kill -9`.
 const SCENARIOS: [&str; 3] = ["memory", "cpu", "disk"];
@@ -261,12 +261,6 @@ impl Setup {
             }
         }
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().unwrap().port()
 }
 
 /// A running `sentinel serve`. Dropping it SIGKILLs and reaps the process, so a failing test

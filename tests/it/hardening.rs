@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{spawn_app_with, Backend};
+use crate::helpers::{free_port, spawn_app_with, Backend, KillOnDrop};
 
 // ---------------------------------------------------------------------------------------
 // HTTP limits.
@@ -140,24 +140,6 @@ async fn the_connection_cap_holds_and_the_newest_connection_is_answered() {
     assert!(still_open[CAP * 3 - 1], "{still_open:?}");
 }
 
-/// The binary, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn healthz_is_answered_while_half_open_connections_hold_every_file_descriptor() {
     const NOFILE: usize = 256;
@@ -187,7 +169,7 @@ fn healthz_is_answered_while_half_open_connections_hold_every_file_descriptor() 
         .stderr(Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux) runs the binary");
-    let mut server = Server(child);
+    let mut server = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while get_status_line(&addr, "/healthz", Duration::from_secs(1)).is_err() {
         assert!(Instant::now() < deadline, "sentinel did not start");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{redis_store, redis_url, unique_prefix};
+use crate::helpers::{free_port, redis_store, redis_url, unique_prefix};
 
 /// A `sentinel serve` replica, killed when the test ends.
 struct Replica {
@@ -19,14 +19,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(config: &std::path::Path, sandbox: &std::path::Path) -> Replica {

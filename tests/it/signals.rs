@@ -8,7 +8,7 @@
 //! Prometheus started for the test that scrapes it every second.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::containers::{docker, Container};
-use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{free_port, spawn_app, spawn_app_with, Backend, KillOnDrop, TestApp};
 
 const PROMETHEUS: &str = "http://127.0.0.1:9090";
 /// A Docker host where no daemon listens.
@@ -165,30 +165,12 @@ async fn every_configured_signal_is_pending_before_its_first_reading() {
     assert!(infrastructure.body["last_cycle"]["duration_ms"].is_u64());
 }
 
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_server_lists_every_signal_as_soon_as_healthz_answers() {
     let data = tempfile::tempdir().unwrap();
     let sandbox = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _server = Running(
+    let _server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_sentinel"))
             .arg("serve")
             .env_clear()
@@ -408,7 +390,7 @@ impl Drop for CadvisorStandIn {
 /// A Prometheus of the test's own, scraping the stand-in every second; stopped when dropped.
 struct PrivatePrometheus {
     url: String,
-    _process: Running,
+    _process: KillOnDrop,
     _dir: tempfile::TempDir,
 }
 
@@ -440,7 +422,7 @@ impl PrivatePrometheus {
             .expect("prometheus runs (Debian package prometheus)");
         let prometheus = PrivatePrometheus {
             url: format!("http://127.0.0.1:{port}"),
-            _process: Running(process),
+            _process: KillOnDrop(process),
             _dir: dir,
         };
         let client = sentinel::runtime::prometheus::PrometheusClient::new(
