@@ -241,7 +241,7 @@ pub struct Sentinel {
     /// What the monitor measured on this replica.
     readings: Arc<Readings>,
     /// Announces incident changes (ids) to the Slack card sync and the live status stream.
-    changes: tokio::sync::broadcast::Sender<IncidentId>,
+    changes: crate::store::observed::Changes,
     /// Acknowledged work still being done (Slack clicks).
     background: Background,
     /// Identical refusals arriving together, audited as one entry with a count.
@@ -254,7 +254,7 @@ impl Sentinel {
     pub fn new(
         settings: Arc<Settings>,
         store: SharedStore,
-        changes: tokio::sync::broadcast::Sender<IncidentId>,
+        changes: crate::store::observed::Changes,
     ) -> (Self, mpsc::UnboundedReceiver<Job>) {
         let llm = build_llm(&settings);
         let (pipeline, receiver) = Pipeline::new(Arc::clone(&settings), Arc::clone(&store), llm);
@@ -304,6 +304,14 @@ impl Sentinel {
     /// Incident ids as they are created or updated (a hint to look; read the store).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<IncidentId> {
         self.changes.subscribe()
+    }
+
+    /// A number that moves whenever what `status` reports may have changed on this replica:
+    /// a change through the store or a monitor cycle's new readings. An answer kept ready
+    /// (the `/sentinel status` reply) is current while this has not moved; changes on other
+    /// replicas do not move it, so such an answer is also kept only briefly.
+    pub fn state_version(&self) -> u64 {
+        self.changes.count().wrapping_add(self.readings.cycles())
     }
 
     /// Queues analysis of a newly opened incident.

@@ -149,6 +149,11 @@ impl Readings {
             .samples(signal, resource)
     }
 
+    /// How many cycles have published readings so far (wraps).
+    pub fn cycles(&self) -> u64 {
+        *self.cycles.borrow()
+    }
+
     /// Changes whenever a monitor cycle has published new readings.
     pub fn watch_cycles(&self) -> tokio::sync::watch::Receiver<u64> {
         self.cycles.subscribe()

@@ -395,35 +395,9 @@ commands! {
 
     /// `status` · viewer · health of every signal and the open incidents
     async fn status(ctx: &Ctx<'_>) -> Reply {
-        // While the store does not answer: the last known state, said as such.
-        let report = match ctx.inbound.app.last_known.status(ctx.sentinel()).await {
-            Ok(report) => report,
-            Err(e) => return failed(e),
-        };
-        if let Some(since) = report.store.since.filter(|_| !report.store.ok) {
-            return Reply::ephemeral(format!(
-                "Sentinel cannot reach its store since {since}; nothing can be changed until it \
-                 answers again. Last known state: {} mode{}, {} open incidents.",
-                report.mode,
-                if report.paused { ", automation paused" } else { "" },
-                report.incidents.len()
-            ));
-        }
-        let fallback = format!(
-            "Sentinel is in {} mode{}; {} signals, {} open incidents.",
-            report.mode,
-            if report.paused { ", automation paused" } else { "" },
-            report.signals.len(),
-            report.incidents.len()
-        );
-        let context = json!({
-            "mode": report.mode,
-            "paused": report.paused,
-            "signals": report.signals,
-            "incidents": report.incidents.iter().map(listed).collect::<Vec<_>>(),
-            "public_url": ctx.sentinel().settings().public_url,
-        });
-        render(Visibility::Ephemeral, "status", &context, fallback)
+        ctx.inbound
+            .status_reply(|| async { status_afresh(ctx).await })
+            .await
     }
 
     /// `incidents` · viewer · the open incidents
@@ -809,6 +783,52 @@ async fn receive_parsed(
     };
     let reply = answer_command(inbound, invocation, command).await;
     Ok(Some(reply.to_json()))
+}
+
+/// The status reply made from the store and the readings; `true` when it may be kept
+/// ready for the next asker (not an error, not the store-outage notice).
+async fn status_afresh(ctx: &Ctx<'_>) -> (Reply, bool) {
+    // While the store does not answer: the last known state, said as such.
+    let report = match ctx.inbound.app.last_known.status(ctx.sentinel()).await {
+        Ok(report) => report,
+        Err(e) => return (failed(e), false),
+    };
+    if let Some(since) = report.store.since.filter(|_| !report.store.ok) {
+        let notice = Reply::ephemeral(format!(
+            "Sentinel cannot reach its store since {since}; nothing can be changed until it \
+             answers again. Last known state: {} mode{}, {} open incidents.",
+            report.mode,
+            if report.paused {
+                ", automation paused"
+            } else {
+                ""
+            },
+            report.incidents.len()
+        ));
+        return (notice, false);
+    }
+    let fallback = format!(
+        "Sentinel is in {} mode{}; {} signals, {} open incidents.",
+        report.mode,
+        if report.paused {
+            ", automation paused"
+        } else {
+            ""
+        },
+        report.signals.len(),
+        report.incidents.len()
+    );
+    let context = json!({
+        "mode": report.mode,
+        "paused": report.paused,
+        "signals": report.signals,
+        "incidents": report.incidents.iter().map(listed).collect::<Vec<_>>(),
+        "public_url": ctx.sentinel().settings().public_url,
+    });
+    (
+        render(Visibility::Ephemeral, "status", &context, fallback),
+        true,
+    )
 }
 
 #[cfg(test)]

@@ -80,7 +80,20 @@ pub struct Inbound {
     pub monitor: Arc<Monitor>,
     /// Posts follow-ups to `response_url`s.
     http: reqwest::Client,
+    /// The `/sentinel status` reply kept ready (see [`Inbound::status_reply`]).
+    status: std::sync::Mutex<Option<ReadyReply>>,
 }
+
+/// A reply kept ready: what it was made from and when.
+struct ReadyReply {
+    version: u64,
+    made: std::time::Instant,
+    reply: Reply,
+}
+
+/// How long a ready status reply is served while nothing on this replica changed: bounds
+/// how late a change made on another replica shows.
+const READY_FOR: Duration = Duration::from_secs(1);
 
 impl Inbound {
     pub fn new(app: AppState, monitor: Arc<Monitor>, slack: Option<Arc<Slack>>) -> Arc<Self> {
@@ -96,7 +109,36 @@ impl Inbound {
             roles,
             monitor,
             http,
+            status: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The `/sentinel status` reply: the same for everyone, and it changes only when a
+    /// reading or an incident does, so it is made once per change (at most [`READY_FOR`]
+    /// old) instead of reading the store and rendering Block Kit on every request. `make`
+    /// builds it afresh; a reply that says something failed is not kept.
+    pub async fn status_reply<F>(&self, make: impl FnOnce() -> F) -> Reply
+    where
+        F: Future<Output = (Reply, bool)>,
+    {
+        let version = self.app.sentinel.state_version();
+        {
+            let ready = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(ready) = ready.as_ref() {
+                if ready.version == version && ready.made.elapsed() < READY_FOR {
+                    return ready.reply.clone();
+                }
+            }
+        }
+        let (reply, keep) = make().await;
+        if keep {
+            *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReadyReply {
+                version,
+                made: std::time::Instant::now(),
+                reply: reply.clone(),
+            });
+        }
+        reply
     }
 
     /// Whether a payload's `api_app_id` is ours: always when `[slack] app_id` is empty or the

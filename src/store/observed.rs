@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,8 +23,8 @@ use crate::domain::{
 
 pub struct Observed {
     inner: SharedStore,
-    /// Ids of incidents just created or updated.
-    changes: broadcast::Sender<IncidentId>,
+    /// Ids of incidents just created or updated, and a count of every change.
+    changes: Changes,
     /// The audit high-water mark kept outside the backend, when a file is given: a Redis
     /// restarted without persistence loses its own mark with the log, this file does not.
     local_mark: Option<LocalMark>,
@@ -31,10 +32,13 @@ pub struct Observed {
 
 impl Observed {
     pub fn new(inner: SharedStore) -> Self {
-        let (changes, _) = broadcast::channel(1024);
+        let (ids, _) = broadcast::channel(1024);
         Observed {
             inner,
-            changes,
+            changes: Changes {
+                ids,
+                count: Arc::new(AtomicU64::new(0)),
+            },
             local_mark: None,
         }
     }
@@ -47,13 +51,35 @@ impl Observed {
     }
 
     /// The sending side, for whoever hands out subscriptions.
-    pub fn changes(&self) -> broadcast::Sender<IncidentId> {
+    pub fn changes(&self) -> Changes {
         self.changes.clone()
     }
 
     fn announce(&self, id: &IncidentId) {
+        self.changes.count.fetch_add(1, Ordering::Relaxed);
         // No subscriber is fine: nobody needs to know.
-        let _ = self.changes.send(id.clone());
+        let _ = self.changes.ids.send(id.clone());
+    }
+}
+
+/// What the observed store announces: the ids of incidents as they change, and a count of
+/// every change through it (incidents, sightings, the pause switch), which answers kept
+/// ready compare to know they are still current. Changes made by other replicas are not
+/// counted here; whoever keeps an answer ready also bounds its age.
+#[derive(Clone)]
+pub struct Changes {
+    ids: broadcast::Sender<IncidentId>,
+    count: Arc<AtomicU64>,
+}
+
+impl Changes {
+    pub fn subscribe(&self) -> broadcast::Receiver<IncidentId> {
+        self.ids.subscribe()
+    }
+
+    /// How many changes went through the store so far (wraps).
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -156,7 +182,9 @@ impl Store for Observed {
         self.inner.control().await
     }
     async fn set_control(&self, control: &Control) -> StoreResult<()> {
-        self.inner.set_control(control).await
+        self.inner.set_control(control).await?;
+        self.changes.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
     async fn switch_paused(
         &self,
@@ -164,7 +192,9 @@ impl Store for Observed {
         by: &str,
         at: Timestamp,
     ) -> StoreResult<Option<Control>> {
-        self.inner.switch_paused(paused, by, at).await
+        let switched = self.inner.switch_paused(paused, by, at).await?;
+        self.changes.count.fetch_add(1, Ordering::Relaxed);
+        Ok(switched)
     }
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
         self.inner.outbox_push(channel, payload).await

@@ -751,6 +751,28 @@ async fn status_is_an_ephemeral_block_kit_reply() {
 }
 
 #[tokio::test]
+async fn a_status_reply_kept_ready_still_shows_every_change_at_once() {
+    let app = spawn_slack_app().await;
+    let open = |answer: &Answer| answer.body["text"].as_str().unwrap().to_owned();
+    let before = slash(&app, VIEWER, "status").await;
+    assert!(open(&before).contains("0 open incidents"), "{before:?}");
+    // The same question again is answered (from the reply kept ready), the same.
+    let again = slash(&app, VIEWER, "status").await;
+    assert_eq!(again.body, before.body);
+    // A change on this replica shows in the very next answer, not a second later.
+    app.trigger("memory").await;
+    let after = slash(&app, VIEWER, "status").await;
+    assert!(open(&after).contains("1 open incident"), "{after:?}");
+    // So does a pause (a control change, not an incident).
+    let paused = slash(&app, ADMIN, "pause").await;
+    assert_eq!(paused.status, 200, "{paused:?}");
+    let now = slash(&app, VIEWER, "status").await;
+    let shows_paused = |answer: &Answer| answer.body["blocks"].to_string().contains("paused");
+    assert!(!shows_paused(&after), "{after:?}");
+    assert!(shows_paused(&now), "{now:?}");
+}
+
+#[tokio::test]
 async fn an_operator_approves_a_medium_incident_and_a_viewer_cannot() {
     let app = spawn_slack_app().await;
     let incident = awaiting(&app, "memory", Risk::Medium).await;
