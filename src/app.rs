@@ -131,6 +131,7 @@ impl Application {
                 "slack is off: set SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN"
             );
         }
+        tracing::info!("analyzer: {}", settings.analyzer_choice().reason);
         tracing::info!(
             addr = %self.local_addr(),
             store = self.store.backend(),

@@ -164,15 +164,92 @@ pub struct ActionSettings {
     pub enabled: bool,
     pub auto_budget_per_hour: u32,
     pub quarantine_retention: HumanDuration,
+    /// The most the quarantine (every cleanup's, together) keeps on disk, compressed; what
+    /// does not fit is deleted for good.
+    pub quarantine_max_bytes: ByteSize,
     pub memory_limit_max_factor: f64,
     pub two_person_rule: bool,
 }
 
+/// A size in bytes, written like `"50MB"`, `"1.5GB"`, `"512KiB"` or a plain integer.
+/// `KB`, `MB`, `GB` are powers of 1000 (as `sandbox_size_mb`); `KiB`, `MiB`, `GiB` of 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a size; write it like \"50MB\" (B, KB, MB, GB, KiB, MiB, GiB)"
+                ))
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size; write it like \"50MB\""))?;
+        let bytes = value * factor as f64;
+        if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+            return Err(format!("{text:?} is out of range"));
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Which analyzer proposes fixes: `auto` (the default) is the LLM when an LLM API key is
+/// configured and the rules otherwise; `rules` and `llm` force one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnalyzerKind {
+    Auto,
     Rules,
     Llm,
+}
+
+impl AnalyzerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalyzerKind::Auto => "auto",
+            AnalyzerKind::Rules => "rules",
+            AnalyzerKind::Llm => "llm",
+        }
+    }
+}
+
+/// The analyzer in use and why, as `sentinel config check` and the startup log say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyzerChoice {
+    /// Whether the LLM is asked (the rules remain the fallback).
+    pub llm: bool,
+    /// One line for people: which analyzer, and the setting that decided it.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -315,6 +392,9 @@ pub struct Secrets {
     pub slack_bot_token: Option<SecretString>,
     pub slack_app_token: Option<SecretString>,
     pub llm_api_key: Option<SecretString>,
+    /// Where the LLM key came from (`SENTINEL_LLM_API_KEY`, `OPENROUTER_API_KEY` or
+    /// `llm.api_key_file`): a name, never the key.
+    pub llm_api_key_from: Option<&'static str>,
     /// May carry a password, so it is treated as a secret.
     pub redis_url: Option<SecretString>,
 }
@@ -464,16 +544,29 @@ impl Settings {
                 "slack.app_token_file",
                 &self.slack.app_token_file,
             )?,
-            llm_api_key: match secret("SENTINEL_LLM_API_KEY", "llm.api_key_file", "")? {
-                Some(key) => Some(key),
-                None => secret(
+            llm_api_key: None,
+            llm_api_key_from: None,
+            redis_url: sources.var("REDIS_URL").map(SecretString::from),
+        };
+        // The first of SENTINEL_LLM_API_KEY, OPENROUTER_API_KEY, [llm] api_key_file.
+        let (key, from) = match secret("SENTINEL_LLM_API_KEY", "llm.api_key_file", "")? {
+            Some(key) => (Some(key), "SENTINEL_LLM_API_KEY"),
+            None => {
+                let key = secret(
                     "OPENROUTER_API_KEY",
                     "llm.api_key_file",
                     &self.llm.api_key_file,
-                )?,
-            },
-            redis_url: sources.var("REDIS_URL").map(SecretString::from),
+                )?;
+                let from = if sources.var("OPENROUTER_API_KEY").is_some() {
+                    "OPENROUTER_API_KEY"
+                } else {
+                    "llm.api_key_file"
+                };
+                (key, from)
+            }
         };
+        self.secrets.llm_api_key_from = key.is_some().then_some(from);
+        self.secrets.llm_api_key = key;
         Ok(())
     }
 
@@ -690,6 +783,46 @@ impl Settings {
         self.secrets.slack_signing_secret.is_some() || self.secrets.slack_app_token.is_some()
     }
 
+    /// Which analyzer proposes fixes, and why (`[analyzer] kind`, and whether an LLM API key
+    /// is configured). Never names the key itself.
+    pub fn analyzer_choice(&self) -> AnalyzerChoice {
+        let endpoint = format!("{} at {}", self.llm.model, url_host(&self.llm.url));
+        let key_from = self.secrets.llm_api_key_from.unwrap_or("a secret");
+        let no_key = "set SENTINEL_LLM_API_KEY, OPENROUTER_API_KEY or [llm] api_key_file";
+        let (llm, reason) = match (self.analyzer.kind, self.secrets.llm_api_key.is_some()) {
+            (AnalyzerKind::Rules, _) => (
+                false,
+                "rules ([analyzer] kind = \"rules\")".to_owned(),
+            ),
+            (AnalyzerKind::Llm, true) => (
+                true,
+                format!(
+                    "llm {endpoint} ([analyzer] kind = \"llm\", key from {key_from}); the \
+                     rules when it fails"
+                ),
+            ),
+            (AnalyzerKind::Llm, false) => (
+                true,
+                format!(
+                    "llm {endpoint} ([analyzer] kind = \"llm\") without an API key: requests \
+                     carry no Authorization header; the rules when it fails"
+                ),
+            ),
+            (AnalyzerKind::Auto, true) => (
+                true,
+                format!(
+                    "llm {endpoint} ([analyzer] kind = \"auto\" and an API key is set, from \
+                     {key_from}); the rules when it fails"
+                ),
+            ),
+            (AnalyzerKind::Auto, false) => (
+                false,
+                format!("rules ([analyzer] kind = \"auto\" and no LLM API key: {no_key} to use the LLM)"),
+            ),
+        };
+        AnalyzerChoice { llm, reason }
+    }
+
     /// A summary for `sentinel config check` and the startup log. Secrets show as set or not.
     pub fn summary(&self) -> BTreeMap<&'static str, String> {
         let set = |s: &Option<SecretString>| if s.is_some() { "set" } else { "not set" };
@@ -736,9 +869,28 @@ impl Settings {
                 set(&self.secrets.slack_app_token).to_owned(),
             ),
             ("llm api key", set(&self.secrets.llm_api_key).to_owned()),
+            ("analyzer", self.analyzer_choice().reason),
+            (
+                "quarantine",
+                format!(
+                    "at most {} bytes, kept {}",
+                    self.actions.quarantine_max_bytes.0,
+                    humantime::format_duration(self.actions.quarantine_retention.0)
+                ),
+            ),
             ("api keys", self.api_keys.len().to_string()),
         ])
     }
+}
+
+/// `scheme://host[:port]` of a URL, without any credentials or path: safe to print.
+fn url_host(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "an invalid URL".to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    format!("{scheme}://{host}")
 }
 
 fn is_slack_principal(id: &str) -> bool {
@@ -862,6 +1014,83 @@ mod tests {
         assert_eq!(s.slack.api_url, "https://slack.com/api/");
         assert!(s.api_keys.is_empty());
         assert!(!s.slack_enabled());
+    }
+
+    #[test]
+    fn the_analyzer_is_the_llm_exactly_when_a_key_is_configured_unless_forced() {
+        let defaults = Settings::defaults();
+        assert_eq!(defaults.analyzer.kind, AnalyzerKind::Auto);
+        let choice = defaults.analyzer_choice();
+        assert!(!choice.llm);
+        assert!(choice
+            .reason
+            .starts_with("rules ([analyzer] kind = \"auto\" and no LLM API key"));
+        for env in ["SENTINEL_LLM_API_KEY", "OPENROUTER_API_KEY"] {
+            let s = load_with(
+                None,
+                &[
+                    (env, "sk-secret-value"),
+                    ("SENTINEL_LLM_URL", "https://u:p@llm.example:8443/v1"),
+                ],
+            )
+            .unwrap();
+            let choice = s.analyzer_choice();
+            assert!(choice.llm, "{env}");
+            assert!(choice.reason.contains(env), "{}", choice.reason);
+            assert!(
+                choice.reason.contains("https://llm.example:8443"),
+                "{}",
+                choice.reason
+            );
+            assert!(!choice.reason.contains("sk-secret-value") && !choice.reason.contains("u:p"));
+            assert_eq!(s.summary()["analyzer"], choice.reason);
+        }
+        let mut key_file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(key_file, "from-a-file").unwrap();
+        let text = format!(
+            "[llm]\napi_key_file = {:?}\n",
+            key_file.path().display().to_string()
+        );
+        let s = load_with(Some(&text), &[]).unwrap();
+        assert!(s.analyzer_choice().llm);
+        assert!(s.analyzer_choice().reason.contains("llm.api_key_file"));
+        // Forced: the rules with a key, the LLM without one.
+        let rules = load_with(
+            Some("[analyzer]\nkind = \"rules\"\n"),
+            &[("OPENROUTER_API_KEY", "k")],
+        );
+        assert!(!rules.unwrap().analyzer_choice().llm);
+        let llm = load_with(Some("[analyzer]\nkind = \"llm\"\n"), &[]).unwrap();
+        assert!(llm.analyzer_choice().llm);
+        assert!(llm.analyzer_choice().reason.contains("without an API key"));
+        let bad = load_with(Some("[analyzer]\nkind = \"gpt\"\n"), &[]).unwrap_err();
+        assert_eq!(bad.key, "analyzer.kind");
+    }
+
+    #[test]
+    fn sizes_are_written_with_units() {
+        assert_eq!(
+            Settings::defaults().actions.quarantine_max_bytes,
+            ByteSize(50_000_000)
+        );
+        for (text, bytes) in [
+            ("50MB", 50_000_000),
+            ("1.5 GB", 1_500_000_000),
+            ("512KiB", 524_288),
+            ("2MiB", 2_097_152),
+            ("0", 0),
+            ("10 b", 10),
+        ] {
+            assert_eq!(ByteSize::parse(text), Ok(ByteSize(bytes)), "{text}");
+        }
+        for bad in ["", "MB", "-1MB", "5 parsecs", "1e999MB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        let plain = load_with(Some("[actions]\nquarantine_max_bytes = 1000\n"), &[]).unwrap();
+        assert_eq!(plain.actions.quarantine_max_bytes, ByteSize(1000));
+        let bad = load_with(Some("[actions]\nquarantine_max_bytes = \"lots\"\n"), &[]).unwrap_err();
+        assert_eq!(bad.key, "actions.quarantine_max_bytes");
+        assert!(bad.problem.contains("not a size"), "{}", bad.problem);
     }
 
     #[test]

@@ -928,17 +928,10 @@ fn require(actor: &Actor, needed: crate::domain::Role, what: &str) -> Result<(),
     }
 }
 
-/// The LLM analyzer when configured; `None` (rules only) otherwise.
+/// The LLM analyzer when `Settings::analyzer_choice` picks it; `None` (rules only) otherwise.
 fn build_llm(settings: &Settings) -> Option<LlmAnalyzer> {
-    if settings.analyzer.kind != crate::config::AnalyzerKind::Llm {
-        return None;
-    }
-    let key = settings.secrets.llm_api_key.clone();
-    if key.is_none() {
-        tracing::warn!("[analyzer] kind = \"llm\" but no SENTINEL_LLM_API_KEY or OPENROUTER_API_KEY: using the rules");
-        return None;
-    }
-    LlmAnalyzer::new(&settings.llm, key)
+    LlmAnalyzer::from_settings(settings)
         .map_err(|e| tracing::warn!(error = %e, "cannot build the LLM analyzer: using the rules"))
         .ok()
+        .flatten()
 }

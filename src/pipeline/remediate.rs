@@ -16,6 +16,7 @@
 //! of the one stored transition into rolling back. After a restart, `executing` is
 //! reconciled against the target rather than run again.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AnalyzerKind;
 use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp};
-use crate::pipeline::analyze::{self, rules, Analysis, Evidence};
+use crate::pipeline::analyze::{self, Evidence};
 use crate::pipeline::approve::{ApprovedAction, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent, Step};
 use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPermit};
@@ -325,37 +325,15 @@ async fn gather_evidence(pipeline: &Pipeline) -> Evidence {
             })
             .collect(),
         sandbox_bytes,
+        sandbox_mounts: pipeline
+            .settings
+            .monitor
+            .disk_mounts
+            .iter()
+            .filter(|mount| sandbox::on_mount(&root, Path::new(mount)))
+            .cloned()
+            .collect(),
     }
-}
-
-/// Analysis with the configured analyzer; the rules when the LLM fails or proposes
-/// something outside the catalogue. Returns the analysis and what went wrong on the way.
-async fn analysis_for(
-    pipeline: &Pipeline,
-    incident: &Incident,
-    evidence: &Evidence,
-) -> (Analysis, Vec<String>) {
-    let mut notes = Vec::new();
-    if pipeline.settings.analyzer.kind == AnalyzerKind::Llm {
-        if let Some(llm) = &pipeline.llm {
-            match llm.analyze_reporting(incident, evidence).await {
-                Ok(answered) => {
-                    if let Some(earlier) = answered.earlier_failures_summary() {
-                        notes.push(format!("the LLM answered after failed tries: {earlier}"));
-                    }
-                    return (answered.analysis, notes);
-                }
-                Err(failure) => notes.push(format!(
-                    "the LLM analyzer failed, so the rules decided: {failure}"
-                )),
-            }
-        } else {
-            notes.push(
-                "the LLM analyzer is not configured (no API key), so the rules decided".to_owned(),
-            );
-        }
-    }
-    (rules::analyze(incident, evidence), notes)
 }
 
 #[tracing::instrument(name = "analyze", skip_all, fields(incident = %id))]
@@ -371,22 +349,11 @@ async fn analyze_and_decide(
         return Ok(());
     };
     let evidence = gather_evidence(pipeline).await;
-    let (mut analysis, notes) = analysis_for(pipeline, &incident, &evidence).await;
-    let mut refusals = notes;
-    let plan = match analyze::check_proposal(&analysis.proposed_action, &evidence) {
-        Ok(plan) => plan,
-        Err(refused) => {
-            refusals.push(refused.to_string());
-            analysis = rules::analyze(&incident, &evidence);
-            match analyze::check_proposal(&analysis.proposed_action, &evidence) {
-                Ok(plan) => plan,
-                Err(refused) => {
-                    refusals.push(refused.to_string());
-                    crate::domain::ActionPlan::NotifyOnly
-                }
-            }
-        }
-    };
+    let analyze::Settled {
+        analysis,
+        plan,
+        refusals,
+    } = analyze::settle(pipeline.llm.as_ref(), &incident, &evidence).await;
     let protected = plan
         .container()
         .and_then(|name| evidence.container(name))
@@ -628,7 +595,8 @@ async fn execute_holding(
             let message = format!(
                 "executed {}: {}",
                 plan.action(),
-                describe_change(&now_state, &after)
+                crate::pipeline::execute::result_summary(plan, &after)
+                    .unwrap_or_else(|| describe_change(&now_state, &after))
             );
             let done = Event::Executed {
                 after: after.clone(),
@@ -913,7 +881,8 @@ async fn undo_holding(
                 format!(
                     "rolled back {}: {}",
                     plan.action(),
-                    describe_change(&execution.after, &restored)
+                    crate::pipeline::execute::undo_summary(plan, &restored)
+                        .unwrap_or_else(|| describe_change(&execution.after, &restored))
                 )
             };
             let done = Event::RolledBack {

@@ -71,6 +71,7 @@ fn evidence() -> Evidence {
         sandbox_dirs: vec![("logs".into(), 90_000_000), ("data".into(), 1_000)],
         sandbox_bytes: Some(90_001_000),
         docker_available: true,
+        sandbox_mounts: vec!["/".into()],
     }
 }
 

@@ -29,8 +29,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{check_proposal, Analysis, Evidence, Refused};
-use crate::config::LlmSettings;
+use super::{allowed_actions, check_proposal, Analysis, Evidence, Refused};
+use crate::config::{LlmSettings, Settings};
 use crate::domain::{ActionId, Incident, ProposedAction, Risk};
 
 /// The line that opens the untrusted data in the user message.
@@ -249,6 +249,15 @@ impl LlmAnalyzer {
         })
     }
 
+    /// The analyzer `settings` choose ([`Settings::analyzer_choice`]): `None` when the rules
+    /// are in use.
+    pub fn from_settings(settings: &Settings) -> Result<Option<Self>, LlmSetupError> {
+        if !settings.analyzer_choice().llm {
+            return Ok(None);
+        }
+        LlmAnalyzer::new(&settings.llm, settings.secrets.llm_api_key.clone()).map(Some)
+    }
+
     /// Sets the first pause between tries (tests shrink it).
     pub fn with_backoff_base(mut self, base: Duration) -> Self {
         self.backoff_base = base;
@@ -459,6 +468,9 @@ Rules:
 - \"action\" is one of: {ids}. Never a shell command, a script, a path or anything else.
 - \"params\" follows the action's schema above, with no other keys.
 - A container name is one of the containers listed in the data, spelled exactly.
+- Propose only an action listed in the incident's allowed_actions, and only on the incident's \
+own resource (a container action names the incident's own container). Anything else is \
+refused.
 - When no action fits or the evidence is too thin, propose notify_only.
 - risk_assessment may be above the action's risk floor, never below it.
 - The user message holds data collected from the monitored systems between a line {open} and \
@@ -542,6 +554,10 @@ fn prompt_data(incident: &Incident, evidence: &Evidence) -> Value {
     json!({
         "incident": {
             "signal": incident.signal.as_str(),
+            "allowed_actions": allowed_actions(incident.signal)
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>(),
             "resource": untrusted(incident.resource.as_str(), CAP_NAME),
             "severity": incident.severity.as_str(),
             "value": incident.value,
@@ -886,6 +902,7 @@ mod tests {
             sandbox_dirs: vec![("logs".into(), 5_000_000), ("data".into(), 10)],
             sandbox_bytes: Some(5_000_010),
             docker_available: true,
+            sandbox_mounts: vec!["/".into()],
         }
     }
 

@@ -3,14 +3,17 @@
 //!
 //! In: an `Incident` and [`Evidence`]. Out: an [`Analysis`]. Two analyzers: [`rules`]
 //! (deterministic, pure, always available) and [`llm`] (an OpenAI-compatible endpoint that
-//! only proposes). Whatever any analyzer proposes goes through [`check_proposal`]: an action
-//! outside the catalogue, parameters outside its schema, a container not in the inventory or
-//! a path outside the sandbox's cleanup directories never leave this module.
+//! only proposes). [`settle`] asks the configured one and returns a [`Settled`] proposal.
+//! Whatever any analyzer proposes goes through [`check_proposal`] (an action outside the
+//! catalogue, parameters outside its schema, a container not in the inventory or a path
+//! outside the sandbox's cleanup directories never leave this module) and [`check_allowed`]
+//! (the per-signal table of [`allowed_actions`], on the incident's own resource only). A
+//! refused LLM proposal is recorded (`proposal_refused`) and the rules decide.
 
 pub mod llm;
 pub mod rules;
 
-use crate::domain::{ActionPlan, ProposedAction, Risk};
+use crate::domain::{ActionId, ActionPlan, Incident, ProposedAction, Risk, Signal};
 use crate::runtime::ContainerSample;
 
 /// What the analyzers may look at, gathered by the caller (I/O) before analysis (pure).
@@ -24,6 +27,9 @@ pub struct Evidence {
     pub sandbox_bytes: Option<u64>,
     /// Whether Docker answered: without it, no container action can be checked.
     pub docker_available: bool,
+    /// The watched disk mounts (`[monitor] disk_mounts`) that hold the sandbox: a `disk`
+    /// incident may be answered with `sandbox_cleanup` only on one of these.
+    pub sandbox_mounts: Vec<String>,
 }
 
 impl Evidence {
@@ -78,6 +84,145 @@ pub fn check_proposal(
     Ok(plan)
 }
 
+/// The actions allowed per signal (SPEC §12.2), each on the incident's own resource only
+/// ([`check_allowed`]). The one definition of the table.
+pub fn allowed_actions(signal: Signal) -> &'static [ActionId] {
+    use ActionId::*;
+    match signal {
+        // Disk: cleanup only when the sandbox is on that mount (checked in `check_allowed`).
+        Signal::SandboxSize | Signal::Disk => &[SandboxCleanup, NotifyOnly],
+        Signal::ContainerDown => &[ContainerStart, ContainerRestart, NotifyOnly],
+        Signal::ContainerMemory => &[ContainerRestart, ContainerMemoryLimit, NotifyOnly],
+        Signal::HostCpu | Signal::HostMemory | Signal::NetworkLatency | Signal::External => {
+            &[NotifyOnly]
+        }
+    }
+}
+
+/// Whether `plan` may answer `incident`: allowed for its signal by [`allowed_actions`], and
+/// acting on the incident's own resource (its container; the sandbox, on a `disk` incident
+/// only when the sandbox is on that mount). Pure.
+pub fn check_allowed(
+    incident: &Incident,
+    plan: &ActionPlan,
+    evidence: &Evidence,
+) -> Result<(), Refused> {
+    let signal = incident.signal;
+    let resource = incident.resource.as_str();
+    let allowed = allowed_actions(signal);
+    if !allowed.contains(&plan.action()) {
+        let names: Vec<&str> = allowed.iter().map(|a| a.as_str()).collect();
+        return Err(Refused(format!(
+            "{} is not allowed for a {signal} incident (allowed: {})",
+            plan.action(),
+            names.join(", ")
+        )));
+    }
+    match plan {
+        ActionPlan::ContainerStart { container }
+        | ActionPlan::ContainerRestart { container }
+        | ActionPlan::ContainerMemoryLimit { container, .. }
+            if container != resource =>
+        {
+            Err(Refused(format!(
+                "{} of container {container:?} is not the incident's own container {resource:?}",
+                plan.action()
+            )))
+        }
+        ActionPlan::SandboxCleanup { .. }
+            if signal == Signal::Disk && !evidence.sandbox_mounts.iter().any(|m| m == resource) =>
+        {
+            Err(Refused(format!(
+                "sandbox_cleanup cannot free mount {resource}: the sandbox is not on it"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Both checks: the catalogue and inventory ([`check_proposal`]), then the table
+/// ([`check_allowed`]).
+pub fn check(
+    incident: &Incident,
+    proposed: &ProposedAction,
+    evidence: &Evidence,
+) -> Result<ActionPlan, Refused> {
+    let plan = check_proposal(proposed, evidence)?;
+    check_allowed(incident, &plan, evidence)?;
+    Ok(plan)
+}
+
+/// What analysis settled on: the analysis, its checked plan, and the lines for the
+/// timeline about what went wrong on the way. A line starting with `the LLM` is the
+/// analyzer falling back (`analyzer_fell_back`); any other is a refusal (`proposal_refused`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub analysis: Analysis,
+    pub plan: ActionPlan,
+    pub refusals: Vec<String>,
+}
+
+/// Asks the LLM when one is configured ([`crate::config::Settings::analyzer_choice`]),
+/// else the rules. A failing LLM, or an LLM proposal that [`check`] refuses, leaves the
+/// decision to the rules; a rules proposal refused too (which the table tests rule out)
+/// becomes `notify_only`.
+pub async fn settle(
+    llm: Option<&llm::LlmAnalyzer>,
+    incident: &Incident,
+    evidence: &Evidence,
+) -> Settled {
+    let mut refusals = Vec::new();
+    if let Some(llm) = llm {
+        match llm.analyze_reporting(incident, evidence).await {
+            Ok(answered) => {
+                if let Some(earlier) = answered.earlier_failures_summary() {
+                    refusals.push(format!("the LLM answered after failed tries: {earlier}"));
+                }
+                match check(incident, &answered.analysis.proposed_action, evidence) {
+                    Ok(plan) => {
+                        return Settled {
+                            analysis: answered.analysis,
+                            plan,
+                            refusals,
+                        }
+                    }
+                    Err(Refused(why)) => refusals.push(format!(
+                        "proposal refused: {} proposed {}; {why}, so the rules decided",
+                        answered.analysis.analyzer,
+                        describe_proposal(&answered.analysis.proposed_action),
+                    )),
+                }
+            }
+            Err(failure) => refusals.push(format!(
+                "the LLM analyzer failed, so the rules decided: {failure}"
+            )),
+        }
+    }
+    let mut analysis = rules::analyze(incident, evidence);
+    let plan = match check(incident, &analysis.proposed_action, evidence) {
+        Ok(plan) => plan,
+        Err(refused) => {
+            refusals.push(refused.to_string());
+            analysis.proposed_action = ActionPlan::NotifyOnly.to_proposed();
+            analysis.risk_assessment = Risk::Low;
+            ActionPlan::NotifyOnly
+        }
+    };
+    Settled {
+        analysis,
+        plan,
+        refusals,
+    }
+}
+
+/// `sandbox_cleanup`, `container_restart of web-1`.
+fn describe_proposal(proposed: &ProposedAction) -> String {
+    match proposed.params.get("container").and_then(|c| c.as_str()) {
+        Some(container) => format!("{} of {container}", proposed.action),
+        None => proposed.action.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +256,180 @@ mod tests {
         };
         assert!(check_proposal(&restart("web-1"), &evidence).is_ok());
         assert!(check_proposal(&restart("db-1"), &evidence).is_err());
+    }
+
+    fn incident(signal: Signal, resource: &str) -> Incident {
+        use crate::domain::{Detection, IncidentId, Resource, Severity, Source, Timestamp};
+        let detection = Detection {
+            signal,
+            resource: Resource::parse(resource).unwrap(),
+            severity: Severity::Warning,
+            value: 1.0,
+            threshold: 1.0,
+            source: Source::Local,
+            summary: "test".into(),
+            labels: BTreeMap::new(),
+        };
+        Incident::open(
+            IncidentId::generate(),
+            &detection,
+            Timestamp::from_unix_millis(0),
+        )
+    }
+
+    /// Each catalogue action aimed at `own`, the incident's own resource.
+    fn plan_on(action: ActionId, own: &str) -> ActionPlan {
+        let container = own.to_owned();
+        match action {
+            ActionId::SandboxCleanup => ActionPlan::SandboxCleanup {
+                dirs: crate::domain::CleanupDir::ALL.to_vec(),
+            },
+            ActionId::ContainerStart => ActionPlan::ContainerStart { container },
+            ActionId::ContainerRestart => ActionPlan::ContainerRestart { container },
+            ActionId::ContainerMemoryLimit => ActionPlan::ContainerMemoryLimit {
+                container,
+                factor: 1.5,
+            },
+            ActionId::NotifyOnly => ActionPlan::NotifyOnly,
+        }
+    }
+
+    /// SPEC §12.2's table, written out apart from `allowed_actions`: every (signal, action)
+    /// cell, the action aimed at the incident's own resource (the sandbox on the disk's mount).
+    #[test]
+    fn every_cell_of_the_per_signal_table() {
+        use ActionId::*;
+        let table: [(Signal, &str, [bool; 5]); 8] = [
+            //                            cleanup start  restart limit  notify
+            (
+                Signal::SandboxSize,
+                "sandbox",
+                [true, false, false, false, true],
+            ),
+            (Signal::Disk, "/", [true, false, false, false, true]),
+            (
+                Signal::ContainerDown,
+                "web-1",
+                [false, true, true, false, true],
+            ),
+            (
+                Signal::ContainerMemory,
+                "web-1",
+                [false, false, true, true, true],
+            ),
+            (Signal::HostCpu, "host", [false, false, false, false, true]),
+            (
+                Signal::HostMemory,
+                "host",
+                [false, false, false, false, true],
+            ),
+            (
+                Signal::NetworkLatency,
+                "host",
+                [false, false, false, false, true],
+            ),
+            (
+                Signal::External,
+                "orders-queue",
+                [false, false, false, false, true],
+            ),
+        ];
+        let actions = [
+            SandboxCleanup,
+            ContainerStart,
+            ContainerRestart,
+            ContainerMemoryLimit,
+            NotifyOnly,
+        ];
+        assert_eq!(actions.to_vec(), ActionId::ALL.to_vec());
+        let evidence = Evidence {
+            sandbox_mounts: vec!["/".into()],
+            ..Evidence::default()
+        };
+        let mut cells = 0;
+        for (signal, resource, row) in table {
+            let incident = incident(signal, resource);
+            for (action, expected) in actions.into_iter().zip(row) {
+                let got = check_allowed(&incident, &plan_on(action, resource), &evidence);
+                assert_eq!(got.is_ok(), expected, "{signal} × {action}: {got:?}");
+                assert_eq!(allowed_actions(signal).contains(&action), expected);
+                cells += 1;
+            }
+        }
+        assert_eq!(cells, Signal::ALL.len() * ActionId::ALL.len());
+    }
+
+    #[test]
+    fn actions_must_aim_at_the_incidents_own_resource() {
+        let evidence = Evidence::default();
+        let down = incident(Signal::ContainerDown, "web-1");
+        for action in [ActionId::ContainerStart, ActionId::ContainerRestart] {
+            let other = check_allowed(&down, &plan_on(action, "db-1"), &evidence).unwrap_err();
+            assert!(
+                other.0.contains("not the incident's own container"),
+                "{other}"
+            );
+        }
+        let memory = incident(Signal::ContainerMemory, "web-1");
+        for action in [ActionId::ContainerRestart, ActionId::ContainerMemoryLimit] {
+            assert!(check_allowed(&memory, &plan_on(action, "db-1"), &evidence).is_err());
+            assert!(check_allowed(&memory, &plan_on(action, "web-1"), &evidence).is_ok());
+        }
+        // A disk whose mount does not hold the sandbox: cleanup frees nothing there.
+        let disk = incident(Signal::Disk, "/var");
+        let on_root = Evidence {
+            sandbox_mounts: vec!["/".into()],
+            ..Evidence::default()
+        };
+        let cleanup = plan_on(ActionId::SandboxCleanup, "sandbox");
+        let refused = check_allowed(&disk, &cleanup, &on_root).unwrap_err();
+        assert!(refused.0.contains("not on it"), "{refused}");
+        assert!(check_allowed(&disk, &ActionPlan::NotifyOnly, &on_root).is_ok());
+        // An external alert never gets a cleanup, whatever its text says.
+        let external = incident(Signal::External, "logs");
+        assert!(check_allowed(&external, &cleanup, &on_root).is_err());
+    }
+
+    /// The rules obey the table for every signal, whatever the evidence.
+    #[test]
+    fn the_rules_only_propose_what_the_table_allows() {
+        let big = ContainerSample {
+            state: "exited".into(),
+            ..container("web-1", Some(900_000_000))
+        };
+        let evidences = [
+            Evidence::default(),
+            Evidence {
+                containers: vec![
+                    container("web-1", Some(900_000_000)),
+                    container("db-1", Some(10)),
+                ],
+                sandbox_dirs: vec![("logs".into(), 500_000_000), ("data".into(), 10)],
+                sandbox_bytes: Some(500_000_010),
+                docker_available: true,
+                sandbox_mounts: vec!["/".into()],
+            },
+            Evidence {
+                containers: vec![big],
+                sandbox_dirs: vec![("cache".into(), 50_000_000)],
+                docker_available: true,
+                ..Evidence::default()
+            },
+        ];
+        for evidence in &evidences {
+            for signal in Signal::ALL {
+                for resource in ["web-1", "/", "host", "sandbox"] {
+                    let incident = incident(signal, resource);
+                    let analysis = rules::analyze(&incident, evidence);
+                    let plan = analysis.proposed_action.plan().unwrap();
+                    assert!(
+                        check_allowed(&incident, &plan, evidence).is_ok(),
+                        "rules proposed {:?} for {signal} on {resource}",
+                        analysis.proposed_action
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -88,19 +88,18 @@ pub fn analyze(incident: &Incident, evidence: &Evidence) -> Analysis {
 fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
     let top = evidence.top_memory(3);
     let facts: Vec<String> = top.iter().map(|c| memory_line(c)).collect();
+    // Host memory allows no automatic action (`analyze::allowed_actions`): restarting the
+    // largest container is a person's call, so the rules name it and tell people.
     match top.first() {
-        Some(biggest) if biggest.memory_used_bytes.unwrap_or(0) >= 100_000_000 => Conclusion {
-            root_cause: format!(
-                "host memory at {value:.1} %; the largest container is {}",
+        Some(biggest) if biggest.memory_used_bytes.unwrap_or(0) >= 100_000_000 => notify(
+            format!(
+                "host memory at {value:.1} %; the largest container is {}; restarting it \
+                 would free that memory, which is for a person to decide",
                 memory_line(biggest)
             ),
-            plan: ActionPlan::ContainerRestart {
-                container: biggest.name.clone(),
-            },
-            risk: Risk::Medium,
-            confidence: 0.6,
-            evidence: facts,
-        },
+            0.6,
+            facts,
+        ),
         _ if !evidence.docker_available => notify(
             format!(
                 "host memory at {value:.1} %; Docker could not be read, so which containers \
@@ -171,6 +170,19 @@ fn network_latency(incident: &Incident) -> Conclusion {
 
 fn disk(mount: &str, value: f64, evidence: &Evidence) -> Conclusion {
     let cleanable = cleanable_bytes(evidence);
+    if !evidence.sandbox_mounts.iter().any(|m| m == mount) {
+        return notify(
+            format!(
+                "disk {mount} at {value:.1} %; the sandbox is not on this mount, so cleaning \
+                 it would not free space here"
+            ),
+            0.4,
+            vec![
+                format!("mount {mount}"),
+                format!("sandbox cleanable: {}", mb(cleanable)),
+            ],
+        );
+    }
     if cleanable >= 10_000_000 {
         let mut conclusion = sandbox(value, evidence, Some(mount));
         conclusion.root_cause = format!(
