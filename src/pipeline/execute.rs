@@ -9,6 +9,12 @@
 //! Must not: decide anything (policy did), run anything not in the catalogue (the plan type
 //! has no other variants), or touch files other than through `runtime::cleanup`, which moves
 //! files out of the sandbox's logs/, tmp/ and cache/ only, without following links.
+//!
+//! A cleanup's records carry sizes: the snapshot an estimate made before (`restorable_bytes`
+//! and `deleted_bytes` assume no compression, so more may stay restorable), the result the
+//! figures measured on disk once the quarantine kept what fits in `[actions]
+//! quarantine_max_bytes` (`restorable_*`, `deleted_*`, `stored_bytes`, `freed_bytes`), and a
+//! rollback what came back and what could not (`restored_*`, `deleted_*`, `not_restored`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +47,8 @@ pub struct Executor {
     docker_host: String,
     timeout: Duration,
     sandbox: PathBuf,
+    /// `[actions] quarantine_max_bytes`: what cleanup's quarantine keeps at most.
+    quarantine_max_bytes: u64,
 }
 
 impl Executor {
@@ -50,6 +58,7 @@ impl Executor {
             // Long enough for a restart, which waits up to 10 s for the container to stop.
             timeout: Duration::from_secs(120),
             sandbox: settings.sandbox_dir.clone(),
+            quarantine_max_bytes: settings.actions.quarantine_max_bytes.0,
         }
     }
 
@@ -68,11 +77,15 @@ impl Executor {
             ActionPlan::SandboxCleanup { dirs } => {
                 let sandbox = self.sandbox.clone();
                 let dirs = dirs.clone();
-                let planned =
-                    tokio::task::spawn_blocking(move || cleanup::plan_cleanup(&sandbox, &dirs))
-                        .await
-                        .map_err(|e| ExecError::Sandbox(e.to_string()))?
-                        .map_err(|e| ExecError::Sandbox(e.to_string()))?;
+                let (planned, used) = tokio::task::spawn_blocking(move || {
+                    let planned = cleanup::plan_cleanup(&sandbox, &dirs)?;
+                    let used = cleanup::quarantine_bytes(&sandbox)?;
+                    Ok::<_, std::io::Error>((planned, used))
+                })
+                .await
+                .map_err(|e| ExecError::Sandbox(e.to_string()))?
+                .map_err(|e| ExecError::Sandbox(e.to_string()))?;
+                let estimate = planned.estimate(self.quarantine_max_bytes.saturating_sub(used));
                 let sample: Vec<&str> = planned
                     .files
                     .iter()
@@ -84,6 +97,12 @@ impl Executor {
                     "files": planned.files.len(),
                     "bytes": planned.bytes,
                     "sample": sample,
+                    "quarantine_max_bytes": self.quarantine_max_bytes,
+                    "quarantine_used_bytes": used,
+                    "restorable_files": estimate.restorable_files,
+                    "restorable_bytes": estimate.restorable_bytes,
+                    "deleted_files": estimate.deleted_files,
+                    "deleted_bytes": estimate.deleted_bytes,
                 }))
             }
             ActionPlan::ContainerStart { container }
@@ -115,19 +134,48 @@ impl Executor {
                 let sandbox = self.sandbox.clone();
                 let dirs = dirs.clone();
                 let id = cleanup_id(action.incident());
-                let report = tokio::task::spawn_blocking(move || {
+                let max_bytes = self.quarantine_max_bytes;
+                let (report, kept) = tokio::task::spawn_blocking(move || {
                     let plan = cleanup::plan_cleanup(&sandbox, &dirs)?;
-                    cleanup::execute_cleanup(&sandbox, &plan, &id)
+                    let report = cleanup::execute_cleanup(&sandbox, &plan, &id)?;
+                    // The files are out of the cleanup directories now: whatever happens
+                    // next, the result must say so, so a failure here is part of it.
+                    let kept = cleanup::keep_within(&sandbox, &id, max_bytes);
+                    Ok::<_, std::io::Error>((report, kept))
                 })
                 .await
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?;
-                Ok(json!({
+                let mut after = json!({
                     "moved_files": report.moved_files,
                     "moved_bytes": report.moved_bytes,
                     "skipped": report.skipped.len(),
                     "quarantine": report.quarantine,
-                }))
+                });
+                match kept {
+                    Ok(kept) => {
+                        after["restorable_files"] = json!(kept.restorable_files);
+                        after["restorable_bytes"] = json!(kept.restorable_bytes);
+                        after["stored_bytes"] = json!(kept.stored_bytes);
+                        after["deleted_files"] = json!(kept.deleted_files);
+                        after["deleted_bytes"] = json!(kept.deleted_bytes);
+                        after["freed_bytes"] =
+                            json!(report.moved_bytes.saturating_sub(kept.stored_bytes));
+                        if kept.skipped_count > 0 {
+                            after["quarantine_skipped"] = json!(kept.skipped_count);
+                        }
+                    }
+                    // Everything moved stays in the quarantine uncompressed: restorable,
+                    // not freed.
+                    Err(e) => {
+                        after["restorable_files"] = json!(report.moved_files);
+                        after["restorable_bytes"] = json!(report.moved_bytes);
+                        after["stored_bytes"] = json!(report.moved_bytes);
+                        after["freed_bytes"] = json!(0);
+                        after["quarantine_error"] = json!(e.to_string());
+                    }
+                }
+                Ok(after)
             }
             ActionPlan::ContainerStart { container } => {
                 let docker = self.docker().await?;
@@ -269,10 +317,106 @@ impl Executor {
                     .map_err(|e| ExecError::Sandbox(e.to_string()))?;
                 Ok(json!({
                     "restored_files": report.restored_files,
-                    "skipped": report.skipped.len(),
+                    "restored_bytes": report.restored_bytes,
+                    "not_restored": report.skipped_count,
+                    "deleted_files": report.deleted_files,
+                    "deleted_bytes": report.deleted_bytes,
                 }))
             }
         }
+    }
+}
+
+/// What a fix's result says, in words for people, where the generic before → after
+/// listing would not do: a cleanup's figures. `None` for the other actions.
+pub fn result_summary(plan: &ActionPlan, after: &Value) -> Option<String> {
+    let ActionPlan::SandboxCleanup { .. } = plan else {
+        return None;
+    };
+    let n = |key: &str| after.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut text = format!(
+        "moved {} out of the sandbox's cleanup directories",
+        files_and_size(n("moved_files"), n("moved_bytes"))
+    );
+    if let Some(error) = after.get("quarantine_error").and_then(Value::as_str) {
+        text.push_str(&format!(
+            "; they could not be compressed ({error}), so all of it stays restorable, \
+             uncompressed in the quarantine, and nothing was freed"
+        ));
+        return Some(text);
+    }
+    if n("deleted_files") == 0 {
+        text.push_str(&format!(
+            "; all of it stays restorable in the quarantine ({} compressed)",
+            megabytes(n("stored_bytes"))
+        ));
+    } else {
+        text.push_str(&format!(
+            "; {} stay restorable in the quarantine ({} compressed); {} were deleted for good, \
+             as they did not fit in the quarantine",
+            files_and_size(n("restorable_files"), n("restorable_bytes")),
+            megabytes(n("stored_bytes")),
+            files_and_size(n("deleted_files"), n("deleted_bytes")),
+        ));
+    }
+    text.push_str(&format!("; freed {}", megabytes(n("freed_bytes"))));
+    if n("skipped") > 0 {
+        text.push_str(&format!(
+            "; {} changed since planning and stayed in place",
+            plural(n("skipped"), "file", "files")
+        ));
+    }
+    Some(text)
+}
+
+/// What an undo's result says, in words for people: for a cleanup, what came back byte for
+/// byte (zstd's checksum verified) and what could not. `None` for the other actions.
+pub fn undo_summary(plan: &ActionPlan, restored: &Value) -> Option<String> {
+    let ActionPlan::SandboxCleanup { .. } = plan else {
+        return None;
+    };
+    let n = |key: &str| restored.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut text = format!(
+        "restored {} from the quarantine, byte for byte",
+        files_and_size(n("restored_files"), n("restored_bytes"))
+    );
+    if n("deleted_files") > 0 {
+        text.push_str(&format!(
+            "; {} could not be restored: they were deleted for good when the quarantine was full",
+            files_and_size(n("deleted_files"), n("deleted_bytes"))
+        ));
+    }
+    if n("not_restored") > 0 {
+        text.push_str(&format!(
+            "; {} stayed in the quarantine (a file of that name exists, or a link was in the way)",
+            plural(n("not_restored"), "entry", "entries")
+        ));
+    }
+    Some(text)
+}
+
+/// `3 files (120 MB)`.
+fn files_and_size(files: u64, bytes: u64) -> String {
+    format!("{} ({})", plural(files, "file", "files"), megabytes(bytes))
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// Bytes as megabytes of 1,000,000 bytes, as the sandbox_size signal and its threshold.
+fn megabytes(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    if mb >= 10.0 {
+        format!("{mb:.0} MB")
+    } else if mb >= 0.1 || bytes == 0 {
+        format!("{mb:.1} MB")
+    } else {
+        format!("{} KB", bytes.div_ceil(1000))
     }
 }
 

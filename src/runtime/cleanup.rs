@@ -53,7 +53,7 @@ use std::cmp::Ordering;
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,6 +72,16 @@ pub const QUARANTINE_DIR: &str = ".sentinel-quarantine";
 
 /// The record each quarantine holds; its modification time is the cleanup's time.
 const MARKER: &str = "cleanup.json";
+
+/// The record of what a cleanup deleted for good: `{"files": n, "bytes": n}`.
+const DELETED: &str = "deleted.json";
+
+/// The directory of a quarantine holding its files compressed, under their paths.
+const ZSTD_DIR: &str = "zstd";
+
+/// The scratch file of a quarantine: a file being compressed or unpacked, renamed into place
+/// only once complete, so an interrupted run never leaves half a file under a real name.
+const PARTIAL: &str = "partial";
 
 /// Directory descriptors a walk keeps open at most (see the module documentation).
 pub const MAX_OPEN_DIRS: usize = 64;
@@ -143,6 +153,10 @@ pub struct PlannedFile {
     pub size: u64,
     pub dev: u64,
     pub ino: u64,
+    /// Modification time, nanoseconds since the Unix epoch: the newest files are the ones the
+    /// quarantine keeps first.
+    #[serde(default)]
+    pub modified_ns: i64,
 }
 
 impl PlannedFile {
@@ -164,11 +178,69 @@ pub struct CleanupReport {
     pub quarantine: String,
 }
 
+/// What the quarantine would keep of a plan, estimated before execution from the files'
+/// sizes (the compression ratio is unknown until the files are compressed, so this assumes
+/// none: more may stay restorable, never less unless the files grow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepEstimate {
+    pub restorable_files: u64,
+    pub restorable_bytes: u64,
+    pub deleted_files: u64,
+    pub deleted_bytes: u64,
+}
+
+impl CleanupPlan {
+    /// The files [`keep_within`] would keep with `room` bytes left in the quarantine, newest
+    /// first, each at its own size (see [`KeepEstimate`]).
+    pub fn estimate(&self, room: u64) -> KeepEstimate {
+        let mut files: Vec<&PlannedFile> = self.files.iter().collect();
+        files.sort_by(|a, b| {
+            newest_first(a.modified_ns, b.modified_ns, a.path_bytes(), b.path_bytes())
+        });
+        let mut estimate = KeepEstimate::default();
+        let mut room = room;
+        for file in files {
+            if file.size <= room {
+                room -= file.size;
+                estimate.restorable_files += 1;
+                estimate.restorable_bytes += file.size;
+            } else {
+                estimate.deleted_files += 1;
+                estimate.deleted_bytes += file.size;
+            }
+        }
+        estimate
+    }
+}
+
+/// What [`keep_within`] did with the files of one quarantine: figures measured on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepReport {
+    /// Files kept, compressed, and their original size: what a rollback can restore.
+    pub restorable_files: u64,
+    pub restorable_bytes: u64,
+    /// What those files take in the quarantine, compressed.
+    pub stored_bytes: u64,
+    /// Files deleted for good because they did not fit, and their size.
+    pub deleted_files: u64,
+    pub deleted_bytes: u64,
+    /// What the quarantine held for other cleanups before this one (against the same budget).
+    pub others_bytes: u64,
+    /// Entries left as they were, with the reason (at most 1000 listed).
+    pub skipped: Vec<String>,
+    pub skipped_count: u64,
+}
+
 /// What [`restore`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub restored_files: u64,
     pub restored_bytes: u64,
+    /// What the cleanup deleted for good (it did not fit in the quarantine): never restorable.
+    #[serde(default)]
+    pub deleted_files: u64,
+    #[serde(default)]
+    pub deleted_bytes: u64,
     /// Quarantined entries left where they are, with the reason (at most 1000 listed).
     pub skipped: Vec<String>,
     pub skipped_count: u64,
@@ -264,10 +336,27 @@ pub fn restore(sandbox: &Path, cleanup_id: &str) -> io::Result<RestoreReport> {
     let own = open_dir(quarantines.as_fd(), &id.c_name(), root.fs)
         .map_err(|why| io::Error::new(io::ErrorKind::NotFound, format!("quarantine {id}: {why}")))?
         .fd;
+    // The compressed files first, back into the moved tree; then all of it home.
+    let mut unpacker = Unpacker {
+        own: own.as_fd(),
+        target: Chain::new(own.as_fd(), root.fs),
+        skipped: Skips::default(),
+    };
+    let zstd_dir = CString::new(ZSTD_DIR).expect("no NUL");
+    walk(own.as_fd(), root.fs, &zstd_dir, &mut unpacker);
+    let Unpacker {
+        skipped: unpack_skipped,
+        ..
+    } = unpacker;
+    let (deleted_files, deleted_bytes) = read_deleted(own.as_fd());
     let mut restorer = Restorer {
         target: Chain::new(root.fd.as_fd(), root.fs),
-        report: RestoreReport::default(),
-        skipped: Skips::default(),
+        report: RestoreReport {
+            deleted_files,
+            deleted_bytes,
+            ..RestoreReport::default()
+        },
+        skipped: unpack_skipped,
     };
     for dir in CleanupDir::ALL {
         let name = CString::new(dir.as_str()).expect("no NUL in a cleanup directory name");
@@ -276,13 +365,15 @@ pub fn restore(sandbox: &Path, cleanup_id: &str) -> io::Result<RestoreReport> {
     let mut report = restorer.report;
     report.skipped = restorer.skipped.list;
     report.skipped_count = restorer.skipped.count;
-    // Only the record left: the quarantine is empty.
+    // Only the records left: the quarantine is empty.
+    let _ = unlinkat(&own, PARTIAL, AtFlags::empty());
     let emptied = entry_names(own.as_fd()).is_ok_and(|names| {
-        names
-            .iter()
-            .all(|name| name.to_bytes() == MARKER.as_bytes())
+        names.iter().all(|name| {
+            name.to_bytes() == MARKER.as_bytes() || name.to_bytes() == DELETED.as_bytes()
+        })
     });
     if emptied {
+        let _ = unlinkat(&own, DELETED, AtFlags::empty());
         let _ = unlinkat(&own, MARKER, AtFlags::empty());
         report.quarantine_removed = unlinkat(&quarantines, id.c_name(), AtFlags::REMOVEDIR).is_ok();
     }
@@ -328,6 +419,489 @@ pub fn purge_quarantine(sandbox: &Path, older_than: Duration, now: SystemTime) -
         }
     }
     Ok(removed)
+}
+
+/// The bytes the quarantine holds against `[actions] quarantine_max_bytes`: every file in
+/// `.sentinel-quarantine` but the cleanups' records (`cleanup.json`, `deleted.json`, a few
+/// hundred bytes each). Links are not followed; 0 when there is no quarantine.
+pub fn quarantine_bytes(sandbox: &Path) -> io::Result<u64> {
+    let root = Root::open(sandbox)?;
+    let Some(quarantines) = root.open_quarantine()? else {
+        return Ok(0);
+    };
+    Ok(usage(quarantines.as_fd(), root.fs, None))
+}
+
+/// Makes quarantine `cleanup_id` (as [`execute_cleanup`] left it: the moved files under
+/// their paths) fit the budget: newest file first, each is compressed with zstd into
+/// `<id>/zstd/<path>` while the whole quarantine stays within `max_bytes` (what other
+/// cleanups keep counts too); a file that does not fit is deleted for good, and the next,
+/// older ones are still tried. Afterwards the cleanup's moved files are all either
+/// compressed (restorable) or gone (counted in `<id>/deleted.json` for [`restore`]).
+///
+/// Only files inside the quarantine are opened: each must still be the regular file that
+/// was moved there (checked on the open descriptor: no link followed, a FIFO cannot block).
+pub fn keep_within(sandbox: &Path, cleanup_id: &str, max_bytes: u64) -> io::Result<KeepReport> {
+    let id = CleanupId::parse(cleanup_id)?;
+    let root = Root::open(sandbox)?;
+    let quarantines = root
+        .open_quarantine()?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no quarantine {id}")))?;
+    let own = open_dir(quarantines.as_fd(), &id.c_name(), root.fs)
+        .map_err(|why| io::Error::new(io::ErrorKind::NotFound, format!("quarantine {id}: {why}")))?
+        .fd;
+    let mut report = KeepReport {
+        others_bytes: usage(quarantines.as_fd(), root.fs, Some(&id)),
+        ..KeepReport::default()
+    };
+    let mut room = max_bytes.saturating_sub(report.others_bytes);
+
+    let mut collector = Collector::default();
+    for dir in CleanupDir::ALL {
+        let name = CString::new(dir.as_str()).expect("no NUL in a cleanup directory name");
+        walk(own.as_fd(), root.fs, &name, &mut collector);
+    }
+    let mut skipped = collector.skipped;
+    let mut files = collector.files;
+    files.sort_by(|a, b| newest_first(a.modified_ns, b.modified_ns, &a.path, &b.path));
+
+    let mut source = Chain::new(own.as_fd(), root.fs);
+    let mut target = Chain::new(own.as_fd(), root.fs);
+    for file in files {
+        let mut components: Vec<CString> = file
+            .path
+            .split(|&b| b == b'/')
+            .map(|c| CString::new(c).expect("an entry name has no NUL"))
+            .collect();
+        let name = components.pop().expect("a walked path has a name");
+        let path = lossy(&file.path);
+        let outcome = keep_one(
+            &mut source,
+            &mut target,
+            own.as_fd(),
+            &components,
+            &name,
+            &file,
+            room,
+        );
+        match outcome {
+            Ok(Kept::Compressed(stored)) => {
+                room = room.saturating_sub(stored);
+                report.restorable_files += 1;
+                report.restorable_bytes = report.restorable_bytes.saturating_add(file.size);
+                report.stored_bytes = report.stored_bytes.saturating_add(stored);
+            }
+            Ok(Kept::Deleted) => {
+                report.deleted_files += 1;
+                report.deleted_bytes = report.deleted_bytes.saturating_add(file.size);
+            }
+            Err(why) => skipped.push(format!("{path}: {why}")),
+        }
+    }
+    drop(source);
+    drop(target);
+    // The moved tree is empty now, but for what was skipped: its directories go.
+    for dir in CleanupDir::ALL {
+        let name = CString::new(dir.as_str()).expect("no NUL in a cleanup directory name");
+        walk(own.as_fd(), root.fs, &name, &mut Pruner);
+    }
+    if report.deleted_files > 0 {
+        let (files, bytes) = read_deleted(own.as_fd());
+        write_record(
+            own.as_fd(),
+            DELETED,
+            &serde_json::json!({
+                "files": files + report.deleted_files,
+                "bytes": bytes + report.deleted_bytes,
+            }),
+        )?;
+    }
+    report.skipped = skipped.list;
+    report.skipped_count = skipped.count;
+    Ok(report)
+}
+
+/// What became of one moved file.
+enum Kept {
+    /// Compressed into the quarantine, taking this many bytes.
+    Compressed(u64),
+    /// It did not fit: deleted for good.
+    Deleted,
+}
+
+/// Compresses `<own>/<parents>/<name>` into `<own>/zstd/<parents>/<name>` within `room`
+/// bytes, or deletes it when it does not fit. `Err`: left as it was, and why.
+fn keep_one(
+    source: &mut Chain<'_>,
+    target: &mut Chain<'_>,
+    own: BorrowedFd<'_>,
+    parents: &[CString],
+    name: &CStr,
+    file: &Moved,
+    room: u64,
+) -> Result<Kept, String> {
+    let from = source.goto(parents, None)?;
+    let input = open_regular(from, name, (file.dev, file.ino))?;
+    if room > 0 {
+        if let Some(stored) = store_compressed(input, target, own, parents, name, room)? {
+            let from = source.goto(parents, None)?;
+            unlinkat(from, name, AtFlags::empty())
+                .map_err(|e| format!("compressed, but cannot be removed: {e}"))?;
+            return Ok(Kept::Compressed(stored));
+        }
+    }
+    let from = source.goto(parents, None)?;
+    unlinkat(from, name, AtFlags::empty()).map_err(|e| format!("cannot be deleted: {e}"))?;
+    Ok(Kept::Deleted)
+}
+
+/// Compresses `input` into `<own>/partial`, then renames it to `<own>/zstd/<parents>/<name>`.
+/// `Some(bytes stored)`, or `None` when the compressed file would need more than `room`.
+fn store_compressed(
+    input: OwnedFd,
+    target: &mut Chain<'_>,
+    own: BorrowedFd<'_>,
+    parents: &[CString],
+    name: &CStr,
+    room: u64,
+) -> Result<Option<u64>, String> {
+    let stat = fstat(&input).map_err(|e| format!("cannot be examined: {e}"))?;
+    let _ = unlinkat(own, PARTIAL, AtFlags::empty());
+    let output = openat(
+        own,
+        PARTIAL,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| format!("cannot write to the quarantine: {e}"))?;
+    let output = match compress_within(File::from(input), File::from(output), room) {
+        Ok(Some(output)) => output,
+        Ok(None) => {
+            let _ = unlinkat(own, PARTIAL, AtFlags::empty());
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = unlinkat(own, PARTIAL, AtFlags::empty());
+            return Err(format!("cannot be compressed: {e}"));
+        }
+    };
+    copy_metadata(&output, &stat);
+    let stored = fstat(&output).map(|st| file_size(&st)).unwrap_or(0);
+    drop(output);
+    let mut components = vec![CString::new(ZSTD_DIR).expect("no NUL")];
+    components.extend(parents.iter().cloned());
+    let stored_in = target.goto(&components, Some(Mode::from_raw_mode(0o700)));
+    let renamed = stored_in.and_then(|to| {
+        match renameat_with(own, PARTIAL, to, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::INVAL) => rustix::fs::renameat(own, PARTIAL, to, name)
+                .map_err(|e| format!("cannot be stored: {e}")),
+            Err(e) => Err(format!("cannot be stored: {e}")),
+        }
+    });
+    if let Err(why) = renamed {
+        let _ = unlinkat(own, PARTIAL, AtFlags::empty());
+        return Err(why);
+    }
+    Ok(Some(stored))
+}
+
+/// The zstd level: fast, and most of what zstd can gain on logs.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Compresses `input` into `output`, stopping as soon as more than `room` bytes would be
+/// written. `Some(output)` when it fit, `None` when it did not.
+fn compress_within(mut input: File, output: File, room: u64) -> io::Result<Option<File>> {
+    let bounded = Bounded {
+        inner: output,
+        room,
+        written: 0,
+        over: false,
+    };
+    let mut encoder = zstd::stream::Encoder::new(bounded, ZSTD_LEVEL)?;
+    // A checksum in the frame: restore verifies every byte it brings back.
+    encoder.include_checksum(true)?;
+    // The end of the frame is written by `do_finish`, which may be what overflows.
+    let written = io::copy(&mut input, &mut encoder).and_then(|_| encoder.do_finish());
+    match written {
+        Err(_) if encoder.get_ref().over => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Some(encoder.finish()?.inner)),
+    }
+}
+
+/// A writer that refuses to go past `room` bytes.
+struct Bounded {
+    inner: File,
+    room: u64,
+    written: u64,
+    /// Set when a write was refused for the room.
+    over: bool,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.room {
+            self.over = true;
+            return Err(io::Error::other("the quarantine is full"));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Opens `name` in `dir` for reading if it is still the regular file `(dev, ino)`: never
+/// through a link, never blocking on a FIFO, checked on the descriptor itself.
+fn open_regular(dir: BorrowedFd<'_>, name: &CStr, expected: (u64, u64)) -> Result<OwnedFd, String> {
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP) => return Err("now a symbolic link, not followed".to_owned()),
+        Err(Errno::NOENT) => return Err("gone from the quarantine".to_owned()),
+        Err(e) => return Err(format!("cannot be opened: {e}")),
+    };
+    let stat = fstat(&fd).map_err(|e| format!("cannot be examined: {e}"))?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(format!("now {}, left alone", describe(kind)));
+    }
+    if identity(&stat) != expected {
+        return Err("replaced by another file, left alone".to_owned());
+    }
+    Ok(fd)
+}
+
+/// Gives `file` the permissions and times of `like` (best effort: the content is what counts).
+fn copy_metadata(file: &File, like: &Stat) {
+    let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(like.st_mode & 0o7777));
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: like.st_atime as _,
+            tv_nsec: like.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: like.st_mtime as _,
+            tv_nsec: like.st_mtime_nsec as _,
+        },
+    };
+    let _ = rustix::fs::futimens(file, &times);
+}
+
+/// `(files, bytes)` from a quarantine's `deleted.json`, zeros when there is none.
+fn read_deleted(own: BorrowedFd<'_>) -> (u64, u64) {
+    let Ok(fd) = openat(
+        own,
+        DELETED,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return (0, 0);
+    };
+    let mut text = String::new();
+    let read = File::from(fd).take(64 * 1024).read_to_string(&mut text);
+    let value: serde_json::Value = match read {
+        Ok(_) => serde_json::from_str(&text).unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    (
+        value["files"].as_u64().unwrap_or(0),
+        value["bytes"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Writes a record in a quarantine, replacing it (never through a link).
+fn write_record(own: BorrowedFd<'_>, name: &str, record: &serde_json::Value) -> io::Result<()> {
+    let _ = unlinkat(own, PARTIAL, AtFlags::empty());
+    let fd = openat(
+        own,
+        PARTIAL,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    File::from(fd).write_all(format!("{record}\n").as_bytes())?;
+    rustix::fs::renameat(own, PARTIAL, own, name)?;
+    Ok(())
+}
+
+/// The bytes below `quarantines` that count against the budget: all files but the records,
+/// and (with `except`) but that cleanup's own moved files, which are being decided on.
+fn usage(quarantines: BorrowedFd<'_>, fs: Fs, except: Option<&CleanupId>) -> u64 {
+    let Ok(names) = entry_names(quarantines) else {
+        return 0;
+    };
+    let mut sum = Sum {
+        bytes: 0,
+        except: except.map(|id| id.as_str().as_bytes().to_vec()),
+    };
+    for name in names {
+        match statat(quarantines, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
+                walk(quarantines, fs, &name, &mut sum);
+            }
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
+                sum.bytes = sum.bytes.saturating_add(file_size(&stat));
+            }
+            _ => {}
+        }
+    }
+    sum.bytes
+}
+
+/// Adds up the quarantine's files for [`usage`].
+struct Sum {
+    bytes: u64,
+    /// A cleanup id whose moved files (`<id>/logs/…`, `tmp/…`, `cache/…`) are left out.
+    except: Option<Vec<u8>>,
+}
+
+impl Visitor for Sum {
+    fn entry(&mut self, _dir: BorrowedFd<'_>, path: &[u8], _name: &CStr, stat: &Stat) {
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return;
+        }
+        let mut parts = path.splitn(3, |&b| b == b'/');
+        let (id, top, rest) = (parts.next(), parts.next(), parts.next());
+        if rest.is_none()
+            && matches!(top, Some(t) if t == MARKER.as_bytes() || t == DELETED.as_bytes())
+        {
+            return;
+        }
+        let own_moved = rest.is_some()
+            && self.except.as_deref() == id
+            && CleanupDir::ALL
+                .iter()
+                .any(|d| Some(d.as_str().as_bytes()) == top);
+        if !own_moved {
+            self.bytes = self.bytes.saturating_add(file_size(stat));
+        }
+    }
+
+    fn skip(&mut self, _path: &[u8], _why: &str) {}
+}
+
+/// One file moved into a quarantine, as [`keep_within`] found it.
+struct Moved {
+    /// Relative to the quarantine, e.g. `logs/app.log`.
+    path: Vec<u8>,
+    size: u64,
+    dev: u64,
+    ino: u64,
+    modified_ns: i64,
+}
+
+/// Collects the regular files of a quarantine's moved tree.
+#[derive(Default)]
+struct Collector {
+    files: Vec<Moved>,
+    skipped: Skips,
+}
+
+impl Visitor for Collector {
+    fn entry(&mut self, _dir: BorrowedFd<'_>, path: &[u8], _name: &CStr, stat: &Stat) {
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::RegularFile {
+            return self.skip(path, &format!("{}, left in the quarantine", describe(kind)));
+        }
+        self.files.push(Moved {
+            path: path.to_vec(),
+            size: file_size(stat),
+            dev: identity(stat).0,
+            ino: identity(stat).1,
+            modified_ns: modified_ns(stat),
+        });
+    }
+
+    fn skip(&mut self, path: &[u8], why: &str) {
+        self.skipped.push(format!("{}: {why}", lossy(path)));
+    }
+}
+
+/// Removes the directories of a walked tree once they are empty; touches no file.
+struct Pruner;
+
+impl Visitor for Pruner {
+    fn entry(&mut self, _dir: BorrowedFd<'_>, _path: &[u8], _name: &CStr, _stat: &Stat) {}
+
+    fn skip(&mut self, _path: &[u8], _why: &str) {}
+
+    fn leave(&mut self, parent: BorrowedFd<'_>, name: &CStr) {
+        // Fails, harmlessly, when something is left in it.
+        let _ = unlinkat(parent, name, AtFlags::REMOVEDIR);
+    }
+}
+
+/// Decompresses a quarantine's `zstd/` tree back into its moved tree (`zstd/logs/a.log` →
+/// `logs/a.log`), from where [`Restorer`] moves the files home.
+struct Unpacker<'r> {
+    own: BorrowedFd<'r>,
+    target: Chain<'r>,
+    skipped: Skips,
+}
+
+impl Visitor for Unpacker<'_> {
+    fn entry(&mut self, dir: BorrowedFd<'_>, path: &[u8], name: &CStr, stat: &Stat) {
+        // `zstd/<cleanup dir>/…`: anything else is not a quarantined file.
+        let Some(relative) = path
+            .strip_prefix(ZSTD_DIR.as_bytes())
+            .and_then(|p| p.strip_prefix(b"/"))
+        else {
+            return self.skip(path, "not a quarantined file, left in the quarantine");
+        };
+        let Some(mut components) = planned_components(relative) else {
+            return self.skip(path, "not a quarantined file, left in the quarantine");
+        };
+        components.pop();
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return self.skip(path, "not a regular file, left in the quarantine");
+        }
+        let unpacked = (|| -> Result<(), String> {
+            let input = open_regular(dir, name, identity(stat))?;
+            let _ = unlinkat(self.own, PARTIAL, AtFlags::empty());
+            let output = openat(
+                self.own,
+                PARTIAL,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| format!("cannot write to the quarantine: {e}"))?;
+            let mut output = File::from(output);
+            if let Err(e) = zstd::stream::copy_decode(File::from(input), &mut output) {
+                let _ = unlinkat(self.own, PARTIAL, AtFlags::empty());
+                return Err(format!("cannot be decompressed: {e}"));
+            }
+            copy_metadata(&output, stat);
+            let to = self
+                .target
+                .goto(&components, Some(Mode::from_raw_mode(0o700)))?;
+            match renameat_with(self.own, PARTIAL, to, name, RenameFlags::NOREPLACE) {
+                // The uncompressed copy is there already (an interrupted run): it is complete.
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(Errno::INVAL) => rustix::fs::renameat(self.own, PARTIAL, to, name)
+                    .map_err(|e| format!("cannot be unpacked: {e}"))?,
+                Err(e) => return Err(format!("cannot be unpacked: {e}")),
+            }
+            let _ = unlinkat(self.own, PARTIAL, AtFlags::empty());
+            unlinkat(dir, name, AtFlags::empty())
+                .map_err(|e| format!("unpacked, but the compressed copy stays: {e}"))
+        })();
+        if let Err(why) = unpacked {
+            self.skip(path, &format!("{why}; left in the quarantine"));
+        }
+    }
+
+    fn skip(&mut self, path: &[u8], why: &str) {
+        self.skipped.push(format!("{}: {why}", lossy(path)));
+    }
+
+    fn leave(&mut self, parent: BorrowedFd<'_>, name: &CStr) {
+        let _ = unlinkat(parent, name, AtFlags::REMOVEDIR);
+    }
 }
 
 /// The sandbox root, opened once; every operation is relative to this descriptor. The root is
@@ -515,6 +1089,18 @@ fn identity(stat: &Stat) -> (u64, u64) {
 
 fn file_size(stat: &Stat) -> u64 {
     u64::try_from(stat.st_size).unwrap_or(0)
+}
+
+#[allow(clippy::unnecessary_cast)]
+fn modified_ns(stat: &Stat) -> i64 {
+    (stat.st_mtime as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(stat.st_mtime_nsec as i64)
+}
+
+/// Newest first; among equals, path order (so the choice is the same every time).
+fn newest_first(a: i64, b: i64, a_path: &[u8], b_path: &[u8]) -> Ordering {
+    b.cmp(&a).then_with(|| compare_paths(a_path, b_path))
 }
 
 fn modified(stat: &Stat) -> SystemTime {
@@ -923,6 +1509,7 @@ impl Visitor for Planner {
             size,
             dev: identity(stat).0,
             ino: identity(stat).1,
+            modified_ns: modified_ns(stat),
         });
     }
 
@@ -1111,6 +1698,7 @@ mod tests {
             size: 3,
             dev: 1,
             ino: 2,
+            modified_ns: 5,
         };
         let json = serde_json::to_string(&file).unwrap();
         let back: PlannedFile = serde_json::from_str(&json).unwrap();

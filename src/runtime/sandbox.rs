@@ -11,11 +11,10 @@
 //!   is configuration, not content: if it is a link to a directory, that directory is walked;
 //! - the walk stays on the root's filesystem (another filesystem mounted inside is skipped);
 //! - a file with several hard links inside the measured tree counts once;
-//! - the quarantine, `<root>/.sentinel-quarantine` ([`QUARANTINE_DIR`], where
-//!   `runtime::cleanup` moves what it removes until the retention has passed), is not
-//!   measured and not listed when it is a real directory: a cleanup must shrink the measured
-//!   size, and what it quarantined is gone from the sandbox's point of view. (A link or a file
-//!   by that name is an ordinary entry);
+//! - the quarantine, `<root>/.sentinel-quarantine` (`runtime::cleanup::QUARANTINE_DIR`,
+//!   where cleanup keeps what it removed, compressed, within `[actions]
+//!   quarantine_max_bytes`), is measured like any other directory: its bytes are on the
+//!   sandbox's disk, so a cleanup "verifies" only when what it freed is really free;
 //! - a subdirectory that cannot be read (or a file that vanishes during the walk) is skipped;
 //!   a root that is missing, is not a directory, or cannot be read is an error, which the
 //!   caller reports as "unavailable".
@@ -31,8 +30,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use walkdir::{DirEntry, WalkDir};
-
-use super::cleanup::QUARANTINE_DIR;
 
 /// Total length in bytes of the regular files under `root`.
 pub fn sandbox_size(root: &Path) -> io::Result<u64> {
@@ -84,9 +81,13 @@ fn counts_once(linked: &mut HashSet<(u64, u64)>, metadata: &fs::Metadata) -> boo
     metadata.nlink() <= 1 || linked.insert((metadata.dev(), metadata.ino()))
 }
 
-/// The top-level quarantine directory (not a link or a file by that name).
-fn is_quarantine(entry: &DirEntry) -> bool {
-    entry.depth() == 1 && entry.file_type().is_dir() && entry.file_name() == QUARANTINE_DIR
+/// Whether `sandbox` is on the filesystem mounted at (or holding) `mount`: the same device.
+/// `false` when either cannot be examined.
+pub fn on_mount(sandbox: &Path, mount: &Path) -> bool {
+    match (fs::metadata(sandbox), fs::metadata(mount)) {
+        (Ok(sandbox), Ok(mount)) => sandbox.dev() == mount.dev(),
+        _ => false,
+    }
 }
 
 /// Walks `root` under the rules above, calling `visit` with every entry and, for regular
@@ -104,8 +105,7 @@ fn walk(root: &Path, mut visit: impl FnMut(&DirEntry, Option<&fs::Metadata>)) ->
         .follow_links(false)
         .follow_root_links(true)
         .same_file_system(true)
-        .into_iter()
-        .filter_entry(|entry| !is_quarantine(entry));
+        .into_iter();
     for entry in walker {
         let entry = match entry {
             Ok(entry) => entry,

@@ -268,8 +268,13 @@ pub fn person(actor: &str) -> String {
 // `Execution.before` is the snapshot `pipeline::execute::Executor::snapshot` took, `after`
 // what `Executor::run` returned (null until it returns, and for good when it failed):
 //
-// - `sandbox_cleanup`: before `{dirs, files, bytes, sample}`, after `{moved_files,
-//   moved_bytes, skipped, quarantine}`;
+// - `sandbox_cleanup`: before `{dirs, files, bytes, sample, quarantine_max_bytes,
+//   quarantine_used_bytes, restorable_files, restorable_bytes, deleted_files, deleted_bytes}`
+//   (the last four an estimate that assumes no compression), after `{moved_files,
+//   moved_bytes, skipped, quarantine, restorable_files, restorable_bytes, stored_bytes,
+//   deleted_files, deleted_bytes, freed_bytes}` measured on disk (and `quarantine_skipped`,
+//   `quarantine_error` when they happen); older records lack the quarantine figures. Cleanup
+//   sizes are in MB of 1,000,000 bytes, as the sandbox_size signal and its threshold;
 // - `container_start`, `container_restart`, `container_memory_limit`: both `{id, name, state,
 //   started_at, restart_count, memory, memory_swap}` (`docker inspect`, bytes, 0 = no limit,
 //   -1 = unlimited swap; state and started_at may be null);
@@ -443,10 +448,76 @@ fn cleanup_found(before: &Value) -> String {
         Some(files) => format!(
             "{} ({})",
             count(files, "file", "files"),
-            megabytes(before.get("bytes").unwrap_or(&Value::Null))
+            cleanup_megabytes(before.get("bytes").unwrap_or(&Value::Null))
         ),
         None => "–".to_owned(),
     }
+}
+
+/// Cleanup sizes: megabytes of 1,000,000 bytes, as the sandbox_size signal is measured.
+fn cleanup_megabytes(value: &Value) -> String {
+    match value.as_f64() {
+        Some(bytes) => {
+            let mb = bytes / 1e6;
+            if mb >= 10.0 || (mb - mb.round()).abs() < 0.05 {
+                format!("{} MB", mb.round() as i64)
+            } else if mb.abs() < 0.1 {
+                format!("{} bytes", bytes.round() as i64)
+            } else {
+                format!("{mb:.1} MB")
+            }
+        }
+        None => plain(value),
+    }
+}
+
+/// `3 files (120 MB)` from a record's `<what>_files` and `<what>_bytes`.
+fn cleanup_files(record: &Value, what: &str) -> String {
+    let null = Value::Null;
+    format!(
+        "{} ({})",
+        count(
+            record.get(format!("{what}_files")).unwrap_or(&null),
+            "file",
+            "files"
+        ),
+        cleanup_megabytes(record.get(format!("{what}_bytes")).unwrap_or(&null))
+    )
+}
+
+/// What stays restorable and what is deleted for good, said before the cleanup runs from the
+/// snapshot's estimate ("about": the compression ratio is unknown until then).
+fn cleanup_estimate(snapshot: &Value) -> Option<String> {
+    let bytes = snapshot.get("bytes")?.as_u64()?;
+    let restorable = snapshot.get("restorable_bytes")?.as_u64()?;
+    let deleted = snapshot.get("deleted_bytes")?.as_u64()?;
+    let max = snapshot
+        .get("quarantine_max_bytes")
+        .map(cleanup_megabytes)
+        .unwrap_or_else(|| "–".to_owned());
+    let mb = |b: u64| cleanup_megabytes(&json!(b));
+    Some(if bytes == 0 {
+        return None;
+    } else if deleted == 0 {
+        format!(
+            "all of it stays restorable, compressed in the quarantine (at most {max}); frees \
+             what compression saves"
+        )
+    } else if restorable == 0 {
+        format!(
+            "frees about {}; the quarantine (at most {max}) has no room left, so all of it is \
+             deleted for good and nothing can be rolled back",
+            mb(deleted)
+        )
+    } else {
+        format!(
+            "frees about {} or more; about {} stays restorable, compressed in the quarantine \
+             (at most {max}), newest files first; about {} is deleted for good",
+            mb(deleted),
+            mb(restorable),
+            mb(deleted)
+        )
+    })
 }
 
 /// A few of the planned file names: `logs/a.log, logs/b.log and 8 more`.
@@ -484,6 +555,16 @@ const CLEANUP_KEYS: &[&str] = &[
     "skipped",
     "quarantine",
     "error",
+    "quarantine_max_bytes",
+    "quarantine_used_bytes",
+    "restorable_files",
+    "restorable_bytes",
+    "deleted_files",
+    "deleted_bytes",
+    "stored_bytes",
+    "freed_bytes",
+    "quarantine_skipped",
+    "quarantine_error",
 ];
 
 /// What an execution record changed, one line per change, for people: the `changes`
@@ -513,12 +594,15 @@ pub fn execution_changes(execution: &Value) -> Vec<String> {
     }
     match action {
         "sandbox_cleanup" => {
+            // Records from before the quarantine had a budget lack `stored_bytes`.
+            let measured = after.get("stored_bytes").is_some();
             let done = match pending {
                 Some(pending) => pending.to_owned(),
+                None if measured => format!("{} removed", cleanup_files(after, "moved")),
                 None => format!(
                     "{} moved to the quarantine ({})",
                     count(after.get("moved_files").unwrap_or(&null), "file", "files"),
-                    megabytes(after.get("moved_bytes").unwrap_or(&null))
+                    cleanup_megabytes(after.get("moved_bytes").unwrap_or(&null))
                 ),
             };
             lines.push(format!(
@@ -528,6 +612,36 @@ pub fn execution_changes(execution: &Value) -> Vec<String> {
             ));
             if let Some(sample) = cleanup_sample(before) {
                 lines.push(format!("files: {sample}"));
+            }
+            if pending.is_none() && measured {
+                if let Some(error) = after.get("quarantine_error") {
+                    lines.push(format!(
+                        "restorable: all of it, uncompressed in the quarantine: it could not be \
+                         compressed ({})",
+                        plain(error)
+                    ));
+                } else {
+                    lines.push(format!(
+                        "restorable: {}, compressed to {} in the quarantine",
+                        cleanup_files(after, "restorable"),
+                        cleanup_megabytes(after.get("stored_bytes").unwrap_or(&null))
+                    ));
+                }
+                if after
+                    .get("deleted_files")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    > 0
+                {
+                    lines.push(format!(
+                        "deleted for good: {}: they did not fit in the quarantine",
+                        cleanup_files(after, "deleted")
+                    ));
+                }
+                lines.push(format!(
+                    "freed: {}",
+                    cleanup_megabytes(after.get("freed_bytes").unwrap_or(&null))
+                ));
             }
             if let Some(skipped) = after.get("skipped") {
                 let left = skipped
@@ -565,7 +679,14 @@ pub fn execution_changes(execution: &Value) -> Vec<String> {
         .is_some_and(|v| !v.is_null())
     {
         lines.push(match action {
-            "sandbox_cleanup" => "rolled back: the quarantined files were put back".to_owned(),
+            "sandbox_cleanup" => match after.get("deleted_files").and_then(Value::as_u64) {
+                Some(deleted) if deleted > 0 => format!(
+                    "rolled back: the quarantined files were put back; {} could not be, \
+                     deleted for good",
+                    cleanup_files(after, "deleted")
+                ),
+                _ => "rolled back: the quarantined files were put back".to_owned(),
+            },
             "container_start" => "rolled back: the container was stopped again".to_owned(),
             "container_memory_limit" => format!(
                 "rolled back: the memory limit is {} again",
@@ -596,11 +717,21 @@ pub fn proposal_changes(fix: &Value, snapshot: &Value) -> Vec<String> {
     let state = || plain(snapshot.get("state").unwrap_or(&null));
     match fix.get("action").and_then(Value::as_str).unwrap_or("") {
         "sandbox_cleanup" => {
-            lines.push(format!(
-                "{}: {} → moved to the quarantine",
-                cleanup_dirs(snapshot, params),
-                cleanup_found(snapshot)
-            ));
+            match cleanup_estimate(snapshot) {
+                Some(estimate) => {
+                    lines.push(format!(
+                        "{}: {} → removed",
+                        cleanup_dirs(snapshot, params),
+                        cleanup_found(snapshot)
+                    ));
+                    lines.push(estimate);
+                }
+                None => lines.push(format!(
+                    "{}: {} → moved to the quarantine",
+                    cleanup_dirs(snapshot, params),
+                    cleanup_found(snapshot)
+                )),
+            }
             if let Some(sample) = cleanup_sample(snapshot) {
                 lines.push(format!("files: {sample}"));
             }
@@ -1310,18 +1441,31 @@ pub fn sample_records(plan: &crate::domain::ActionPlan, incident: &str) -> (Valu
     const NOW: &str = "2026-11-28T10:01:01.987654321Z";
     match plan {
         ActionPlan::NotifyOnly => (json!({}), json!({})),
+        // Cleanup sizes are in MB of 1,000,000 bytes (the sandbox_size signal's unit).
         ActionPlan::SandboxCleanup { .. } => (
             json!({
                 "dirs": plan.to_proposed().params.get("dirs"),
                 "files": 3,
-                "bytes": 120 * MB,
+                "bytes": 120_000_000,
                 "sample": ["logs/app.log", "logs/app.log.1", "tmp/upload.bin"],
+                "quarantine_max_bytes": 50_000_000,
+                "quarantine_used_bytes": 0,
+                "restorable_files": 1,
+                "restorable_bytes": 40_000_000,
+                "deleted_files": 2,
+                "deleted_bytes": 80_000_000,
             }),
             json!({
                 "moved_files": 3,
-                "moved_bytes": 120 * MB,
+                "moved_bytes": 120_000_000,
                 "skipped": 0,
                 "quarantine": format!("/srv/sentinel/sandbox/.sentinel-quarantine/{incident}"),
+                "restorable_files": 2,
+                "restorable_bytes": 70_000_000,
+                "stored_bytes": 12_000_000,
+                "deleted_files": 1,
+                "deleted_bytes": 50_000_000,
+                "freed_bytes": 108_000_000,
             }),
         ),
         ActionPlan::ContainerStart { .. } => (
@@ -1700,8 +1844,11 @@ mod tests {
         assert_eq!(
             execution_changes(&execution(SandboxCleanup, Executed)),
             [
-                "logs, tmp, cache: 3 files (120 MB) → 3 files moved to the quarantine (120 MB)",
+                "logs, tmp, cache: 3 files (120 MB) → 3 files (120 MB) removed",
                 "files: logs/app.log, logs/app.log.1, tmp/upload.bin",
+                "restorable: 2 files (70 MB), compressed to 12 MB in the quarantine",
+                "deleted for good: 1 file (50 MB): they did not fit in the quarantine",
+                "freed: 108 MB",
                 &format!("quarantine: {q}"),
             ]
         );
@@ -1709,7 +1856,8 @@ mod tests {
             execution_changes(&execution(SandboxCleanup, RolledBack))
                 .last()
                 .unwrap(),
-            "rolled back: the quarantined files were put back"
+            "rolled back: the quarantined files were put back; 1 file (50 MB) could not be, \
+             deleted for good"
         );
         assert_eq!(
             execution_changes(&execution(ContainerMemoryLimit, Executed)),
@@ -1775,7 +1923,7 @@ mod tests {
             execution_changes(&record),
             [
                 "state before: could not be read (sandbox: permission denied)",
-                "logs: – → 1 file moved to the quarantine (1.5 MB)",
+                "logs: – → 1 file moved to the quarantine (1.6 MB)",
                 "skipped: 1 file left in place",
             ]
         );

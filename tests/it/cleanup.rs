@@ -22,7 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use sentinel::domain::CleanupDir;
 use sentinel::runtime::cleanup::{
-    execute_cleanup, plan_cleanup, purge_quarantine, restore, CleanupPlan, QUARANTINE_DIR,
+    execute_cleanup, keep_within, plan_cleanup, purge_quarantine, restore, CleanupPlan,
+    QUARANTINE_DIR,
 };
 use sentinel::runtime::sandbox::{largest_directories, sandbox_size};
 use sha2::{Digest, Sha256};
@@ -247,13 +248,16 @@ fn cleanup_moves_exactly_the_cleanable_files_and_restore_brings_them_back() {
     // The directories stay.
     assert!(world.logs().join("nested/deeper").is_dir());
 
-    // The quarantine is not measured: the sandbox shrank by what was moved.
-    assert_eq!(sandbox_size(&world.sandbox).unwrap(), size_before - bytes);
+    // The quarantine is measured: moved (not yet compressed) files are still on the disk.
+    let record = fs::metadata(world.quarantine("inc-1").join("cleanup.json"))
+        .unwrap()
+        .len();
+    assert_eq!(sandbox_size(&world.sandbox).unwrap(), size_before + record);
     let listed = largest_directories(&world.sandbox, 10).unwrap();
     assert!(
         listed
             .iter()
-            .all(|(path, _)| !path.ends_with(QUARANTINE_DIR)),
+            .any(|(path, size)| path.ends_with(QUARANTINE_DIR) && *size == bytes + record),
         "{listed:?}"
     );
 
@@ -1001,4 +1005,202 @@ fn swapping_directories_during_purge_deletes_nothing_outside() {
         );
         eprintln!("purge round {round}: {swaps} swaps");
     }
+}
+
+// ---------------------------------------------------------------- the quarantine's budget
+
+const MB: u64 = 1_000_000;
+
+/// `n` files of `size` random (incompressible) bytes under `logs/big/`, `f00` the oldest,
+/// one minute apart; their SHA-256 by relative path.
+fn random_logs(world: &World, n: usize, size: usize) -> BTreeMap<String, Vec<u8>> {
+    use rand::RngCore;
+    let mut digests = BTreeMap::new();
+    let now = SystemTime::now();
+    let mut content = vec![0u8; size];
+    for i in 0..n {
+        rand::rng().fill_bytes(&mut content);
+        let path = format!("logs/big/f{i:02}.log");
+        write(&world.sandbox.join(&path), &content);
+        let file = fs::File::options()
+            .write(true)
+            .open(world.sandbox.join(&path))
+            .unwrap();
+        file.set_modified(now - Duration::from_secs(60 * (n - i) as u64))
+            .unwrap();
+        digests.insert(path, Sha256::digest(&content).to_vec());
+    }
+    digests
+}
+
+/// A world whose cleanup directories are empty (its data/, other/ and outside stay).
+fn bare_world() -> World {
+    let world = World::new();
+    for dir in ["logs", "tmp", "cache"] {
+        fs::remove_dir_all(world.sandbox.join(dir)).unwrap();
+    }
+    world
+}
+
+/// Bytes of the regular files below `root`, by a walk of the test's own (no link followed).
+fn walked_bytes(root: &Path) -> u64 {
+    WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+fn digest_of(path: &Path) -> Option<Vec<u8>> {
+    fs::read(path).ok().map(|c| Sha256::digest(&c).to_vec())
+}
+
+#[test]
+fn the_quarantine_keeps_the_newest_files_within_its_budget_and_deletes_the_rest() {
+    let world = bare_world();
+    let protected = world.protected();
+    let digests = random_logs(&world, 12, 10 * MB as usize);
+    let plan = world.plan();
+    // Before: the estimate assumes no compression (random bytes have none to give).
+    let estimate = plan.estimate(50 * MB);
+    assert_eq!(
+        (estimate.restorable_files, estimate.restorable_bytes),
+        (5, 50 * MB),
+        "{estimate:?}"
+    );
+    assert_eq!(estimate.deleted_files, 7);
+    let before = walked_bytes(&world.sandbox);
+    assert!(before >= 120 * MB && before < 121 * MB, "{before}");
+
+    let moved = execute_cleanup(&world.sandbox, &plan, "inc-budget").unwrap();
+    let kept = keep_within(&world.sandbox, "inc-budget", 50 * MB).unwrap();
+    assert_protected(&world, &protected, "by the cleanup within a budget");
+    let quarantine = world.quarantine("inc-budget");
+    let stored = walked_bytes(&quarantine.join("zstd"));
+    let after = walked_bytes(&world.sandbox);
+    eprintln!(
+        "sandbox {before} bytes before, {after} after (a walk); quarantine holds {stored} \
+         compressed bytes for {} files ({} bytes); deleted {} files ({} bytes)",
+        kept.restorable_files, kept.restorable_bytes, kept.deleted_files, kept.deleted_bytes
+    );
+    // The figures are what is on disk, and within the budget.
+    assert_eq!(kept.stored_bytes, stored, "{kept:?}");
+    assert!(stored <= 50 * MB, "{stored}");
+    assert_eq!(kept.others_bytes, 0);
+    assert_eq!(kept.restorable_files + kept.deleted_files, 12, "{kept:?}");
+    assert_eq!(
+        kept.restorable_bytes + kept.deleted_bytes,
+        moved.moved_bytes
+    );
+    // zstd adds a few bytes to incompressible data: 4 of the 10 MB files fit, not 5.
+    assert_eq!(kept.restorable_files, 4, "{kept:?}");
+    assert!(after < 100 * MB, "{after} bytes left in the sandbox");
+    assert_eq!(sandbox_size(&world.sandbox).unwrap(), after);
+    assert_eq!(
+        sentinel::runtime::cleanup::quarantine_bytes(&world.sandbox).unwrap(),
+        stored
+    );
+    // Nothing uncompressed is left in the quarantine's moved tree.
+    assert!(!quarantine.join("logs").exists());
+    // The newest are the ones kept.
+    let kept_names: BTreeSet<String> = files_below(&quarantine.join("zstd/logs/big"))
+        .into_keys()
+        .map(|k| String::from_utf8(k).unwrap())
+        .collect();
+    let newest: BTreeSet<String> = (8..12).map(|i| format!("f{i:02}.log")).collect();
+    assert_eq!(kept_names, newest);
+
+    // A rollback brings back exactly those, byte for byte, and says what it could not.
+    let restored = restore(&world.sandbox, "inc-budget").unwrap();
+    assert_eq!(restored.restored_files, 4, "{restored:?}");
+    assert_eq!(restored.restored_bytes, kept.restorable_bytes);
+    assert_eq!(
+        (restored.deleted_files, restored.deleted_bytes),
+        (kept.deleted_files, kept.deleted_bytes)
+    );
+    assert_eq!(restored.skipped_count, 0, "{:?}", restored.skipped);
+    assert!(restored.quarantine_removed);
+    for (path, digest) in &digests {
+        let now = digest_of(&world.sandbox.join(path));
+        if newest.iter().any(|n| path.ends_with(n.as_str())) {
+            assert_eq!(now.as_ref(), Some(digest), "{path} restored byte for byte");
+        } else {
+            assert_eq!(now, None, "{path} was deleted for good");
+        }
+    }
+    let mtime = fs::metadata(world.sandbox.join("logs/big/f11.log"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(SystemTime::now().duration_since(mtime).unwrap() >= Duration::from_secs(55));
+    assert_protected(&world, &protected, "by the restore");
+}
+
+#[test]
+fn compressible_files_all_fit_and_a_full_quarantine_keeps_nothing() {
+    let world = bare_world();
+    let text = "GET /healthz 200 0.3ms user-agent=kube-probe/1.30\n".repeat(400_000);
+    write(&world.logs().join("access.log"), text.as_bytes());
+    let original = Sha256::digest(text.as_bytes()).to_vec();
+    let plan = world.plan();
+    execute_cleanup(&world.sandbox, &plan, "inc-zip").unwrap();
+    let kept = keep_within(&world.sandbox, "inc-zip", MB).unwrap();
+    assert_eq!(kept.deleted_files, 0, "{kept:?}");
+    assert_eq!(kept.restorable_bytes, plan.bytes);
+    assert!(kept.stored_bytes < MB / 10, "{kept:?}");
+
+    // A second cleanup finds the budget taken by the first: nothing of it stays.
+    write(&world.logs().join("later.log"), b"later");
+    let second = world.plan();
+    assert_eq!(second.estimate(0).deleted_files, 1);
+    execute_cleanup(&world.sandbox, &second, "inc-full").unwrap();
+    let full = keep_within(&world.sandbox, "inc-full", kept.stored_bytes).unwrap();
+    assert_eq!(full.others_bytes, kept.stored_bytes);
+    assert_eq!(
+        (full.restorable_files, full.deleted_files),
+        (0, 1),
+        "{full:?}"
+    );
+    let nothing = restore(&world.sandbox, "inc-full").unwrap();
+    assert_eq!((nothing.restored_files, nothing.deleted_files), (0, 1));
+    assert!(!world.logs().join("later.log").exists());
+
+    let back = restore(&world.sandbox, "inc-zip").unwrap();
+    assert_eq!(back.restored_files, 1, "{back:?}");
+    assert_eq!(
+        digest_of(&world.logs().join("access.log")),
+        Some(original),
+        "restored byte for byte"
+    );
+}
+
+#[test]
+fn the_quarantine_follows_no_link_swapped_into_it() {
+    let world = World::new();
+    let protected = world.protected();
+    let plan = world.plan();
+    execute_cleanup(&world.sandbox, &plan, "inc-swap").unwrap();
+    // Someone replaces a moved file with a link to a precious file, and a directory with a
+    // link to the outside.
+    let moved = world.quarantine("inc-swap");
+    fs::remove_file(moved.join("logs/app.log")).unwrap();
+    symlink(
+        world.outside.join("precious.txt"),
+        moved.join("logs/app.log"),
+    )
+    .unwrap();
+    fs::remove_dir_all(moved.join("logs/nested")).unwrap();
+    symlink(world.outside.join("dir"), moved.join("logs/nested")).unwrap();
+    let kept = keep_within(&world.sandbox, "inc-swap", 50 * MB).unwrap();
+    assert_protected(&world, &protected, "by compressing a tampered quarantine");
+    assert!(kept.skipped_count >= 2, "{kept:?}");
+    assert!(fs::symlink_metadata(moved.join("logs/app.log"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let restored = restore(&world.sandbox, "inc-swap").unwrap();
+    assert_protected(&world, &protected, "by restoring a tampered quarantine");
+    assert!(!restored.quarantine_removed, "the links stay: {restored:?}");
 }
