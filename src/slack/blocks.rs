@@ -459,10 +459,10 @@ fn cleanup_megabytes(value: &Value) -> String {
     match value.as_f64() {
         Some(bytes) => {
             let mb = bytes / 1e6;
-            if mb >= 10.0 || (mb - mb.round()).abs() < 0.05 {
-                format!("{} MB", mb.round() as i64)
-            } else if mb.abs() < 0.1 {
+            if mb.abs() < 0.1 {
                 format!("{} bytes", bytes.round() as i64)
+            } else if mb >= 10.0 || (mb - mb.round()).abs() < 0.05 {
+                format!("{} MB", mb.round() as i64)
             } else {
                 format!("{mb:.1} MB")
             }
@@ -496,9 +496,10 @@ fn cleanup_estimate(snapshot: &Value) -> Option<String> {
         .map(cleanup_megabytes)
         .unwrap_or_else(|| "–".to_owned());
     let mb = |b: u64| cleanup_megabytes(&json!(b));
-    Some(if bytes == 0 {
+    if bytes == 0 {
         return None;
-    } else if deleted == 0 {
+    }
+    Some(if deleted == 0 {
         format!(
             "all of it stays restorable, compressed in the quarantine (at most {max}); frees \
              what compression saves"

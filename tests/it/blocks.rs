@@ -379,8 +379,11 @@ fn an_executed_fix_reads_as_before_and_after_for_people() {
         (
             ActionId::SandboxCleanup,
             &[
-                "• logs, tmp, cache: 3 files (120 MB) → 3 files moved to the quarantine (120 MB)",
+                "• logs, tmp, cache: 3 files (120 MB) → 3 files (120 MB) removed",
                 "• files: logs/app.log, logs/app.log.1, tmp/upload.bin",
+                "• restorable: 2 files (70 MB), compressed to 12 MB in the quarantine",
+                "• deleted for good: 1 file (50 MB): they did not fit in the quarantine",
+                "• freed: 108 MB",
                 "• quarantine: /srv/sentinel/sandbox/.sentinel-quarantine/inc-sample",
             ],
         ),
@@ -436,7 +439,11 @@ fn an_executed_fix_reads_as_before_and_after_for_people() {
         "{section}"
     );
     assert!(
-        section.contains("*What it would change*\n• logs, tmp, cache: 3 files (120 MB) → moved to the quarantine"),
+        section.contains(
+            "*What it would change*\n• logs, tmp, cache: 3 files (120 MB) → removed\n\
+            • frees about 80 MB or more; about 40 MB stays restorable, compressed in the \
+            quarantine (at most 50 MB), newest files first; about 80 MB is deleted for good"
+        ),
         "{section}"
     );
 }
@@ -794,8 +801,11 @@ async fn the_sample_records_have_the_shapes_the_executor_writes() {
     let executed = run(&executor, &admin, &cleanup).await;
     let section = fix_section(&card(executed, ""));
     assert!(
-        section
-            .contains("• logs, tmp, cache: 1 file (3 MB) → 1 file moved to the quarantine (3 MB)"),
+        section.contains(
+            "• logs, tmp, cache: 1 file (3.1 MB) → 1 file (3.1 MB) removed\n\
+                       • files: logs/app.log\n\
+                       • restorable: 1 file (3.1 MB), compressed to "
+        ),
         "{section}"
     );
     assert!(section.contains("• files: logs/app.log"), "{section}");

@@ -1072,7 +1072,7 @@ fn the_quarantine_keeps_the_newest_files_within_its_budget_and_deletes_the_rest(
     );
     assert_eq!(estimate.deleted_files, 7);
     let before = walked_bytes(&world.sandbox);
-    assert!(before >= 120 * MB && before < 121 * MB, "{before}");
+    assert!((120 * MB..121 * MB).contains(&before), "{before}");
 
     let moved = execute_cleanup(&world.sandbox, &plan, "inc-budget").unwrap();
     let kept = keep_within(&world.sandbox, "inc-budget", 50 * MB).unwrap();

@@ -8,7 +8,7 @@ use sentinel::config::{Mode, Settings};
 use sentinel::domain::{
     Detection, Incident, IncidentId, Resource, Risk, Severity, Signal, Source, Timestamp,
 };
-use sentinel::pipeline::analyze::{check_proposal, rules, Evidence};
+use sentinel::pipeline::analyze::{check, rules, Evidence};
 use sentinel::pipeline::policy::{decide, PolicyInput, Verdict};
 use sentinel::runtime::ContainerSample;
 
@@ -72,7 +72,9 @@ fn with_containers(mut c: Case, containers: Vec<ContainerSample>) -> Case {
     c
 }
 
+/// A sandbox holding `dirs`, on the `/` mount.
 fn with_sandbox(mut c: Case, dirs: &[(&str, u64)]) -> Case {
+    c.evidence.sandbox_mounts = vec!["/".to_owned()];
     c.evidence.sandbox_dirs = dirs.iter().map(|(n, b)| (n.to_string(), b * MB)).collect();
     c.evidence.sandbox_bytes = Some(dirs.iter().map(|(_, b)| b * MB).sum());
     c
@@ -98,14 +100,15 @@ fn cases() -> Vec<Case> {
     let web = || container("web-1", "running", Some(700), 1024);
     let small = || container("sidecar", "running", Some(20), 128);
     let mut cases = vec![
-        // Host memory: the biggest container is restarted (medium) when it is big enough.
+        // Host memory: no action is allowed (SPEC §12.2); the root cause names the biggest
+        // container and people decide.
         with_containers(
             case(
                 "memory, one big container",
                 HostMemory,
                 "host",
                 72.0,
-                ("container_restart", Medium, "operator"),
+                ("notify_only", Low, "notify"),
             ),
             vec![web(), small()],
         ),
@@ -115,7 +118,7 @@ fn cases() -> Vec<Case> {
                 HostMemory,
                 "host",
                 93.0,
-                ("container_restart", Medium, "operator"),
+                ("notify_only", Low, "notify"),
             )),
             vec![small(), web()],
         ),
@@ -142,7 +145,7 @@ fn cases() -> Vec<Case> {
                 HostMemory,
                 "host",
                 75.0,
-                ("container_restart", High, "admin"),
+                ("notify_only", Low, "notify"),
             ),
             vec![web()],
         )),
@@ -186,6 +189,20 @@ fn cases() -> Vec<Case> {
             )),
             &[("logs", 800), ("data", 100)],
         ),
+        {
+            let mut elsewhere = with_sandbox(
+                critical(case(
+                    "disk, big logs, sandbox on another mount",
+                    Disk,
+                    "/var",
+                    96.0,
+                    ("notify_only", Low, "notify"),
+                )),
+                &[("logs", 800)],
+            );
+            elsewhere.evidence.sandbox_mounts = vec!["/".to_owned()];
+            elsewhere
+        },
         with_sandbox(
             critical(case(
                 "disk, only data",
@@ -413,12 +430,16 @@ fn cases() -> Vec<Case> {
     let mut dry_medium = with_containers(
         case(
             "restart in dry-run mode",
-            HostMemory,
-            "host",
-            80.0,
+            ContainerDown,
+            "web-1",
+            1.0,
             ("container_restart", Medium, "dry-run"),
         ),
-        vec![web()],
+        vec![{
+            let mut c = web();
+            c.health = Some("unhealthy".into());
+            c
+        }],
     );
     dry_medium.mode = Mode::DryRun;
     cases.extend([approve_all, dry_run, paused, spent, almost, dry_medium]);
@@ -454,7 +475,7 @@ fn every_fixture_gets_its_recorded_decision() {
         assert_eq!(analysis.analyzer, "rules");
         assert!((0.0..=1.0).contains(&analysis.confidence), "{}", case.name);
         assert!(!analysis.root_cause.is_empty(), "{}", case.name);
-        let plan = check_proposal(&analysis.proposed_action, &case.evidence)
+        let plan = check(&incident, &analysis.proposed_action, &case.evidence)
             .unwrap_or_else(|e| panic!("{}: the rules proposed something refused: {e}", case.name));
         let decision = decide(&PolicyInput {
             plan: &plan,

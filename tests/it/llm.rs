@@ -512,3 +512,124 @@ async fn an_unreachable_endpoint_is_retried_then_fails() {
     );
     assert!(!failure.to_string().contains(KEY));
 }
+
+// ---------------------------------------------------------------- auto, and the table
+
+/// An incident of `signal` on `resource`.
+fn incident_of(signal: Signal, resource: &str) -> Incident {
+    let detection = Detection {
+        signal,
+        resource: Resource::parse(resource).unwrap(),
+        severity: Severity::Critical,
+        value: 1.0,
+        threshold: 1.0,
+        source: Source::Docker,
+        summary: format!("{signal} on {resource}"),
+        labels: BTreeMap::new(),
+    };
+    Incident::open(IncidentId::generate(), &detection, Timestamp::now())
+}
+
+/// Settings as an operator gets them with only `SENTINEL_LLM_URL` and a key in the
+/// environment: `[analyzer] kind` stays at its default.
+fn settings_from_env(double: &LlmDouble, key: Option<&str>) -> sentinel::config::Settings {
+    let mut env = BTreeMap::from([("SENTINEL_LLM_URL".to_owned(), double.url.clone())]);
+    if let Some(key) = key {
+        env.insert("SENTINEL_LLM_API_KEY".to_owned(), key.to_owned());
+    }
+    sentinel::config::Settings::load(&sentinel::config::Sources {
+        file: None,
+        env: &|name| env.get(name).cloned(),
+    })
+    .expect("valid settings")
+}
+
+#[tokio::test]
+async fn with_only_an_llm_url_and_key_the_default_analyzer_asks_the_llm() {
+    use sentinel::pipeline::analyze::settle;
+    let double = LlmDouble::start(Some(KEY)).await;
+    let without_key = settings_from_env(&double, None);
+    assert_eq!(
+        without_key.analyzer.kind,
+        sentinel::config::AnalyzerKind::Auto
+    );
+    assert!(LlmAnalyzer::from_settings(&without_key).unwrap().is_none());
+    assert!(without_key.analyzer_choice().reason.starts_with("rules"));
+
+    let settings = settings_from_env(&double, Some(KEY));
+    assert_eq!(settings.analyzer.kind, sentinel::config::AnalyzerKind::Auto);
+    let choice = settings.analyzer_choice();
+    assert!(choice.llm, "{choice:?}");
+    assert!(
+        choice.reason.contains("SENTINEL_LLM_API_KEY") && !choice.reason.contains(KEY),
+        "{}",
+        choice.reason
+    );
+    let llm = LlmAnalyzer::from_settings(&settings)
+        .unwrap()
+        .expect("the LLM is in use")
+        .with_backoff_base(BACKOFF);
+
+    // A container is down; the model proposes a cleanup: refused, the rules decide.
+    double.script([Reply::content(answer(
+        json!({"action": "sandbox_cleanup", "params": {"dirs": ["logs"]}}),
+    ))]);
+    let down = incident_of(Signal::ContainerDown, "worker");
+    let settled = settle(Some(&llm), &down, &evidence()).await;
+    assert_eq!(double.requests().len(), 1, "the LLM was asked once");
+    assert_eq!(
+        double.requests()[0].authorization(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(settled.analysis.analyzer, "rules");
+    assert_eq!(
+        settled.plan.action(),
+        ActionId::ContainerStart,
+        "{settled:?}"
+    );
+    assert_eq!(settled.plan.container(), Some("worker"));
+    assert_eq!(settled.refusals.len(), 1, "{:?}", settled.refusals);
+    assert!(
+        settled.refusals[0].starts_with("proposal refused: llm:deepseek/deepseek-r1 proposed sandbox_cleanup; sandbox_cleanup is not allowed for a container_down incident"),
+        "{}",
+        settled.refusals[0]
+    );
+
+    // The right action on another container (one that exists): refused too.
+    double.script([Reply::content(answer(
+        json!({"action": "container_restart", "params": {"container": "db-1"}}),
+    ))]);
+    let settled = settle(Some(&llm), &down, &evidence()).await;
+    assert_eq!(double.requests().len(), 2);
+    assert_eq!(settled.plan.container(), Some("worker"), "{settled:?}");
+    assert!(
+        settled.refusals[0].contains("container_restart of db-1")
+            && settled.refusals[0].contains("not the incident's own container"),
+        "{}",
+        settled.refusals[0]
+    );
+
+    // An external alert: a logs/ cleanup never runs for it.
+    double.script([Reply::content(answer(
+        json!({"action": "sandbox_cleanup", "params": {"dirs": ["logs"]}}),
+    ))]);
+    let external = incident_of(Signal::External, "disk-pressure");
+    let settled = settle(Some(&llm), &external, &evidence()).await;
+    assert_eq!(settled.plan.action(), ActionId::NotifyOnly, "{settled:?}");
+    assert_eq!(settled.analysis.risk_assessment, Risk::Low);
+
+    // What the table allows, on the incident's own resource, is the LLM's to propose.
+    double.script([Reply::content(answer(
+        json!({"action": "container_restart", "params": {"container": "worker"}}),
+    ))]);
+    let settled = settle(Some(&llm), &down, &evidence()).await;
+    assert_eq!(settled.analysis.analyzer, "llm:deepseek/deepseek-r1");
+    assert_eq!(settled.plan.action(), ActionId::ContainerRestart);
+    assert!(settled.refusals.is_empty());
+    // The prompt told the model what is allowed.
+    let prompt = double.requests()[3].message("user");
+    assert!(
+        prompt.contains("\"allowed_actions\"") && prompt.contains("container_start"),
+        "{prompt}"
+    );
+}

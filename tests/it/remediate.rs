@@ -582,3 +582,202 @@ async fn the_llm_analyzer_is_used_and_falls_back_to_the_rules_on_forbidden_propo
     let proposed = decided.proposed_action.unwrap();
     assert_ne!(proposed.action.as_str(), "shell");
 }
+
+/// 120 MB of random (incompressible) logs at the default 100 MB threshold: the automatic
+/// cleanup leaves the sandbox, quarantine included, below the threshold (a walk of the test's
+/// own); the card said beforehand how much stays restorable; the records carry the figures
+/// measured on disk; a rollback restores what the quarantine held, byte for byte, and says
+/// what it could not.
+#[tokio::test]
+async fn an_automatic_cleanup_frees_the_disk_and_a_rollback_says_what_it_could_not_restore() {
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    const MB: u64 = 1_000_000;
+    let app = remediating_app(|_| {}).await;
+    let logs = app.sandbox.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut digests = std::collections::BTreeMap::new();
+    let mut content = vec![0u8; 10 * MB as usize];
+    let now = std::time::SystemTime::now();
+    for i in 0..12u64 {
+        rand::rng().fill_bytes(&mut content);
+        let path = logs.join(format!("app-{i:02}.log"));
+        std::fs::write(&path, &content).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(now - Duration::from_secs(60 * (12 - i)))
+            .unwrap();
+        digests.insert(path, Sha256::digest(&content).to_vec());
+    }
+    let walked = |root: &std::path::Path| -> u64 {
+        walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    assert!(walked(&app.sandbox) >= 120 * MB);
+
+    let incident = detect(&app, "sandbox_size:sandbox").await;
+    let resolved = wait_for(&app, &incident.id, Status::Resolved).await;
+    let after_bytes = walked(&app.sandbox);
+    // Before execution, the proposal said how much stays restorable.
+    let snapshot = resolved.snapshot.clone().expect("a snapshot");
+    assert_eq!(snapshot["restorable_bytes"], 50 * MB, "{snapshot}");
+    assert_eq!(snapshot["deleted_bytes"], 70 * MB, "{snapshot}");
+    let preview = sentinel::slack::blocks::proposal_changes(
+        &serde_json::to_value(resolved.proposed_action.as_ref().unwrap()).unwrap(),
+        &snapshot,
+    );
+    assert!(
+        preview
+            .iter()
+            .any(|l| l.contains("about 50 MB stays restorable")
+                && l.contains("about 70 MB is deleted for good")),
+        "{preview:?}"
+    );
+    // After: what is on disk.
+    let execution = resolved.execution.clone().expect("an execution record");
+    let after = &execution.after;
+    let quarantine = app
+        .sandbox
+        .join(sentinel::runtime::cleanup::QUARANTINE_DIR)
+        .join(incident.id.as_str());
+    let stored = walked(&quarantine.join("zstd"));
+    eprintln!(
+        "sandbox after the cleanup: {after_bytes} bytes by a walk (quarantine {} bytes, of \
+         which {stored} compressed files); record: {after}",
+        walked(&quarantine)
+    );
+    assert!(after_bytes < 100 * MB, "{after_bytes} bytes left");
+    assert_eq!(after["stored_bytes"], stored, "{after}");
+    assert_eq!(after["moved_bytes"], 120 * MB);
+    assert_eq!(after["restorable_files"], 4, "{after}");
+    assert_eq!(after["deleted_files"], 8, "{after}");
+    assert_eq!(after["deleted_bytes"], 80 * MB);
+    assert_eq!(after["freed_bytes"], 120 * MB - stored);
+    let executed = resolved
+        .timeline
+        .iter()
+        .find(|e| e.step == "verifying")
+        .expect("the executed step");
+    assert!(
+        executed
+            .message
+            .contains("8 files (80 MB) were deleted for good"),
+        "{}",
+        executed.message
+    );
+    let audit = app.get("/api/audit", Some(&app.keys.admin)).await;
+    let recorded = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["incident"] == incident.id.as_str() && e["event"] == "ActionExecuted")
+        .expect("ActionExecuted audited")
+        .clone();
+    assert_eq!(&recorded["details"]["after"], after, "{recorded}");
+
+    // The rollback: the four newest come back byte for byte; it says what it could not.
+    let rolled = app
+        .post(
+            &format!("/api/incidents/{}/rollback", incident.id),
+            Some(&app.keys.admin),
+            "",
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{rolled:?}");
+    let rolled_back = app.store.get_incident(&incident.id).await.unwrap().unwrap();
+    let message = &rolled_back
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.step == "rolled_back")
+        .expect("a rolled_back step")
+        .message;
+    assert!(
+        message.contains("restored 4 files (40 MB) from the quarantine, byte for byte")
+            && message.contains("8 files (80 MB) could not be restored"),
+        "{message}"
+    );
+    let mut restored = 0;
+    for (i, (path, digest)) in digests.iter().enumerate() {
+        match std::fs::read(path) {
+            Ok(content) => {
+                assert!(i >= 8, "{path:?} is not one of the newest");
+                assert_eq!(&Sha256::digest(&content).to_vec(), digest, "{path:?}");
+                restored += 1;
+            }
+            Err(_) => assert!(i < 8, "{path:?} is missing"),
+        }
+    }
+    assert_eq!(restored, 4);
+    assert!(!quarantine.exists(), "the emptied quarantine is removed");
+}
+
+/// kind left at its default ("auto"), with only the LLM URL and a key from the environment:
+/// the LLM is asked; its cleanup for a stopped container is refused, recorded on the
+/// timeline and in the audit, and the rules' proposal (start it) waits for approval.
+#[tokio::test]
+async fn the_default_analyzer_asks_the_llm_and_a_proposal_outside_the_table_is_refused() {
+    use crate::llm_double::{LlmDouble, Reply};
+    const KEY: &str = "llm-auto-key";
+    let double = LlmDouble::start(Some(KEY)).await;
+    let env = std::collections::BTreeMap::from([
+        ("SENTINEL_LLM_URL".to_owned(), double.url.clone()),
+        ("SENTINEL_LLM_API_KEY".to_owned(), KEY.to_owned()),
+    ]);
+    let from_env = sentinel::config::Settings::load(&sentinel::config::Sources {
+        file: None,
+        env: &|name| env.get(name).cloned(),
+    })
+    .unwrap();
+    assert_eq!(from_env.analyzer.kind, sentinel::config::AnalyzerKind::Auto);
+    let cleanup = serde_json::json!({
+        "root_cause": "the disk fills with logs",
+        "proposed_action": {"action": "sandbox_cleanup", "params": {"dirs": ["logs"]}},
+        "risk_assessment": "low", "confidence": 0.9, "evidence": ["logs are big"]
+    })
+    .to_string();
+    // Other tests' containers on this Docker may open incidents too: all get this answer.
+    double.script((0..50).map(|_| Reply::content(cleanup.clone())));
+    let app = remediating_app(|s| {
+        s.llm = from_env.llm.clone();
+        s.llm.timeout = sentinel::config::HumanDuration(Duration::from_secs(5));
+        s.secrets.llm_api_key = from_env.secrets.llm_api_key.clone();
+        s.secrets.llm_api_key_from = from_env.secrets.llm_api_key_from;
+    })
+    .await;
+    let container = Container::run("sentinel-auto-llm", &[], &["sleep", "3600"]);
+    docker(&["stop", "-t", "1", &container.0]);
+    let incident = detect(&app, &format!("container_down:{}", container.0)).await;
+    let waiting = wait_for(&app, &incident.id, Status::AwaitingApproval).await;
+    assert!(!double.requests().is_empty(), "the LLM was asked");
+    assert_eq!(waiting.analyzer.as_deref(), Some("rules"));
+    assert_eq!(
+        waiting.proposed_action.as_ref().unwrap().plan().unwrap(),
+        ActionPlan::ContainerStart {
+            container: container.0.clone()
+        }
+    );
+    let refused = waiting
+        .timeline
+        .iter()
+        .find(|e| e.step == "proposal_refused")
+        .expect("the refusal is on the timeline");
+    assert!(
+        refused
+            .message
+            .contains("sandbox_cleanup is not allowed for a container_down incident"),
+        "{}",
+        refused.message
+    );
+    let events = audit_events(&app, &incident.id).await;
+    assert!(events.iter().any(|e| e == "ProposalRefused"), "{events:?}");
+    // Nothing was cleaned.
+    assert!(!app
+        .sandbox
+        .join(sentinel::runtime::cleanup::QUARANTINE_DIR)
+        .exists());
+}
