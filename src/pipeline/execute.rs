@@ -14,7 +14,7 @@
 //! and `deleted_bytes` assume no compression, so more may stay restorable), the result the
 //! figures measured on disk once the quarantine kept what fits in `[actions]
 //! quarantine_max_bytes` (`restorable_*`, `deleted_*`, `stored_bytes`, `freed_bytes`), and a
-//! rollback what came back and what could not (`restored_*`, `deleted_*`, `not_restored`).
+//! rollback what came back and what could not (`restored_*`, `deleted_*`, `skipped`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -318,7 +318,7 @@ impl Executor {
                 Ok(json!({
                     "restored_files": report.restored_files,
                     "restored_bytes": report.restored_bytes,
-                    "not_restored": report.skipped_count,
+                    "skipped": report.skipped_count,
                     "deleted_files": report.deleted_files,
                     "deleted_bytes": report.deleted_bytes,
                 }))
@@ -386,10 +386,10 @@ pub fn undo_summary(plan: &ActionPlan, restored: &Value) -> Option<String> {
             files_and_size(n("deleted_files"), n("deleted_bytes"))
         ));
     }
-    if n("not_restored") > 0 {
+    if n("skipped") > 0 {
         text.push_str(&format!(
             "; {} stayed in the quarantine (a file of that name exists, or a link was in the way)",
-            plural(n("not_restored"), "entry", "entries")
+            plural(n("skipped"), "entry", "entries")
         ));
     }
     Some(text)

@@ -512,8 +512,9 @@ fn cleanup_estimate(snapshot: &Value) -> Option<String> {
         )
     } else {
         format!(
-            "frees about {} or more; about {} stays restorable, compressed in the quarantine \
-             (at most {max}), newest files first; about {} is deleted for good",
+            "frees about {} or more; about {} or more stays restorable (more if the files \
+             compress), newest files first, in the quarantine (at most {max}); up to about {} is \
+             deleted for good",
             mb(deleted),
             mb(restorable),
             mb(deleted)

@@ -441,8 +441,9 @@ fn an_executed_fix_reads_as_before_and_after_for_people() {
     assert!(
         section.contains(
             "*What it would change*\n• logs, tmp, cache: 3 files (120 MB) → removed\n\
-            • frees about 80 MB or more; about 40 MB stays restorable, compressed in the \
-            quarantine (at most 50 MB), newest files first; about 80 MB is deleted for good"
+            • frees about 80 MB or more; about 40 MB or more stays restorable (more if the \
+            files compress), newest files first, in the quarantine (at most 50 MB); up to about \
+            80 MB is deleted for good"
         ),
         "{section}"
     );

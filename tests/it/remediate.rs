@@ -633,8 +633,8 @@ async fn an_automatic_cleanup_frees_the_disk_and_a_rollback_says_what_it_could_n
     assert!(
         preview
             .iter()
-            .any(|l| l.contains("about 50 MB stays restorable")
-                && l.contains("about 70 MB is deleted for good")),
+            .any(|l| l.contains("about 50 MB or more stays restorable")
+                && l.contains("up to about 70 MB is deleted for good")),
         "{preview:?}"
     );
     // After: what is on disk.
