@@ -792,6 +792,29 @@ impl Sentinel {
     /// opened for them meanwhile: resolving first means the monitor never gets to call a
     /// removed container "recovered" before the reset says what happened. An incident whose
     /// fix is running is left to finish, and the report says so.
+    /// Waits until a monitor cycle that started after now has ended, so whatever a cycle
+    /// running meanwhile saw (a demo container killed on its way out) has been opened by
+    /// then. Bounded: at most two intervals and 5 s, 15 s in all; at once where this replica
+    /// runs no monitor loop.
+    async fn wait_for_a_cycle_after_now(&self) {
+        if !self.settings.monitor.enabled {
+            return;
+        }
+        let mut cycles = self.readings.watch_cycles();
+        let start = *cycles.borrow_and_update();
+        let bound = (self.settings.interval.0 * 2 + std::time::Duration::from_secs(5))
+            .min(std::time::Duration::from_secs(15));
+        let _ = tokio::time::timeout(bound, async {
+            // The cycle running now may have begun before the removal: wait for the next one.
+            while cycles.borrow().wrapping_sub(start) < 2 {
+                if cycles.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     async fn demo_reset(
         &self,
         actor: &Actor,
@@ -811,6 +834,7 @@ impl Sentinel {
         )
         .await?;
         let mut report = demo.remove_all().await?;
+        self.wait_for_a_cycle_after_now().await;
         let message = format!("demo reset: {}", report.message);
         self.reset_incidents(
             &names,

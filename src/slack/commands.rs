@@ -610,8 +610,17 @@ async fn unknown(ctx: &Ctx<'_>, text: String) -> Reply {
             "Usage: `/sentinel {usage}` ({who}). See `/sentinel help`."
         ))),
         None => {
+            // Said first, in the blocks people see as well as in the notification text.
+            let said = format!("I did not understand `{}`.", escape(text.trim()));
             let mut reply = help(ctx).await;
-            reply.text = format!("I don't know `{}`. {}", escape(&text), reply.text);
+            reply.text = format!("{said} {}", reply.text);
+            reply.blocks.insert(
+                0,
+                json!({
+                    "type": "section",
+                    "text": { "type": "mrkdwn", "text": format!("{said} This is what I can do:") },
+                }),
+            );
             reply
         }
     }

@@ -239,6 +239,11 @@ fn sigterm_stops_the_server_cleanly_and_secrets_never_reach_the_logs() {
     }
     assert!(logs.contains("SIGTERM received"), "{logs}");
     assert!(logs.contains("sentinel stopped"), "{logs}");
+    // Not a terminal: plain lines, no colour escapes in a log file.
+    assert!(
+        !logs.contains('\x1b'),
+        "the log carries terminal colours: {logs:?}"
+    );
     for secret in secrets {
         assert!(!logs.contains(secret), "{secret} appeared in the logs");
     }

@@ -751,6 +751,28 @@ async fn status_is_an_ephemeral_block_kit_reply() {
 }
 
 #[tokio::test]
+async fn an_unknown_command_is_said_to_be_not_understood_before_the_help() {
+    let app = spawn_slack_app().await;
+    let answer = slash(&app, VIEWER, "frobnicate the cluster").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let first = answer.body["blocks"][0]["text"]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("I did not understand `frobnicate the cluster`."),
+        "{answer:?}"
+    );
+    assert!(answer.body["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("I did not understand"));
+    // The help follows: every command is still listed after it.
+    assert!(answer.body["blocks"]
+        .to_string()
+        .contains("/sentinel status"));
+}
+
+#[tokio::test]
 async fn a_status_reply_kept_ready_still_shows_every_change_at_once() {
     let app = spawn_slack_app().await;
     let open = |answer: &Answer| answer.body["text"].as_str().unwrap().to_owned();
