@@ -236,7 +236,8 @@ fn upper_first(text: &str) -> String {
     }
 }
 
-/// Who acted, as a person reads it: `slack:U123 (admin)` → `Slack user U123 (admin)`,
+/// Who acted, as a person reads it: `slack:U123 (admin)` → `<@U123> (admin)` (Slack shows the
+/// mention as the person's name; apply it after `esc`, which would break the mention),
 /// `api:ci-bot (operator)` → `ci-bot (operator) through the API`, `sentinel` → `Sentinel`,
 /// `analyzer:rules` → `Sentinel's rules analyzer`. Several (`a and b`) are each rewritten;
 /// anything else stays as it is.
@@ -250,7 +251,11 @@ pub fn person(actor: &str) -> String {
         } else if let Some(name) = who.strip_prefix("api:") {
             format!("{name} through the API")
         } else if let Some(user) = who.strip_prefix("slack:") {
-            format!("Slack user {user}")
+            match user.split_once(' ') {
+                Some((id, role)) if is_user_id(id) => format!("<@{id}> {role}"),
+                None if is_user_id(user) => format!("<@{user}>"),
+                _ => format!("Slack user {user}"),
+            }
         } else {
             who.to_owned()
         }
@@ -260,6 +265,37 @@ pub fn person(actor: &str) -> String {
         .map(one)
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+/// `text` with its user mentions (`<@U123>`, the only markup Sentinel writes on purpose) taken
+/// out: what is left must carry no `<` or `>`.
+pub fn without_mentions(text: &str) -> String {
+    let mut left = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<@") {
+        let mention = rest[start + 2..]
+            .find('>')
+            .filter(|&end| is_user_id(&rest[start + 2..start + 2 + end]));
+        match mention {
+            Some(end) => {
+                left.push_str(&rest[..start]);
+                rest = &rest[start + 2 + end + 1..];
+            }
+            None => {
+                left.push_str(&rest[..start + 2]);
+                rest = &rest[start + 2..];
+            }
+        }
+    }
+    left.push_str(rest);
+    left
+}
+
+/// A Slack user id (`U…` or `W…`, letters and digits): safe inside `<@…>`.
+fn is_user_id(id: &str) -> bool {
+    id.len() > 1
+        && (id.starts_with('U') || id.starts_with('W'))
+        && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1105,7 +1141,7 @@ impl Checker {
         if length > max {
             self.problem(path, format!("{length} characters, the limit is {max}"));
         }
-        if text.contains(['<', '>']) {
+        if without_mentions(text).contains(['<', '>']) {
             self.problem(
                 path,
                 "contains an unescaped < or > (escape the value with |esc)".to_owned(),
@@ -1935,7 +1971,17 @@ mod tests {
 
     #[test]
     fn actors_read_as_people() {
-        assert_eq!(person("slack:U123 (admin)"), "Slack user U123 (admin)");
+        assert_eq!(person("slack:U123 (admin)"), "<@U123> (admin)");
+        assert_eq!(
+            without_mentions("by <@U123> (admin) at <b>"),
+            "by  (admin) at <b>"
+        );
+        assert_eq!(without_mentions("<@here> <@U1"), "<@here> <@U1");
+        // Not an id: no mention is made of it.
+        assert_eq!(
+            person("slack:<!here> (admin)"),
+            "Slack user <!here> (admin)"
+        );
         assert_eq!(
             person("api:ci-bot (operator)"),
             "ci-bot (operator) through the API"
@@ -1944,7 +1990,7 @@ mod tests {
         assert_eq!(person("analyzer:rules"), "Sentinel's rules analyzer");
         assert_eq!(
             person("slack:U1 (admin) and slack:U2 (admin)"),
-            "Slack user U1 (admin) and Slack user U2 (admin)"
+            "<@U1> (admin) and <@U2> (admin)"
         );
         assert_eq!(
             person("policy (low risk, automatic)"),
