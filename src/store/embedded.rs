@@ -392,6 +392,54 @@ fn read_lease(
     }
 }
 
+/// Why [`read_history`] could not read the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadOnlyError {
+    #[error("there is no embedded store at {0}")]
+    Missing(String),
+    /// A running server holds redb's lock on the file.
+    #[error(
+        "the embedded store at {0} is in use by a running Sentinel (redb allows one process at \
+         a time); point SENTINEL_DATA_DIR at a copy of its directory, or use Redis"
+    )]
+    InUse(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Every incident (newest first, as `list_incidents` returns them) and the whole audit log,
+/// read from the file opened read-only: no table is created, nothing is written, no lease or
+/// lock other than redb's own shared reader lock is taken (`sentinel replay`).
+pub fn read_history(path: &Path) -> Result<(Vec<Incident>, Vec<AuditEntry>), ReadOnlyError> {
+    let shown = path.display().to_string();
+    if !path.is_file() {
+        return Err(ReadOnlyError::Missing(shown));
+    }
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(ReadOnlyError::InUse(shown)),
+        Err(e) => return Err(unavailable(e).into()),
+    };
+    let txn = db.begin_read().map_err(unavailable)?;
+    let incidents = IncidentTables::open(&txn)?;
+    let order = txn.open_table(INCIDENT_ORDER).map_err(unavailable)?;
+    let mut found = Vec::new();
+    for row in order.iter().map_err(unavailable)?.rev() {
+        let (key, _) = row.map_err(unavailable)?;
+        let (_, id) = key.value();
+        if let Some(incident) = incidents.read(id)? {
+            found.push(incident);
+        }
+    }
+    let audit = txn.open_table(AUDIT).map_err(unavailable)?;
+    let mut entries = Vec::new();
+    for row in audit.iter().map_err(unavailable)? {
+        let (_, bytes) = row.map_err(unavailable)?;
+        entries.push(decode(bytes.value())?);
+    }
+    Ok((found, entries))
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
