@@ -1,5 +1,6 @@
 //! The command line (SPEC §9): `serve` (the default), `check`, `config check`,
-//! `blocks render`, `manifest`, `keys new`, and `demo`, a client of a running server.
+//! `blocks render`, `manifest`, `keys new`, `replay` (the policy over stored incidents, read
+//! only), and `demo`, a client of a running server.
 //!
 //! In: arguments and the environment. Out: an exit code. Configuration errors are printed as
 //! one line on standard error and exit with status 2; nothing starts.
@@ -66,6 +67,16 @@ enum Command {
         #[arg(long)]
         socket_mode: bool,
     },
+    /// Print what the policy would decide, under this configuration, for each incident stored
+    /// in the last `--since` (the store REDIS_URL or SENTINEL_DATA_DIR names), next to what
+    /// it decided then; and a total. Reads only: writes nothing, takes no lease, audits
+    /// nothing. A running server's embedded store is locked: point SENTINEL_DATA_DIR at a
+    /// copy, or use Redis.
+    Replay {
+        /// How far back to look, like `7d`, `24h` or `30m`.
+        #[arg(long, default_value = "7d", value_parser = parse_since)]
+        since: humantime::Duration,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -127,6 +138,12 @@ fn parse_demo(text: &str) -> Result<crate::service::demo::DemoScenario, String> 
         .map_err(|e: crate::service::demo::UnknownDemoScenario| e.to_string())
 }
 
+fn parse_since(text: &str) -> Result<humantime::Duration, String> {
+    text.trim()
+        .parse::<humantime::Duration>()
+        .map_err(|_| format!("{text:?} is not a duration; write it like \"7d\" or \"24h\""))
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     text.parse()
         .map_err(|e: crate::domain::UnknownRole| e.to_string())
@@ -175,6 +192,12 @@ pub fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { role, name },
         } => keys_new(role, name),
+        Command::Replay { since } => {
+            let Some(settings) = load(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            replay(&settings, *since)
+        }
         Command::Demo {
             scenario,
             server,
@@ -380,6 +403,43 @@ fn check(settings: Settings, json: bool) -> ExitCode {
         println!("unavailable: {signal}: {why}");
     }
     println!("cycle took {elapsed:.0} ms; nothing was changed");
+    ExitCode::SUCCESS
+}
+
+/// `sentinel replay`: one line per stored incident and a total (`crate::replay`).
+fn replay(settings: &Settings, since: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sentinel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let history = match runtime.block_on(crate::replay::load(settings)) {
+        Ok(history) => history,
+        Err(e) => {
+            eprintln!("sentinel: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = crate::domain::Timestamp::now();
+    let from = crate::domain::Timestamp::from_unix_millis(
+        now.unix_millis()
+            .saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX)),
+    );
+    let report = crate::replay::replay(&history, settings, from);
+    println!(
+        "replaying incidents opened since {from} under mode {} (budget {} per hour); nothing \
+         is changed",
+        report.mode, settings.actions.auto_budget_per_hour
+    );
+    for line in &report.lines {
+        println!("{}", line.to_text());
+    }
+    println!("{}", report.total());
     ExitCode::SUCCESS
 }
 

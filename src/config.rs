@@ -169,6 +169,9 @@ pub struct ActionSettings {
     pub quarantine_max_bytes: ByteSize,
     pub memory_limit_max_factor: f64,
     pub two_person_rule: bool,
+    /// Consecutive approved fixes of one (signal, action, target) that verified before an
+    /// admin is offered to trust it (SPEC §12.4).
+    pub trust_after: u32,
 }
 
 /// A size in bytes, written like `"50MB"`, `"1.5GB"`, `"512KiB"` or a plain integer.
@@ -670,6 +673,12 @@ impl Settings {
                 "must be longer than interval, or the lease lapses between cycles",
             ));
         }
+        if self.actions.trust_after == 0 {
+            return Err(ConfigError::new(
+                "actions.trust_after",
+                "must be at least 1: trust is earned by verified approvals",
+            ));
+        }
         if self.monitor.for_samples == 0 {
             return Err(ConfigError::new("monitor.for", "must be at least 1"));
         }
@@ -1008,6 +1017,7 @@ mod tests {
         );
         assert_eq!(s.prometheus.network_latency, "");
         assert_eq!(s.actions.auto_budget_per_hour, 3);
+        assert_eq!(s.actions.trust_after, 5);
         assert_eq!(s.rbac.default_role, DefaultRole::Role(Role::Viewer));
         assert!(s.alertmanager.bearer_token().is_none());
         assert_eq!(s.llm.model, "deepseek/deepseek-r1");

@@ -11,6 +11,7 @@
 //! - [`store`]: persistence behind one trait, on Redis or an embedded redb file.
 //! - [`web`]: the HTTP server (API with key roles, health).
 //! - [`slack`], [`runtime`]: Slack, and Docker / Prometheus / host / sandbox access.
+//! - [`replay`]: `sentinel replay`, the policy run again over stored incidents (reads only).
 //! - [`config`], [`cli`], [`app`], [`telemetry`], [`shutdown`]: the process around it all.
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod pipeline;
+pub mod replay;
 pub mod runtime;
 pub mod service;
 pub mod shutdown;

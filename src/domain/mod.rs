@@ -15,6 +15,7 @@ mod signal;
 mod silence;
 mod time;
 mod trend;
+mod trust;
 
 pub use action::{
     ActionId, ActionPlan, CleanupDir, InvalidParams, ProposedAction, Risk, UnknownAction,
@@ -33,3 +34,4 @@ pub use signal::{Severity, Signal, SignalReading, Source, UnknownSignal};
 pub use silence::{Silence, SilenceTarget};
 pub use time::Timestamp;
 pub use trend::{Sample, Trends};
+pub use trust::{earned, TrustGrant, TrustKey, TrustRun, Untrustable};

@@ -24,7 +24,11 @@ impl ApprovedAction {
     pub fn automatic(incident: &Incident, approval: AutoApproval) -> Self {
         ApprovedAction {
             incident: incident.id.clone(),
-            approved_by: format!("policy ({} risk, automatic)", approval.risk),
+            approved_by: if approval.trusted {
+                format!("policy ({} risk, trusted, automatic)", approval.risk)
+            } else {
+                format!("policy ({} risk, automatic)", approval.risk)
+            },
             plan: approval.plan,
             risk: approval.risk,
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::domain::{
     Actor, AuditEntry, AuditRecord, ChainCheck, ChainVerifier, Incident, IncidentId, Silence,
-    Timestamp,
+    Timestamp, TrustGrant, TrustKey,
 };
 use crate::store::{SharedStore, Store, StoreError, StoreResult};
 
@@ -62,6 +62,25 @@ pub enum AuditEvent<'a> {
     DemoStaged {
         scenario: &'a str,
         report: serde_json::Value,
+    },
+    /// A fix's run of verified approvals reached `[actions] trust_after`: the card offers
+    /// an admin to trust it (`pipeline::trust`).
+    TrustOffered {
+        incident: &'a Incident,
+        key: &'a TrustKey,
+        verified_in_a_row: u64,
+    },
+    /// An admin trusted a fix; `incident`: the card it was granted from, if any.
+    TrustGranted {
+        grant: &'a TrustGrant,
+        incident: Option<&'a Incident>,
+    },
+    /// Trust ended: an admin revoked it, or a trusted fix failed verification or was rolled
+    /// back (`incident`).
+    TrustRevoked {
+        grant: &'a TrustGrant,
+        why: &'a str,
+        incident: Option<&'a Incident>,
     },
     /// A step of remediation ([`Step`]), with what it concerned.
     Step {
@@ -130,6 +149,9 @@ impl AuditEvent<'_> {
             AuditEvent::AutomationPaused => "AutomationPaused",
             AuditEvent::AutomationResumed => "AutomationResumed",
             AuditEvent::DemoStaged { .. } => "DemoStaged",
+            AuditEvent::TrustOffered { .. } => "TrustOffered",
+            AuditEvent::TrustGranted { .. } => "TrustGranted",
+            AuditEvent::TrustRevoked { .. } => "TrustRevoked",
             AuditEvent::Step { step, .. } => step.name(),
         }
     }
@@ -141,7 +163,10 @@ impl AuditEvent<'_> {
             | AuditEvent::ApprovalGranted { incident }
             | AuditEvent::ApprovalRejected { incident, .. }
             | AuditEvent::DecisionRefused { incident, .. }
+            | AuditEvent::TrustOffered { incident, .. }
             | AuditEvent::Step { incident, .. } => Some(incident),
+            AuditEvent::TrustGranted { incident, .. }
+            | AuditEvent::TrustRevoked { incident, .. } => *incident,
             AuditEvent::SilenceCreated { .. }
             | AuditEvent::SilenceExpired { .. }
             | AuditEvent::AutomationPaused
@@ -192,6 +217,13 @@ impl AuditEvent<'_> {
             AuditEvent::DemoStaged { scenario, report } => {
                 json!({ "scenario": scenario, "report": report })
             }
+            AuditEvent::TrustOffered {
+                key,
+                verified_in_a_row,
+                ..
+            } => json!({ "key": key, "verified_in_a_row": verified_in_a_row }),
+            AuditEvent::TrustGranted { grant, .. } => json!({ "grant": grant }),
+            AuditEvent::TrustRevoked { grant, why, .. } => json!({ "grant": grant, "why": why }),
             AuditEvent::Step { details, .. } => details.clone(),
         }
     }

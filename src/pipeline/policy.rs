@@ -2,10 +2,13 @@
 //! a person (and which role), or is only described (SPEC §4).
 //!
 //! In: a [`PolicyInput`] (the checked plan, the analyzer's risk, whether the target is
-//! protected, the mode, the pause switch, the budget already used). Out: a [`Decision`].
+//! protected, whether an admin trusts this fix, the mode, the pause switch, the budget already
+//! used). Out: a [`Decision`].
 //! Pure: the caller reads the budget and the pause switch from the store.
 //!
-//! The analyzer may raise risk, never lower it below the action's floor. Only this module
+//! The analyzer may raise risk, never lower it below the action's floor. Trust (earned
+//! autonomy, SPEC §12.4) is the one thing that lowers it, and only from medium to low:
+//! [`trusted_risk`] has the rule. Only this module
 //! can produce an [`AutoApproval`], the policy's half of the only way to an executed action
 //! (`approve::ApprovedAction`).
 
@@ -28,6 +31,8 @@ pub struct PolicyInput<'a> {
     pub budget_per_hour: u32,
     /// `[actions] memory_limit_max_factor`: above it, raising a limit is high risk.
     pub max_memory_factor: f64,
+    /// An admin trusts this (signal, action, target) (`crate::domain::TrustGrant`).
+    pub trusted: bool,
 }
 
 /// The policy's permission to run a low-risk fix without a person. Only [`decide`] makes one.
@@ -35,6 +40,8 @@ pub struct PolicyInput<'a> {
 pub struct AutoApproval {
     pub(super) plan: ActionPlan,
     pub(super) risk: Risk,
+    /// Low only because an admin trusts this fix.
+    pub(super) trusted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +60,8 @@ pub enum Verdict {
 pub struct Decision {
     pub risk: Risk,
     pub verdict: Verdict,
+    /// Trust lowered the risk from medium to low ([`trusted_risk`]).
+    pub trust_applied: bool,
 }
 
 /// The final risk: the action's floor, raised by the analyzer's assessment, raised to high
@@ -70,6 +79,36 @@ pub fn final_risk(plan: &ActionPlan, assessed: Risk, protected: bool, max_factor
     risk
 }
 
+/// The risk once trust is taken into account, and whether trust lowered it.
+///
+/// Trust vouches for the usual case of a fix that people approved, and that verified, again
+/// and again; so it lowers exactly that case, medium to low, and nothing else:
+/// - never for a `sentinel.protected=true` target (always an admin's decision);
+/// - never a high risk: that is the protected target, a memory limit raised beyond
+///   `memory_limit_max_factor`, or an analyzer that judged this incident high;
+/// - never when the analyzer rated this incident above the action's floor (a cleanup it
+///   judged medium): something about this case is unusual, and trust was earned on the usual.
+///
+/// Low stays low. What follows the risk still holds for a trusted fix: `approve-all` and
+/// `dry-run`, the pause switch, and the budget and circuit breaker.
+pub fn trusted_risk(
+    plan: &ActionPlan,
+    assessed: Risk,
+    protected: bool,
+    untrusted: Risk,
+    trusted: bool,
+) -> (Risk, bool) {
+    let lowers = trusted
+        && !protected
+        && untrusted == Risk::Medium
+        && assessed <= plan.action().risk_floor();
+    if lowers {
+        (Risk::Low, true)
+    } else {
+        (untrusted, false)
+    }
+}
+
 /// Who may approve a fix of this risk. Low-risk fixes normally run on their own; when one
 /// does wait (approve-all mode, a spent budget, a pause), an operator may approve it.
 pub fn approver_role(risk: Risk) -> Role {
@@ -80,11 +119,18 @@ pub fn approver_role(risk: Risk) -> Role {
 }
 
 pub fn decide(input: &PolicyInput<'_>) -> Decision {
-    let risk = final_risk(
+    let untrusted = final_risk(
         input.plan,
         input.assessed,
         input.protected,
         input.max_memory_factor,
+    );
+    let (risk, trust_applied) = trusted_risk(
+        input.plan,
+        input.assessed,
+        input.protected,
+        untrusted,
+        input.trusted,
     );
     let role = approver_role(risk);
     let verdict = if input.plan.action() == ActionId::NotifyOnly {
@@ -135,9 +181,14 @@ pub fn decide(input: &PolicyInput<'_>) -> Decision {
         Verdict::Automatic(AutoApproval {
             plan: input.plan.clone(),
             risk,
+            trusted: trust_applied,
         })
     };
-    Decision { risk, verdict }
+    Decision {
+        risk,
+        verdict,
+        trust_applied,
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +212,7 @@ mod tests {
             recent_automatic: 0,
             budget_per_hour: 3,
             max_memory_factor: 2.0,
+            trusted: false,
         }
     }
 
@@ -289,5 +341,155 @@ mod tests {
             ..input(&restart)
         };
         assert_eq!(kind(&decide(&dry)), "dry-run");
+    }
+
+    fn start() -> ActionPlan {
+        ActionPlan::ContainerStart {
+            container: "web".into(),
+        }
+    }
+
+    /// (case, input, expected verdict, whether trust was applied) for trusted fixes.
+    #[test]
+    fn trust_lowers_medium_to_low_and_nothing_else() {
+        let start = start();
+        let cleanup = cleanup();
+        let big = ActionPlan::ContainerMemoryLimit {
+            container: "web".into(),
+            factor: 3.0,
+        };
+        let small = ActionPlan::ContainerMemoryLimit {
+            container: "web".into(),
+            factor: 1.5,
+        };
+        let trusted = |plan| PolicyInput {
+            trusted: true,
+            assessed: Risk::Medium,
+            ..input(plan)
+        };
+        let table: Vec<(&str, PolicyInput, &str, bool)> = vec![
+            ("untrusted medium waits", input(&start), "operator", false),
+            ("trusted medium runs", trusted(&start), "auto", true),
+            (
+                "trusted, analyzer at the floor (low)",
+                PolicyInput {
+                    assessed: Risk::Low,
+                    ..trusted(&start)
+                },
+                "auto",
+                true,
+            ),
+            (
+                "trusted limit within the factor",
+                trusted(&small),
+                "auto",
+                true,
+            ),
+            (
+                "trusted limit beyond the factor stays high",
+                trusted(&big),
+                "admin",
+                false,
+            ),
+            (
+                "protected target: never",
+                PolicyInput {
+                    protected: true,
+                    ..trusted(&start)
+                },
+                "admin",
+                false,
+            ),
+            (
+                "analyzer judged it high: never",
+                PolicyInput {
+                    assessed: Risk::High,
+                    ..trusted(&start)
+                },
+                "admin",
+                false,
+            ),
+            (
+                "analyzer raised a cleanup above its floor: never",
+                trusted(&cleanup),
+                "operator",
+                false,
+            ),
+            (
+                "low stays low, trust not needed",
+                PolicyInput {
+                    assessed: Risk::Low,
+                    ..trusted(&cleanup)
+                },
+                "auto",
+                false,
+            ),
+            (
+                "approve-all still asks",
+                PolicyInput {
+                    mode: Mode::ApproveAll,
+                    ..trusted(&start)
+                },
+                "operator",
+                true,
+            ),
+            (
+                "dry-run still only describes",
+                PolicyInput {
+                    mode: Mode::DryRun,
+                    ..trusted(&start)
+                },
+                "dry-run",
+                true,
+            ),
+            (
+                "paused still waits",
+                PolicyInput {
+                    paused: true,
+                    ..trusted(&start)
+                },
+                "operator",
+                true,
+            ),
+            (
+                "the circuit breaker still opens",
+                PolicyInput {
+                    recent_automatic: 3,
+                    ..trusted(&start)
+                },
+                "operator",
+                true,
+            ),
+            (
+                "notify-only stays notify-only",
+                trusted(&ActionPlan::NotifyOnly),
+                "notify",
+                false,
+            ),
+        ];
+        for (case, input, expected, applied) in table {
+            let decision = decide(&input);
+            assert_eq!(kind(&decision), expected, "{case}");
+            assert_eq!(decision.trust_applied, applied, "{case}");
+            if applied {
+                assert_eq!(decision.risk, Risk::Low, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_trusted_automatic_approval_says_it_was_trust() {
+        let plan = start();
+        let decision = decide(&PolicyInput {
+            trusted: true,
+            ..input(&plan)
+        });
+        match decision.verdict {
+            Verdict::Automatic(approval) => {
+                assert!(approval.trusted);
+                assert_eq!(approval.risk, Risk::Low);
+            }
+            other => panic!("expected an automatic run, got {other:?}"),
+        }
     }
 }

@@ -24,15 +24,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp};
+use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp, TrustKey};
 use crate::pipeline::analyze::{self, Evidence};
 use crate::pipeline::approve::{ApprovedAction, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent, Step};
 use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPermit};
 use crate::pipeline::execute::Executor;
 use crate::pipeline::policy::{self, PolicyInput, Verdict};
-use crate::pipeline::verify;
 use crate::pipeline::Pipeline;
+use crate::pipeline::{trust, verify};
 use crate::runtime::sandbox;
 use crate::store::{IncidentQuery, Store, StoreError};
 
@@ -366,6 +366,7 @@ async fn analyze_and_decide(
         .copied()
         .unwrap_or(0);
     let paused = store.control().await?.paused;
+    let grant = trust::grant_for(store, &TrustKey::of_plan(incident.signal, &plan)).await?;
     let settings = &pipeline.settings;
     let decision = policy::decide(&PolicyInput {
         plan: &plan,
@@ -376,6 +377,13 @@ async fn analyze_and_decide(
         recent_automatic: recent,
         budget_per_hour: settings.actions.auto_budget_per_hour,
         max_memory_factor: settings.actions.memory_limit_max_factor,
+        trusted: grant.is_some(),
+    });
+    // The facts the policy decided on, for the audit and `sentinel replay`.
+    let policy_facts = json!({
+        "assessed": analysis.risk_assessment, "protected": protected, "paused": paused,
+        "recent_automatic": recent, "trusted": grant.as_ref().map(|g| &g.id),
+        "trust_applied": decision.trust_applied,
     });
     let snapshot = match pipeline.executor.snapshot(&plan).await {
         Ok(snapshot) => snapshot,
@@ -412,9 +420,13 @@ async fn analyze_and_decide(
             "analyzer": stored.analyzer,
             "confidence": stored.confidence,
             "snapshot": stored.snapshot,
+            "policy": policy_facts,
         }),
     )
     .await;
+    if let Some(grant) = grant.as_ref().filter(|_| decision.trust_applied) {
+        trust::note_trusted(pipeline, &stored, grant).await;
+    }
     match &decision.verdict {
         Verdict::Automatic(_) => {
             emit(
@@ -790,6 +802,7 @@ pub async fn verify_fix(pipeline: &Pipeline, id: &IncidentId) -> Result<(), Stor
                 json!({ "message": message }),
             )
             .await;
+            trust::fix_verified(pipeline, &stored).await;
         }
         (verify::Judgement::NotResolved { message }, _) => {
             emit(
@@ -799,6 +812,7 @@ pub async fn verify_fix(pipeline: &Pipeline, id: &IncidentId) -> Result<(), Stor
                 json!({ "message": message }),
             )
             .await;
+            trust::fix_undone(pipeline, &stored, "failed verification").await;
             if stored.status == Status::Escalated {
                 emit(
                     pipeline,
@@ -918,6 +932,7 @@ async fn undo_holding(
                     }),
                 };
                 audit::emit(store, actor, event, Timestamp::now()).await?;
+                trust::fix_undone(pipeline, stored, "was rolled back").await;
                 if stored.status == Status::Escalated {
                     emit(
                         pipeline,

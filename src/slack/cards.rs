@@ -89,10 +89,20 @@ pub fn click_is_current(incident: &Incident, version: u64) -> bool {
     }
 }
 
-/// Whether a timeline entry gets its own thread reply: status changes, and the two steps
-/// that stand for one (`recovered` resolves, `reconciled` finishes an interrupted fix).
+/// Whether a timeline entry gets its own thread reply: status changes, the two steps that
+/// stand for one (`recovered` resolves, `reconciled` finishes an interrupted fix), and what
+/// happens to trust (`pipeline::trust`: offered, granted, applied, revoked).
 pub fn announces(step: &str) -> bool {
-    step.parse::<Status>().is_ok() || matches!(step, "recovered" | "reconciled")
+    use crate::pipeline::trust;
+    step.parse::<Status>().is_ok()
+        || matches!(step, "recovered" | "reconciled")
+        || [
+            trust::STEP_OFFERED,
+            trust::STEP_GRANTED,
+            trust::STEP_TRUSTED,
+            trust::STEP_REVOKED,
+        ]
+        .contains(&step)
 }
 
 /// Whether an incident without a card should get one when a live change asks.

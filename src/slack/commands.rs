@@ -65,6 +65,17 @@ pub enum SlashCommand {
     Trigger(Scenario),
     /// A demo scenario (`sandbox`, `container`, `memory`) or `reset`.
     Demo(crate::service::demo::DemoScenario),
+    /// `trust list`: what Sentinel may do on its own, and what it is earning.
+    TrustList,
+    /// `trust grant <signal> <action> <target>`, as typed: the command reads it into a
+    /// `TrustKey` and says what is wrong with it.
+    TrustGrant {
+        signal: String,
+        action: String,
+        target: String,
+    },
+    /// `trust revoke <trust id>`.
+    TrustRevoke(String),
     /// Anything else, as typed: answered with usage.
     Unknown(String),
 }
@@ -83,7 +94,7 @@ impl SlashCommand {
         use SlashCommand::*;
         matches!(
             self,
-            Help | Whoami | Unknown(_) | Status | Incidents | Show(_)
+            Help | Whoami | Unknown(_) | Status | Incidents | Show(_) | TrustList
         )
     }
 
@@ -92,11 +103,12 @@ impl SlashCommand {
         use SlashCommand::*;
         match self {
             Help | Whoami | Unknown(_) => None,
-            Status | Incidents | Show(_) => Some(Role::Viewer),
+            Status | Incidents | Show(_) | TrustList => Some(Role::Viewer),
             // Operators decide on medium risk; the service asks for admin on high risk.
             Approve(_) | Reject(..) | Resolve(..) => Some(Role::Operator),
             Silence { .. } | Unsilence(_) | Check => Some(Role::Operator),
             Rollback(_) | Pause | Resume | Trigger(_) | Demo(_) => Some(Role::Admin),
+            TrustGrant { .. } | TrustRevoke(_) => Some(Role::Admin),
         }
     }
 }
@@ -131,6 +143,17 @@ fn parse_known(text: &str) -> Option<SlashCommand> {
             SlashCommand::Trigger(scenario.to_ascii_lowercase().parse().ok()?)
         }
         ("demo", [scenario]) => SlashCommand::Demo(scenario.to_ascii_lowercase().parse().ok()?),
+        ("trust", [sub]) if sub.eq_ignore_ascii_case("list") => SlashCommand::TrustList,
+        ("trust", [sub, signal, action, target]) if sub.eq_ignore_ascii_case("grant") => {
+            SlashCommand::TrustGrant {
+                signal: signal.to_ascii_lowercase(),
+                action: action.to_ascii_lowercase(),
+                target: (*target).to_owned(),
+            }
+        }
+        ("trust", [sub, grant]) if sub.eq_ignore_ascii_case("revoke") => {
+            SlashCommand::TrustRevoke((*grant).to_ascii_lowercase())
+        }
         _ => return None,
     };
     Some(command)
@@ -350,6 +373,13 @@ async fn dispatch(ctx: &Ctx<'_>, command: SlashCommand) -> Reply {
         Check => check(ctx).await,
         Trigger(scenario) => trigger(ctx, scenario).await,
         Demo(scenario) => demo(ctx, scenario).await,
+        TrustList => trust_list(ctx).await,
+        TrustGrant {
+            signal,
+            action,
+            target,
+        } => trust_grant(ctx, signal, action, target).await,
+        TrustRevoke(grant) => trust_revoke(ctx, grant).await,
         Unknown(text) => unknown(ctx, text).await,
     }
 }
@@ -590,6 +620,68 @@ commands! {
             )),
             Err(DemoError::Service(e)) => failed(e),
             Err(e) => Reply::ephemeral(format!("The {scenario} demo failed: {}.", escape(&e.to_string()))),
+        }
+    }
+
+    /// `trust list` · viewer · the fixes Sentinel may run on its own, and those it is earning
+    async fn trust_list(ctx: &Ctx<'_>) -> Reply {
+        let report = match ctx.sentinel().trust().await {
+            Ok(report) => report,
+            Err(e) => return failed(e),
+        };
+        let mut text = if report.grants.is_empty() {
+            "Sentinel is trusted with no fix yet: every medium-risk fix waits for a person.".to_owned()
+        } else {
+            let mut text = format!("Sentinel runs these fixes on its own ({}):", report.grants.len());
+            for grant in &report.grants {
+                let _ = write!(
+                    text,
+                    "\n• {} (`{}`, granted by {} on {})",
+                    escape(&grant.key.to_string()), grant.id, escape(&grant.granted_by), grant.granted_at
+                );
+            }
+            text
+        };
+        let earning: Vec<_> = report.runs.iter().filter(|run| run.trusted.is_none()).collect();
+        if !earning.is_empty() {
+            let _ = write!(text, "\nApproved fixes that verified, in a row (trust after {}):", report.trust_after);
+            for run in earning {
+                let _ = write!(
+                    text,
+                    "\n• {}: {}{}",
+                    escape(&run.run.key.to_string()),
+                    run.run.verified_in_a_row,
+                    if run.earned { " (earned: `/sentinel trust grant` it)" } else { "" }
+                );
+            }
+        }
+        Reply::ephemeral(text)
+    }
+
+    /// `trust grant <signal> <action> <target>` · admin · let Sentinel run a fix that earned it on its own
+    async fn trust_grant(ctx: &Ctx<'_>, signal: String, action: String, target: String) -> Reply {
+        let key = match crate::domain::TrustKey::parse(&signal, &action, &target) {
+            Ok(key) => key,
+            Err(e) => return Reply::ephemeral(format!("Refused: {}. Nothing was changed.", escape(&e.to_string()))),
+        };
+        match ctx.sentinel().grant_trust(key, None, &ctx.actor()).await {
+            Ok(grant) => Reply::in_channel(format!(
+                "{} trusted {} (`{}`): from now on it runs on its own, as low risk. \
+                 `/sentinel trust revoke {}` ends it.",
+                ctx.user(), escape(&grant.key.to_string()), grant.id, grant.id
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `trust revoke <trust id>` · admin · that fix waits for approval again
+    async fn trust_revoke(ctx: &Ctx<'_>, grant: String) -> Reply {
+        match ctx.sentinel().revoke_trust(&grant, &ctx.actor()).await {
+            Ok(grant) => Reply::in_channel(format!(
+                "{} revoked the trust in {} (`{}`): its fixes wait for approval again.",
+                ctx.user(), escape(&grant.key.to_string()), grant.id
+            )),
+            Err(e) => failed(e),
         }
     }
 }
@@ -932,6 +1024,17 @@ mod tests {
                 "demo Reset",
                 Demo(crate::service::demo::DemoScenario::Reset),
             ),
+            ("trust list", TrustList),
+            ("TRUST List", TrustList),
+            (
+                "trust grant container_down container_start Web-1",
+                TrustGrant {
+                    signal: "container_down".into(),
+                    action: "container_start".into(),
+                    target: "Web-1".into(),
+                },
+            ),
+            ("trust revoke trust-abc", TrustRevoke("trust-abc".into())),
         ];
         for (text, expected) in cases {
             assert_eq!(SlashCommand::parse(text), expected, "{text:?}");
@@ -964,6 +1067,11 @@ mod tests {
             "demo meteor",
             "demo sandbox now",
             "pause everything",
+            "trust",
+            "trust me",
+            "trust grant container_down container_start",
+            "trust revoke",
+            "trust list all",
         ] {
             assert_eq!(
                 SlashCommand::parse(text),
@@ -992,6 +1100,16 @@ mod tests {
             (Pause, Some(Role::Admin)),
             (Resume, Some(Role::Admin)),
             (Trigger(Scenario::Cpu), Some(Role::Admin)),
+            (TrustList, Some(Role::Viewer)),
+            (
+                TrustGrant {
+                    signal: "a".into(),
+                    action: "b".into(),
+                    target: "c".into(),
+                },
+                Some(Role::Admin),
+            ),
+            (TrustRevoke("trust-a".into()), Some(Role::Admin)),
             (
                 Demo(crate::service::demo::DemoScenario::Memory),
                 Some(Role::Admin),
@@ -1015,7 +1133,7 @@ mod tests {
 
     #[test]
     fn every_help_line_has_usage_who_and_what() {
-        assert_eq!(HELP.len(), 16, "one per command but Unknown");
+        assert_eq!(HELP.len(), 19, "one per command but Unknown");
         for line in HELP {
             let (usage, who, what) =
                 help_entry(line).unwrap_or_else(|| panic!("malformed help line {line:?}"));
@@ -1035,7 +1153,12 @@ mod tests {
                 .replace("<duration>", "1h")
                 .replace("<silence id, fingerprint or resource>", "web-1")
                 .replace("<memory|cpu|disk|latency|container|sandbox>", "cpu")
-                .replace("<sandbox|container|memory|reset>", "reset");
+                .replace("<sandbox|container|memory|reset>", "reset")
+                .replace(
+                    "<signal> <action> <target>",
+                    "container_down container_start web",
+                )
+                .replace("<trust id>", "trust-abc");
             assert!(
                 !matches!(SlashCommand::parse(&example), SlashCommand::Unknown(_)),
                 "{example:?} from {line:?} does not parse"

@@ -145,6 +145,8 @@ enum Button {
     Reject,
     Rollback,
     Silence,
+    /// "Let Sentinel do this": trust the fix this incident ran (earned autonomy).
+    Trust,
 }
 
 impl Button {
@@ -154,6 +156,7 @@ impl Button {
             "reject" => Some(Button::Reject),
             "rollback" => Some(Button::Rollback),
             "silence" => Some(Button::Silence),
+            "trust" => Some(Button::Trust),
             _ => None,
         }
     }
@@ -162,7 +165,7 @@ impl Button {
     fn needs(self) -> Role {
         match self {
             Button::Approve | Button::Reject | Button::Silence => Role::Operator,
-            Button::Rollback => Role::Admin,
+            Button::Rollback | Button::Trust => Role::Admin,
         }
     }
 
@@ -172,6 +175,7 @@ impl Button {
             Button::Reject => "reject",
             Button::Rollback => "roll back",
             Button::Silence => "silence",
+            Button::Trust => "let Sentinel fix this on its own for",
         }
     }
 }
@@ -495,8 +499,9 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
         Ok(incident) => incident,
         Err(e) => return tell(explain(e)).await,
     };
-    // Silencing does not depend on what the card showed: the fingerprint is the same.
-    if button != Button::Silence && !card_is_current(&card, &incident) {
+    // Silencing and trusting do not depend on what the card showed: the fingerprint and the
+    // fix that ran are the same.
+    if !matches!(button, Button::Silence | Button::Trust) && !card_is_current(&card, &incident) {
         return tell(format!(
             "{} changed since this card was drawn (it is {} now); look again at the card, \
              then decide. Nothing was changed.",
@@ -536,6 +541,19 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
                 done.id, done.status
             ),
             Err(e) => explain(e),
+        },
+        Button::Trust => match crate::domain::TrustKey::of_incident(&incident) {
+            None => format!("{id} has no fix to trust; nothing was changed."),
+            Some(key) => match sentinel.grant_trust(key, Some(id), &actor).await {
+                Ok(grant) => format!(
+                    "You trusted {} (`{}`): from now on Sentinel runs it on its own, as low \
+                     risk. `/sentinel trust revoke {}` ends it.",
+                    escape(&grant.key.to_string()),
+                    grant.id,
+                    grant.id
+                ),
+                Err(e) => explain(e),
+            },
         },
         Button::Silence => {
             let target = incident.fingerprint.as_str();
@@ -928,5 +946,7 @@ mod tests {
         assert_eq!(Button::Reject.needs(), Role::Operator);
         assert_eq!(Button::Silence.needs(), Role::Operator);
         assert_eq!(Button::Rollback.needs(), Role::Admin);
+        assert_eq!(Button::from_action_id("trust"), Some(Button::Trust));
+        assert_eq!(Button::Trust.needs(), Role::Admin);
     }
 }

@@ -34,11 +34,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::{
     decode, encode, Control, IncidentQuery, Lease, OutboxItem, ParkedItem, Store, StoreError,
-    StoreResult, PARKED_PER_CHANNEL,
+    StoreResult, TrustGrantOutcome, PARKED_PER_CHANNEL,
 };
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
-    Timestamp,
+    Timestamp, TrustGrant, TrustKey, TrustRun,
 };
 
 /// id → incident JSON: the decision (compare-and-set on its version).
@@ -76,6 +76,10 @@ const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox
 const OUTBOX_PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox_parked");
 /// singleton name → JSON (the control flags).
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
+/// `signal:action:target` → the pair's run of verified approvals (`TrustRun` JSON).
+const TRUST_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_runs");
+/// `signal:action:target` → the pair's grant (`TrustGrant` JSON).
+const TRUST_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_grants");
 
 /// How many expired idempotency keys one claim purges at most.
 const PURGE_BATCH: usize = 64;
@@ -259,6 +263,8 @@ impl EmbeddedStore {
             txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
             txn.open_table(OUTBOX).map_err(unavailable)?;
             txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
+            txn.open_table(TRUST_RUNS).map_err(unavailable)?;
+            txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -384,6 +390,54 @@ fn read_lease(
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
     }
+}
+
+/// Why [`read_history`] could not read the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadOnlyError {
+    #[error("there is no embedded store at {0}")]
+    Missing(String),
+    /// A running server holds redb's lock on the file.
+    #[error(
+        "the embedded store at {0} is in use by a running Sentinel (redb allows one process at \
+         a time); point SENTINEL_DATA_DIR at a copy of its directory, or use Redis"
+    )]
+    InUse(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Every incident (newest first, as `list_incidents` returns them) and the whole audit log,
+/// read from the file opened read-only: no table is created, nothing is written, no lease or
+/// lock other than redb's own shared reader lock is taken (`sentinel replay`).
+pub fn read_history(path: &Path) -> Result<(Vec<Incident>, Vec<AuditEntry>), ReadOnlyError> {
+    let shown = path.display().to_string();
+    if !path.is_file() {
+        return Err(ReadOnlyError::Missing(shown));
+    }
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(ReadOnlyError::InUse(shown)),
+        Err(e) => return Err(unavailable(e).into()),
+    };
+    let txn = db.begin_read().map_err(unavailable)?;
+    let incidents = IncidentTables::open(&txn)?;
+    let order = txn.open_table(INCIDENT_ORDER).map_err(unavailable)?;
+    let mut found = Vec::new();
+    for row in order.iter().map_err(unavailable)?.rev() {
+        let (key, _) = row.map_err(unavailable)?;
+        let (_, id) = key.value();
+        if let Some(incident) = incidents.read(id)? {
+            found.push(incident);
+        }
+    }
+    let audit = txn.open_table(AUDIT).map_err(unavailable)?;
+    let mut entries = Vec::new();
+    for row in audit.iter().map_err(unavailable)? {
+        let (_, bytes) = row.map_err(unavailable)?;
+        entries.push(decode(bytes.value())?);
+    }
+    Ok((found, entries))
 }
 
 #[async_trait]
@@ -1145,6 +1199,122 @@ impl Store for EmbeddedStore {
                 items.push(decode(bytes.value())?);
             }
             Ok(items)
+        })
+        .await
+    }
+
+    async fn trust_count_verified(&self, key: &TrustKey) -> StoreResult<u64> {
+        let key = key.clone();
+        self.write(move |txn| {
+            let mut runs = txn.open_table(TRUST_RUNS).map_err(unavailable)?;
+            let name = key.as_string();
+            let mut run = match runs.get(name.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode::<TrustRun>(bytes.value())?,
+                None => TrustRun {
+                    key: key.clone(),
+                    verified_in_a_row: 0,
+                },
+            };
+            run.verified_in_a_row += 1;
+            runs.insert(name.as_str(), encode(&run)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(run.verified_in_a_row)
+        })
+        .await
+    }
+
+    async fn trust_break(&self, key: &TrustKey) -> StoreResult<Option<TrustGrant>> {
+        let name = key.as_string();
+        self.write(move |txn| {
+            let mut runs = txn.open_table(TRUST_RUNS).map_err(unavailable)?;
+            let mut grants = txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
+            runs.remove(name.as_str()).map_err(unavailable)?;
+            let removed = grants.remove(name.as_str()).map_err(unavailable)?;
+            removed.map(|bytes| decode(bytes.value())).transpose()
+        })
+        .await
+    }
+
+    async fn trust_runs(&self) -> StoreResult<Vec<TrustRun>> {
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let runs = txn.open_table(TRUST_RUNS).map_err(unavailable)?;
+            let mut found = Vec::new();
+            for row in runs.iter().map_err(unavailable)? {
+                let (_, bytes) = row.map_err(unavailable)?;
+                let run: TrustRun = decode(bytes.value())?;
+                if run.verified_in_a_row > 0 {
+                    found.push(run);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn grant_trust(
+        &self,
+        grant: &TrustGrant,
+        min_run: u64,
+    ) -> StoreResult<TrustGrantOutcome> {
+        let grant = grant.clone();
+        self.write(move |txn| {
+            let runs = txn.open_table(TRUST_RUNS).map_err(unavailable)?;
+            let mut grants = txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
+            let name = grant.key.as_string();
+            if let Some(bytes) = grants.get(name.as_str()).map_err(unavailable)? {
+                return Ok(TrustGrantOutcome::AlreadyTrusted(decode(bytes.value())?));
+            }
+            let run = match runs.get(name.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode::<TrustRun>(bytes.value())?.verified_in_a_row,
+                None => 0,
+            };
+            if run < min_run {
+                return Ok(TrustGrantOutcome::NotEarned {
+                    verified_in_a_row: run,
+                });
+            }
+            grants
+                .insert(name.as_str(), encode(&grant)?.as_slice())
+                .map_err(unavailable)?;
+            Ok(TrustGrantOutcome::Granted)
+        })
+        .await
+    }
+
+    async fn trust_grants(&self) -> StoreResult<Vec<TrustGrant>> {
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let grants = txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
+            let mut found: Vec<TrustGrant> = Vec::new();
+            for row in grants.iter().map_err(unavailable)? {
+                let (_, bytes) = row.map_err(unavailable)?;
+                found.push(decode(bytes.value())?);
+            }
+            found.sort_by(|a, b| (a.granted_at, &a.id).cmp(&(b.granted_at, &b.id)));
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn revoke_trust(&self, id: &str) -> StoreResult<Option<TrustGrant>> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut grants = txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
+            let mut found: Option<(String, TrustGrant)> = None;
+            for row in grants.iter().map_err(unavailable)? {
+                let (name, bytes) = row.map_err(unavailable)?;
+                let grant: TrustGrant = decode(bytes.value())?;
+                if grant.id == id {
+                    found = Some((name.value().to_owned(), grant));
+                    break;
+                }
+            }
+            let Some((name, grant)) = found else {
+                return Ok(None);
+            };
+            grants.remove(name.as_str()).map_err(unavailable)?;
+            Ok(Some(grant))
         })
         .await
     }

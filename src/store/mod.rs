@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
-    TimelineEntry, Timestamp,
+    TimelineEntry, Timestamp, TrustGrant, TrustKey, TrustRun,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,18 @@ pub struct ParkedItem {
     pub error: String,
     /// Unix milliseconds.
     pub parked_at: i64,
+}
+
+/// What [`Store::grant_trust`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustGrantOutcome {
+    Granted,
+    /// The pair already had this grant; nothing changed.
+    AlreadyTrusted(TrustGrant),
+    /// The pair's run of verified approvals is shorter than asked; nothing changed.
+    NotEarned {
+        verified_in_a_row: u64,
+    },
 }
 
 /// How many parked messages each channel keeps; older ones are forgotten.
@@ -253,6 +265,29 @@ pub trait Store: Send + Sync {
 
     /// `channel`'s parked messages, oldest first (at most [`PARKED_PER_CHANNEL`]).
     async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>>;
+
+    /// One more fix of `key` that a person approved and that verified: the pair's run of
+    /// consecutive verified approvals grows by one, atomically; returns the new run.
+    async fn trust_count_verified(&self, key: &TrustKey) -> StoreResult<u64>;
+
+    /// A fix of `key` failed verification or was rolled back: its run starts again from 0
+    /// and its grant, if any, is removed, in one atomic step. Returns the removed grant.
+    async fn trust_break(&self, key: &TrustKey) -> StoreResult<Option<TrustGrant>>;
+
+    /// Every pair with a run of verified approvals (runs of 0 left out), sorted by key.
+    async fn trust_runs(&self) -> StoreResult<Vec<TrustRun>>;
+
+    /// Stores `grant` if its pair has no grant yet and its run is at least `min_run`, in one
+    /// atomic step (a concurrent [`trust_break`](Store::trust_break) comes wholly before or
+    /// after it).
+    async fn grant_trust(&self, grant: &TrustGrant, min_run: u64)
+        -> StoreResult<TrustGrantOutcome>;
+
+    /// Every grant in force, oldest first.
+    async fn trust_grants(&self) -> StoreResult<Vec<TrustGrant>>;
+
+    /// Removes grant `id` (the pair's run is kept); returns it, `None` when no grant has it.
+    async fn revoke_trust(&self, id: &str) -> StoreResult<Option<TrustGrant>>;
 
     /// Appends one timeline entry, retrying the compare-and-set if the incident moved.
     async fn append_timeline(

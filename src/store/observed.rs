@@ -15,10 +15,11 @@ use tokio::sync::broadcast;
 
 use super::{
     Control, IncidentQuery, Lease, OutboxItem, ParkedItem, SharedStore, Store, StoreResult,
+    TrustGrantOutcome,
 };
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
-    Timestamp,
+    Timestamp, TrustGrant, TrustKey, TrustRun,
 };
 
 pub struct Observed {
@@ -222,6 +223,28 @@ impl Store for Observed {
     }
     async fn outbox_parked(&self, channel: &str) -> StoreResult<Vec<ParkedItem>> {
         self.inner.outbox_parked(channel).await
+    }
+    async fn trust_count_verified(&self, key: &TrustKey) -> StoreResult<u64> {
+        self.inner.trust_count_verified(key).await
+    }
+    async fn trust_break(&self, key: &TrustKey) -> StoreResult<Option<TrustGrant>> {
+        self.inner.trust_break(key).await
+    }
+    async fn trust_runs(&self) -> StoreResult<Vec<TrustRun>> {
+        self.inner.trust_runs().await
+    }
+    async fn grant_trust(
+        &self,
+        grant: &TrustGrant,
+        min_run: u64,
+    ) -> StoreResult<TrustGrantOutcome> {
+        self.inner.grant_trust(grant, min_run).await
+    }
+    async fn trust_grants(&self) -> StoreResult<Vec<TrustGrant>> {
+        self.inner.trust_grants().await
+    }
+    async fn revoke_trust(&self, id: &str) -> StoreResult<Option<TrustGrant>> {
+        self.inner.revoke_trust(id).await
     }
 }
 

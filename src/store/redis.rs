@@ -13,11 +13,11 @@ use redis::{AsyncCommands, Script};
 
 use super::{
     decode, encode, Control, IncidentQuery, Lease, OutboxItem, ParkedItem, Store, StoreError,
-    StoreResult, PARKED_PER_CHANNEL,
+    StoreResult, TrustGrantOutcome, PARKED_PER_CHANNEL,
 };
 use crate::domain::{
     AuditEntry, AuditRecord, Fingerprint, Incident, IncidentId, Sighting, Silence, SlackCard,
-    Timestamp,
+    Timestamp, TrustGrant, TrustKey, TrustRun,
 };
 
 /// Creates an incident unless its fingerprint has an open one.
@@ -88,6 +88,31 @@ if current then paused = cjson.decode(current).paused == true end
 if (ARGV[1] == '1') == paused then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
+"#;
+
+/// Grants trust to a pair that has none and a long enough run.
+/// KEYS: grants hash, runs hash. ARGV: pair, grant json, least run.
+/// Returns {"exists", grant json}, {"short", run} or {"ok", run}.
+const GRANT_TRUST: &str = r#"
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return {'exists', existing} end
+local run = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if run < tonumber(ARGV[3]) then return {'short', tostring(run)} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {'ok', tostring(run)}
+"#;
+
+/// Removes the grant with an id. KEYS: grants hash. ARGV: id.
+/// Returns the grant's json, or false when no grant has that id.
+const REVOKE_TRUST: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if cjson.decode(all[i + 1]).id == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    return all[i + 1]
+  end
+end
+return false
 "#;
 
 /// The hash fields an incident is read from: the decision, the card, the latest sighting.
@@ -235,6 +260,8 @@ pub struct RedisStore {
     outbox_head: Script,
     outbox_ack: Script,
     outbox_park: Script,
+    grant_trust: Script,
+    revoke_trust: Script,
     /// One audit append at a time from this process. Appends are optimistic (write if the
     /// chain's head is the one expected, else read it and retry), which is right across
     /// replicas; but many appenders in one process (a burst of Slack clicks) would mostly
@@ -281,6 +308,8 @@ impl RedisStore {
             outbox_head: Script::new(OUTBOX_HEAD),
             outbox_ack: Script::new(OUTBOX_ACK),
             outbox_park: Script::new(OUTBOX_PARK),
+            grant_trust: Script::new(GRANT_TRUST),
+            revoke_trust: Script::new(REVOKE_TRUST),
         };
         store.ping().await?;
         Ok(store)
@@ -927,5 +956,121 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         rows.iter().map(|bytes| decode(bytes)).collect()
+    }
+
+    async fn trust_count_verified(&self, key: &TrustKey) -> StoreResult<u64> {
+        let name = key.as_string();
+        let (run,): (u64,) = redis::pipe()
+            .atomic()
+            .hset(self.key("trust:run-keys"), &name, encode(key)?)
+            .ignore()
+            .hincr(self.key("trust:runs"), &name, 1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(run)
+    }
+
+    async fn trust_break(&self, key: &TrustKey) -> StoreResult<Option<TrustGrant>> {
+        let name = key.as_string();
+        let (grant,): (Option<Vec<u8>>,) = redis::pipe()
+            .atomic()
+            .hdel(self.key("trust:runs"), &name)
+            .ignore()
+            .hdel(self.key("trust:run-keys"), &name)
+            .ignore()
+            .hget(self.key("trust:grants"), &name)
+            .hdel(self.key("trust:grants"), &name)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        grant.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    async fn trust_runs(&self) -> StoreResult<Vec<TrustRun>> {
+        let (runs, keys): (
+            std::collections::BTreeMap<String, u64>,
+            std::collections::BTreeMap<String, Vec<u8>>,
+        ) = redis::pipe()
+            .atomic()
+            .hgetall(self.key("trust:runs"))
+            .hgetall(self.key("trust:run-keys"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut found = Vec::new();
+        for (name, run) in runs {
+            let Some(bytes) = keys.get(&name) else {
+                return Err(StoreError::Corrupt(format!(
+                    "trust run {name} without its key"
+                )));
+            };
+            if run > 0 {
+                found.push(TrustRun {
+                    key: decode(bytes)?,
+                    verified_in_a_row: run,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn grant_trust(
+        &self,
+        grant: &TrustGrant,
+        min_run: u64,
+    ) -> StoreResult<TrustGrantOutcome> {
+        let (outcome, value): (String, Vec<u8>) = self
+            .grant_trust
+            .key(self.key("trust:grants"))
+            .key(self.key("trust:runs"))
+            .arg(grant.key.as_string())
+            .arg(encode(grant)?)
+            .arg(min_run)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let run = || {
+            String::from_utf8_lossy(&value)
+                .parse::<u64>()
+                .map_err(|_| StoreError::Corrupt("trust run is not a number".to_owned()))
+        };
+        match outcome.as_str() {
+            "ok" => Ok(TrustGrantOutcome::Granted),
+            "exists" => Ok(TrustGrantOutcome::AlreadyTrusted(decode(&value)?)),
+            "short" => Ok(TrustGrantOutcome::NotEarned {
+                verified_in_a_row: run()?,
+            }),
+            other => Err(StoreError::Corrupt(format!(
+                "grant_trust answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn trust_grants(&self) -> StoreResult<Vec<TrustGrant>> {
+        let rows: Vec<Vec<u8>> = self
+            .conn
+            .clone()
+            .hvals(self.key("trust:grants"))
+            .await
+            .map_err(unavailable)?;
+        let mut grants = rows
+            .iter()
+            .map(|bytes| decode(bytes))
+            .collect::<StoreResult<Vec<TrustGrant>>>()?;
+        grants.sort_by(|a, b| (a.granted_at, &a.id).cmp(&(b.granted_at, &b.id)));
+        Ok(grants)
+    }
+
+    async fn revoke_trust(&self, id: &str) -> StoreResult<Option<TrustGrant>> {
+        let removed: Option<Vec<u8>> = self
+            .revoke_trust
+            .key(self.key("trust:grants"))
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        removed.map(|bytes| decode(&bytes)).transpose()
     }
 }

@@ -433,3 +433,39 @@ pub async fn generic_alert(
     let update = alerts::parse_generic(&alert).map_err(ApiError::bad_request)?;
     Ok(Json(state.sentinel.apply_alerts(vec![update]).await?).into_response())
 }
+
+/// `GET /api/trust`: the grants in force and every pair's run of verified approvals.
+pub async fn list_trust(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.sentinel.trust().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustBody {
+    signal: String,
+    action: String,
+    /// The container the fix acts on, or `sandbox`.
+    target: String,
+}
+
+/// `POST /api/trust` (admin): trusts a fix that earned it; 409 when it has not, or already is.
+pub async fn grant_trust(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(body): ApiJson<TrustBody>,
+) -> Result<Response, ApiError> {
+    let key = crate::domain::TrustKey::parse(&body.signal, &body.action, &body.target)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let grant = state.sentinel.grant_trust(key, None, &actor).await?;
+    Ok((StatusCode::CREATED, Json(grant)).into_response())
+}
+
+/// `DELETE /api/trust/{id}` (admin): withdraws a grant.
+pub async fn revoke_trust(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let grant = state.sentinel.revoke_trust(&id, &actor).await?;
+    Ok(Json(json!({ "revoked": grant })).into_response())
+}

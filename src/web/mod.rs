@@ -189,6 +189,24 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             api::delete_silence,
         ),
         route(
+            Method::GET,
+            "/api/trust",
+            AtLeast(Role::Viewer),
+            api::list_trust,
+        ),
+        route(
+            Method::POST,
+            "/api/trust",
+            AtLeast(Role::Admin),
+            api::grant_trust,
+        ),
+        route(
+            Method::DELETE,
+            "/api/trust/{id}",
+            AtLeast(Role::Admin),
+            api::revoke_trust,
+        ),
+        route(
             Method::POST,
             "/api/alertmanager",
             Access::AlertToken,

@@ -69,6 +69,34 @@ struct PageView {
     resolved: Vec<IncidentView>,
     fixes: Vec<FixStats>,
     recent_fixes: Vec<FixView>,
+    /// The fixes Sentinel runs on its own (earned autonomy); `None` while the store does not
+    /// answer (unknown, not "none").
+    trusted: Option<Vec<TrustedView>>,
+}
+
+#[derive(Debug, Serialize)]
+struct TrustedView {
+    id: String,
+    action: &'static str,
+    target: String,
+    signal: &'static str,
+    granted_by: String,
+    granted_at: String,
+    earned_by: u64,
+}
+
+impl TrustedView {
+    fn of(grant: &crate::domain::TrustGrant) -> Self {
+        TrustedView {
+            id: grant.id.clone(),
+            action: grant.key.action.as_str(),
+            target: grant.key.target.clone(),
+            signal: grant.key.signal.as_str(),
+            granted_by: grant.granted_by.clone(),
+            granted_at: grant.granted_at.to_string(),
+            earned_by: grant.earned_by,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -391,6 +419,7 @@ fn incident_view(incident: &Incident) -> IncidentView {
 fn view(
     status: StatusReport,
     recent: &[Incident],
+    trusted: Option<&[crate::domain::TrustGrant]>,
     trends: impl Fn(&str, &str) -> Vec<Sample>,
     now: Timestamp,
 ) -> PageView {
@@ -451,6 +480,7 @@ fn view(
         resolved,
         fixes: fix_stats(recent),
         recent_fixes,
+        trusted: trusted.map(|grants| grants.iter().map(TrustedView::of).collect()),
     }
 }
 
@@ -482,9 +512,18 @@ pub async fn page(State(state): State<AppState>) -> Result<Response, ApiError> {
     // While the store does not answer, the last known state, with a banner.
     let status = state.last_known.status(sentinel).await?;
     let recent = state.last_known.recent(sentinel, LOOK_BACK).await;
+    // Unknown while the store does not answer: the section says so rather than "none".
+    let trusted = match sentinel.trust().await {
+        Ok(report) => Some(report.grants),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read trust grants for the page");
+            None
+        }
+    };
     let view = view(
         status,
         &recent,
+        trusted.as_deref(),
         |signal, resource| sentinel.trend(signal, resource),
         Timestamp::now(),
     );

@@ -489,6 +489,8 @@ fn every_fixture_gets_its_recorded_decision() {
             recent_automatic: case.recent,
             budget_per_hour: settings.actions.auto_budget_per_hour,
             max_memory_factor: settings.actions.memory_limit_max_factor,
+            // Trust has its own table (`policy::tests`) and the end-to-end test (`trust.rs`).
+            trusted: false,
         });
         let verdict = match &decision.verdict {
             Verdict::Automatic(_) => "auto",

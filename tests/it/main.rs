@@ -32,3 +32,4 @@ mod slack_outbound;
 mod slack_socket;
 mod store;
 mod traces;
+mod trust;

@@ -56,6 +56,10 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/api/silences", [401, 401, 200, 200, 200]),
     ("POST", "/api/silences", [401, 401, 403, 201, 201]),
     ("DELETE", "/api/silences/{id}", [401, 401, 403, 404, 404]),
+    ("GET", "/api/trust", [401, 401, 200, 200, 200]),
+    // Admins pass the access check; a fix with no verified approvals has not earned trust.
+    ("POST", "/api/trust", [401, 401, 403, 403, 409]),
+    ("DELETE", "/api/trust/{id}", [401, 401, 403, 403, 404]),
     // Bearer-token routes ignore API keys; with no token configured they always refuse.
     ("POST", "/api/alertmanager", [401, 401, 401, 401, 401]),
     ("POST", "/api/alerts", [401, 401, 401, 401, 401]),
@@ -79,6 +83,9 @@ fn body_for(path: &str) -> Option<&'static str> {
     match path {
         "/api/trigger-alert" => Some(r#"{"scenario":"cpu"}"#),
         "/api/silences" => Some(r#"{"target":"web-1","duration":"1h"}"#),
+        "/api/trust" => {
+            Some(r#"{"signal":"container_down","action":"container_start","target":"web-1"}"#)
+        }
         "/api/alerts" => Some(r#"{"name":"X","resource":"y"}"#),
         "/api/alertmanager" => Some(r#"{"version":"4","groupKey":"g","alerts":[]}"#),
         p if p.ends_with("/reject") => Some(r#"{"reason":"sweep"}"#),

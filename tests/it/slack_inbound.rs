@@ -1797,3 +1797,87 @@ async fn a_replayed_slash_command_changes_nothing_on_the_embedded_store() {
 async fn a_replayed_slash_command_changes_nothing_on_redis() {
     a_replayed_command_changes_nothing(Backend::Redis).await;
 }
+
+/// "Let Sentinel do this" (earned autonomy): an operator's click is refused with an
+/// ephemeral saying who may; an admin's click grants trust to the fix the incident names, and
+/// the incident's thread says so; `/sentinel trust` lists and revokes it, admins only.
+#[tokio::test]
+async fn the_trust_button_and_command_need_an_admin() {
+    let (app, double) = spawn_with_double("").await;
+    let incident = awaiting(&app, "container", Risk::Medium).await;
+    let key = sentinel::domain::TrustKey::of_incident(&incident).unwrap();
+    for _ in 0..app.sentinel.settings().actions.trust_after {
+        app.store.trust_count_verified(&key).await.unwrap();
+    }
+    click(&app, OPERATOR, "trust", &card_ref(&incident)).await;
+    double
+        .wait_until(Duration::from_secs(5), |_| {
+            ephemerals_to(&double, OPERATOR).iter().any(|t| {
+                t.contains("you need the admin role and you are operator")
+                    && t.contains("Nothing was changed")
+            })
+        })
+        .await;
+    assert!(app.store.trust_grants().await.unwrap().is_empty());
+
+    click(&app, ADMIN, "trust", &card_ref(&incident)).await;
+    let grants = app.store.trust_grants().await.unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0].key, key);
+    assert_eq!(grants[0].granted_by, format!("slack:{ADMIN} (admin)"));
+    assert_eq!(grants[0].earned_by, 5);
+    let noted = stored(&app, &incident).await;
+    assert_eq!(noted.timeline.last().unwrap().step, "trust_granted");
+    double
+        .wait_until(Duration::from_secs(5), |_| {
+            ephemerals_to(&double, ADMIN)
+                .iter()
+                .any(|t| t.contains("You trusted"))
+        })
+        .await;
+
+    let listed = slash(&app, VIEWER, "trust list").await;
+    assert!(
+        listed.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&grants[0].id),
+        "{listed:?}"
+    );
+    let refused = slash(&app, OPERATOR, &format!("trust revoke {}", grants[0].id)).await;
+    assert!(
+        refused.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admin role"),
+        "{refused:?}"
+    );
+    assert_eq!(app.store.trust_grants().await.unwrap().len(), 1);
+    let revoked = slash(&app, ADMIN, &format!("trust revoke {}", grants[0].id)).await;
+    assert!(
+        revoked.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked the trust"),
+        "{revoked:?}"
+    );
+    assert!(app.store.trust_grants().await.unwrap().is_empty());
+    let unknown = slash(&app, ADMIN, "trust grant host_cpu container_restart web-1").await;
+    assert!(
+        unknown.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot be trusted"),
+        "{unknown:?}"
+    );
+    let events: Vec<String> = app
+        .store
+        .list_audit()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.record.event)
+        .collect();
+    assert!(events.contains(&"TrustGranted".to_owned()), "{events:?}");
+    assert!(events.contains(&"TrustRevoked".to_owned()), "{events:?}");
+}

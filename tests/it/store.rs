@@ -74,6 +74,9 @@ conformance!(
     an_incident_keeps_its_slack_card,
     sightings_count_without_bumping_the_version,
     concurrent_pauses_change_the_flag_once,
+    trust_runs_count_verified_fixes_and_a_break_ends_run_and_grant,
+    trust_is_granted_only_when_earned_and_once_per_pair,
+    concurrent_trust_grants_of_one_pair_store_exactly_one,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1427,4 +1430,135 @@ async fn redis_replicas_appending_in_turn_and_together_keep_one_chain() {
     assert_eq!(verify_chain(&listed).length, 30);
     assert!(verify_chain(&listed).verified);
     assert_eq!(b.list_audit().await.unwrap(), listed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust (earned autonomy)
+
+fn trust_key(target: &str) -> sentinel::domain::TrustKey {
+    sentinel::domain::TrustKey::parse("container_down", "container_start", target).unwrap()
+}
+
+fn trust_grant(id: &str, target: &str, at: i64) -> sentinel::domain::TrustGrant {
+    sentinel::domain::TrustGrant {
+        id: id.to_owned(),
+        key: trust_key(target),
+        granted_by: "api:ops (admin)".to_owned(),
+        granted_at: Timestamp::from_unix_millis(at),
+        earned_by: 2,
+    }
+}
+
+async fn trust_runs_count_verified_fixes_and_a_break_ends_run_and_grant(store: SharedStore) {
+    use sentinel::store::TrustGrantOutcome;
+    assert!(store.trust_runs().await.unwrap().is_empty());
+    let (web, db) = (trust_key("web"), trust_key("db"));
+    assert_eq!(store.trust_count_verified(&web).await.unwrap(), 1);
+    assert_eq!(store.trust_count_verified(&web).await.unwrap(), 2);
+    assert_eq!(store.trust_count_verified(&db).await.unwrap(), 1);
+    let runs: BTreeMap<String, u64> = store
+        .trust_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|run| (run.key.as_string(), run.verified_in_a_row))
+        .collect();
+    assert_eq!(
+        runs,
+        BTreeMap::from([
+            ("container_down:container_start:db".to_owned(), 1),
+            ("container_down:container_start:web".to_owned(), 2),
+        ])
+    );
+    let grant = trust_grant("trust-1", "web", 1_000);
+    assert_eq!(
+        store.grant_trust(&grant, 2).await.unwrap(),
+        TrustGrantOutcome::Granted
+    );
+    // A break ends the run and takes the grant with it, and says which grant it was.
+    assert_eq!(store.trust_break(&web).await.unwrap(), Some(grant));
+    assert!(store.trust_grants().await.unwrap().is_empty());
+    let runs = store.trust_runs().await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].key, db);
+    // Breaking again, or a pair with nothing, changes nothing.
+    assert_eq!(store.trust_break(&web).await.unwrap(), None);
+    assert_eq!(store.trust_break(&trust_key("none")).await.unwrap(), None);
+    // A run starts again from one.
+    assert_eq!(store.trust_count_verified(&web).await.unwrap(), 1);
+}
+
+async fn trust_is_granted_only_when_earned_and_once_per_pair(store: SharedStore) {
+    use sentinel::store::TrustGrantOutcome;
+    let web = trust_key("web");
+    let first = trust_grant("trust-a", "web", 2_000);
+    assert_eq!(
+        store.grant_trust(&first, 2).await.unwrap(),
+        TrustGrantOutcome::NotEarned {
+            verified_in_a_row: 0
+        }
+    );
+    store.trust_count_verified(&web).await.unwrap();
+    assert_eq!(
+        store.grant_trust(&first, 2).await.unwrap(),
+        TrustGrantOutcome::NotEarned {
+            verified_in_a_row: 1
+        }
+    );
+    assert!(store.trust_grants().await.unwrap().is_empty());
+    store.trust_count_verified(&web).await.unwrap();
+    assert_eq!(
+        store.grant_trust(&first, 2).await.unwrap(),
+        TrustGrantOutcome::Granted
+    );
+    let second = trust_grant("trust-b", "web", 3_000);
+    assert_eq!(
+        store.grant_trust(&second, 2).await.unwrap(),
+        TrustGrantOutcome::AlreadyTrusted(first.clone())
+    );
+    // Another pair, granted later, lists after it (oldest first).
+    let db = trust_key("db");
+    store.trust_count_verified(&db).await.unwrap();
+    let other = trust_grant("trust-c", "db", 4_000);
+    assert_eq!(
+        store.grant_trust(&other, 1).await.unwrap(),
+        TrustGrantOutcome::Granted
+    );
+    assert_eq!(
+        store.trust_grants().await.unwrap(),
+        vec![first.clone(), other.clone()]
+    );
+    // Revoking by id removes that grant only, once, and keeps the run.
+    assert_eq!(store.revoke_trust("trust-a").await.unwrap(), Some(first));
+    assert_eq!(store.revoke_trust("trust-a").await.unwrap(), None);
+    assert_eq!(store.revoke_trust("trust-nope").await.unwrap(), None);
+    assert_eq!(store.trust_grants().await.unwrap(), vec![other]);
+    let run = store
+        .trust_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|run| run.key == web)
+        .unwrap();
+    assert_eq!(run.verified_in_a_row, 2);
+}
+
+async fn concurrent_trust_grants_of_one_pair_store_exactly_one(store: SharedStore) {
+    use sentinel::store::TrustGrantOutcome;
+    store.trust_count_verified(&trust_key("web")).await.unwrap();
+    let results = race(16, |n| {
+        let store = Arc::clone(&store);
+        async move {
+            let grant = trust_grant(&format!("trust-{n}"), "web", 1_000 + n as i64);
+            store.grant_trust(&grant, 1).await
+        }
+    })
+    .await;
+    let granted = results
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|outcome| *outcome == TrustGrantOutcome::Granted)
+        .count();
+    assert_eq!(granted, 1);
+    assert_eq!(store.trust_grants().await.unwrap().len(), 1);
 }

@@ -105,6 +105,7 @@ fn analyzed() -> Event {
                 role: Role::Operator,
                 why: "medium risk".into(),
             },
+            trust_applied: false,
         },
         snapshot: json!({"state": "exited"}),
         refusals: vec![],
