@@ -76,6 +76,8 @@ const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox
 const OUTBOX_PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox_parked");
 /// singleton name → JSON (the control flags).
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
+/// Remembered sets: (set, member) → until, Unix milliseconds (`Store::remember`).
+const REMEMBERED: TableDefinition<(&str, &str), i64> = TableDefinition::new("remembered");
 
 /// How many expired idempotency keys one claim purges at most.
 const PURGE_BATCH: usize = 64;
@@ -259,6 +261,7 @@ impl EmbeddedStore {
             txn.open_table(AUTO_ACTIONS).map_err(unavailable)?;
             txn.open_table(OUTBOX).map_err(unavailable)?;
             txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
+            txn.open_table(REMEMBERED).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -735,6 +738,60 @@ impl Store for EmbeddedStore {
                 }
             };
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn remember(&self, set: &str, member: &str, until: Timestamp) -> StoreResult<()> {
+        let (set, member) = (set.to_owned(), member.to_owned());
+        let now = Timestamp::now().unix_millis();
+        self.write(move |txn| {
+            {
+                let mut table = txn.open_table(REMEMBERED).map_err(unavailable)?;
+                // The sets are small (people who opened a tab in a day): forget the expired
+                // members of this set as it is written.
+                let mut expired = Vec::new();
+                for row in table.range((set.as_str(), "")..).map_err(unavailable)? {
+                    let (key, until) = row.map_err(unavailable)?;
+                    let (in_set, old) = key.value();
+                    if in_set != set {
+                        break;
+                    }
+                    if until.value() <= now {
+                        expired.push(old.to_owned());
+                    }
+                }
+                for old in &expired {
+                    table
+                        .remove((set.as_str(), old.as_str()))
+                        .map_err(unavailable)?;
+                }
+                table
+                    .insert((set.as_str(), member.as_str()), until.unix_millis())
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remembered(&self, set: &str, now: Timestamp) -> StoreResult<Vec<String>> {
+        let set = set.to_owned();
+        self.read_now(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(REMEMBERED).map_err(unavailable)?;
+            let mut members = Vec::new();
+            for row in table.range((set.as_str(), "")..).map_err(unavailable)? {
+                let (key, until) = row.map_err(unavailable)?;
+                let (in_set, member) = key.value();
+                if in_set != set {
+                    break;
+                }
+                if until.value() > now.unix_millis() {
+                    members.push(member.to_owned());
+                }
+            }
+            Ok(members)
         })
         .await
     }
