@@ -14,6 +14,7 @@
 
 pub mod blocks;
 pub mod cards;
+pub mod catchup;
 pub mod client;
 pub mod commands;
 pub mod events;
