@@ -256,6 +256,31 @@ fn who(entry: &AuditEntry) -> String {
     }
 }
 
+/// An actor as the execution record writes it (`slack:U1 (operator)`, `api:ci (admin)`,
+/// several joined with ` and `), for people.
+fn actor_words(actor: &str) -> String {
+    actor
+        .split(" and ")
+        .map(|one| {
+            let one = one.trim();
+            let (id, role) = match one.split_once(" (") {
+                Some((id, role)) => (id, format!(" ({}", clean(role))),
+                None => (one, String::new()),
+            };
+            if let Some(user) = id.strip_prefix("slack:") {
+                format!("Slack user {}{role}", clean(user))
+            } else if let Some(name) = id.strip_prefix("api:") {
+                format!("{}{role} through the API", clean(name))
+            } else if id == "sentinel" {
+                "Sentinel".to_owned()
+            } else {
+                clean(one)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 /// What an audit entry says happened, in words.
 fn event_words(entry: &AuditEntry) -> String {
     let d = &entry.record.details;
@@ -328,8 +353,9 @@ fn event_words(entry: &AuditEntry) -> String {
         "ActionExecuted" => format!(
             "{} executed{}",
             action("action"),
-            text("approved_by")
-                .map(|a| format!(", approved by {a}"))
+            d.get("approved_by")
+                .and_then(Value::as_str)
+                .map(|a| format!(", approved by {}", actor_words(a)))
                 .unwrap_or_default()
         ),
         "ActionFailed" if d.get("rollback").and_then(Value::as_bool) == Some(true) => format!(
@@ -348,12 +374,12 @@ fn event_words(entry: &AuditEntry) -> String {
                 .unwrap_or_else(|| "unknown".into())
         ),
         "RemediationResumed" => "work resumed after a restart".to_owned(),
-        "VerificationSucceeded" => format!(
-            "verified{}",
-            text("message")
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        ),
+        "VerificationSucceeded" => match text("message") {
+            // The verifier's own message often starts with the word already.
+            Some(m) if m.starts_with("verified") => m,
+            Some(m) => format!("verified: {m}"),
+            None => "verified".to_owned(),
+        },
         "VerificationFailed" => format!(
             "verification failed{}",
             text("message")
@@ -678,6 +704,11 @@ mod tests {
                 8,
             ),
             ("- Fixed: ", 9),
+            (
+                "`container_start` executed, approved by Slack user U1 (operator)",
+                9,
+            ),
+            ("verified: web-1 is running", 10),
             ("- Resolved: ", 10),
             ("- Rolled back: ", 12),
             (
