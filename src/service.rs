@@ -7,6 +7,7 @@
 //! stores with compare-and-set and audits.
 
 pub mod demo;
+pub mod postmortem;
 pub mod trust;
 
 use std::sync::Arc;

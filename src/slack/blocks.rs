@@ -114,6 +114,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "timeline_reply",
         include_str!("../../blocks/timeline_reply.j2"),
     ),
+    ("home", include_str!("../../blocks/home.j2")),
 ];
 
 /// A fragment the list templates include (one incident as a section); not renderable alone.
@@ -128,6 +129,7 @@ const NAMES: &[&str] = &[
     "reject_modal",
     "incident_card",
     "timeline_reply",
+    "home",
 ];
 
 /// The renderable templates, in documentation order.
@@ -135,9 +137,10 @@ pub fn template_names() -> &'static [&'static str] {
     NAMES
 }
 
-/// Whether a template renders a modal view (`views.open`) rather than message blocks.
+/// Whether a template renders a view (the reject modal for `views.open`, the App Home tab
+/// for `views.publish`) rather than message blocks.
 pub fn is_modal(template: &str) -> bool {
-    template == "reject_modal"
+    matches!(template, "reject_modal" | "home")
 }
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(environment);
@@ -1779,6 +1782,27 @@ pub fn sample_context(template: &str) -> Value {
             "public_url": "https://sentinel.example.com",
             "dry_run_preview": "would set the memory limit of web-1 from 512 MB to 768 MB"
         }),
+        "home" => {
+            let reference = format!(
+                r#"{{"incident":"{}","proposal":"prop-0123abcd"}}"#,
+                incident["id"].as_str().unwrap_or_default()
+            );
+            json!({
+                "role": "operator", "mode": "auto", "paused": false, "open": 2,
+                "signals": sample_context("status")["signals"],
+                "signals_more": 0,
+                "approvals": [{"incident": incident, "ref": reference, "needs": "operator"}],
+                "approvals_more": 0, "approvals_elsewhere": 1,
+                "fixes": [
+                    {"id": "inc-01jdx3fixed", "action": "container_start", "resource": "api-2",
+                     "outcome": "verified", "at": "2026-11-28T09:41:00.000Z"},
+                    {"id": "inc-01jdx3older", "action": "sandbox_cleanup", "resource": "sandbox",
+                     "outcome": "rolled back", "at": "2026-11-28T08:12:00.000Z"}
+                ],
+                "fixes_more": 3,
+                "public_url": "https://sentinel.example.com"
+            })
+        }
         "timeline_reply" => json!({
             "incident": incident,
             "entry": {"at": "2026-11-28T10:00:05.000Z", "step": "awaiting_approval",

@@ -1,5 +1,5 @@
 //! The Slack Web API client: `chat.postMessage`, `chat.update`, `chat.postEphemeral`,
-//! `views.open`, `usergroups.users.list` and `auth.test` on `SLACK_API_URL` with the bot token;
+//! `views.open`, `views.publish`, `usergroups.users.list` and `auth.test` on `SLACK_API_URL` with the bot token;
 //! `apps.connections.open` (Socket Mode) with the app-level token.
 //!
 //! In: a method's arguments. Out: what Slack answered, or a [`SlackError`] that says what a
@@ -138,6 +138,14 @@ impl SlackApi {
     pub async fn views_open(&self, trigger_id: &str, view: &Value) -> Result<(), SlackError> {
         let body = json!({ "trigger_id": trigger_id, "view": view });
         self.call_json("views.open", &body).await.map(drop)
+    }
+
+    /// Publishes `user`'s App Home tab (`view` as rendered by `blocks::render("home", …)`,
+    /// `{"type": "home", …}`). Tier 4, and Slack limits it per user too: callers pace it
+    /// (`slack::home`). `not_enabled` means the app's Home tab is off in its configuration.
+    pub async fn views_publish(&self, user: &str, view: &Value) -> Result<(), SlackError> {
+        let body = json!({ "user_id": user, "view": view });
+        self.call_json("views.publish", &body).await.map(drop)
     }
 
     /// The user ids in a user group (`S…`). Tier 2 (20+ a minute): callers cache it.

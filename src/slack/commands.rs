@@ -65,6 +65,10 @@ pub enum SlashCommand {
     Trigger(Scenario),
     /// A demo scenario (`sandbox`, `container`, `memory`) or `reset`.
     Demo(crate::service::demo::DemoScenario),
+    /// The incident's postmortem, posted in its thread.
+    Postmortem(IncidentId),
+    /// What happened in the last `duration` (default 8 h).
+    Catchup(Duration),
     /// `trust list`: what Sentinel may do on its own, and what it is earning.
     TrustList,
     /// `trust grant <signal> <action> <target>`, as typed: the command reads it into a
@@ -94,7 +98,7 @@ impl SlashCommand {
         use SlashCommand::*;
         matches!(
             self,
-            Help | Whoami | Unknown(_) | Status | Incidents | Show(_) | TrustList
+            Help | Whoami | Unknown(_) | Status | Incidents | Show(_) | TrustList | Catchup(_)
         )
     }
 
@@ -103,7 +107,9 @@ impl SlashCommand {
         use SlashCommand::*;
         match self {
             Help | Whoami | Unknown(_) => None,
-            Status | Incidents | Show(_) | TrustList => Some(Role::Viewer),
+            Status | Incidents | Show(_) | TrustList | Postmortem(_) | Catchup(_) => {
+                Some(Role::Viewer)
+            }
             // Operators decide on medium risk; the service asks for admin on high risk.
             Approve(_) | Reject(..) | Resolve(..) => Some(Role::Operator),
             Silence { .. } | Unsilence(_) | Check => Some(Role::Operator),
@@ -143,6 +149,13 @@ fn parse_known(text: &str) -> Option<SlashCommand> {
             SlashCommand::Trigger(scenario.to_ascii_lowercase().parse().ok()?)
         }
         ("demo", [scenario]) => SlashCommand::Demo(scenario.to_ascii_lowercase().parse().ok()?),
+        ("postmortem", [incident]) => SlashCommand::Postmortem(id(incident)?),
+        ("catchup", []) => SlashCommand::Catchup(crate::slack::catchup::DEFAULT_WINDOW),
+        ("catchup", [window]) => SlashCommand::Catchup(
+            humantime::parse_duration(window)
+                .ok()
+                .filter(|w| !w.is_zero() && *w <= crate::slack::catchup::MAX_WINDOW)?,
+        ),
         ("trust", [sub]) if sub.eq_ignore_ascii_case("list") => SlashCommand::TrustList,
         ("trust", [sub, signal, action, target]) if sub.eq_ignore_ascii_case("grant") => {
             SlashCommand::TrustGrant {
@@ -373,6 +386,8 @@ async fn dispatch(ctx: &Ctx<'_>, command: SlashCommand) -> Reply {
         Check => check(ctx).await,
         Trigger(scenario) => trigger(ctx, scenario).await,
         Demo(scenario) => demo(ctx, scenario).await,
+        Postmortem(id) => postmortem(ctx, id).await,
+        Catchup(window) => catchup(ctx, window).await,
         TrustList => trust_list(ctx).await,
         TrustGrant {
             signal,
@@ -680,6 +695,65 @@ commands! {
             Ok(grant) => Reply::in_channel(format!(
                 "{} revoked the trust in {} (`{}`): its fixes wait for approval again.",
                 ctx.user(), escape(&grant.key.to_string()), grant.id
+            )),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// `postmortem <id>` · viewer · the incident's postmortem (summary, impact, timeline, decisions, each line citing its audit entry), posted in its thread
+    async fn postmortem(ctx: &Ctx<'_>, id: IncidentId) -> Reply {
+        use crate::service::postmortem::{split, SLACK_MARKDOWN_LIMIT};
+        let (incident, markdown) = match ctx.sentinel().postmortem(&id).await {
+            Ok(found) => found,
+            Err(e) => return failed(e),
+        };
+        // Under Slack's 12,000 characters per message of markdown blocks, with room to spare.
+        let pieces = split(&markdown, SLACK_MARKDOWN_LIMIT - 1000);
+        let thread = incident.slack.as_ref().and_then(|card| Some((card.channel.clone(), card.ts.clone()?)));
+        let (Some((channel, ts)), Some(_)) = (thread, &ctx.inbound.slack) else {
+            // No card to thread on: the Markdown itself, to the person who asked.
+            let mut reply = Reply::ephemeral(format!("Postmortem of {}", incident.id));
+            reply.blocks = vec![json!({"type": "markdown", "text": pieces.first().cloned().unwrap_or_default()})];
+            if pieces.len() > 1 {
+                reply.blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "Cut to fit one message; the whole postmortem is at `GET /api/incidents/{}/postmortem`.", incident.id)}]}));
+            }
+            return reply;
+        };
+        let total = pieces.len();
+        for (n, piece) in pieces.into_iter().enumerate() {
+            let text = if total > 1 {
+                format!("Postmortem of {} (part {} of {total})", incident.id, n + 1)
+            } else {
+                format!("Postmortem of {}", incident.id)
+            };
+            let reply = Reply {
+                visibility: Visibility::InChannel,
+                text,
+                blocks: vec![json!({"type": "markdown", "text": piece})],
+            };
+            ctx.inbound.post_in_thread(&channel, &ts, &reply).await;
+        }
+        Reply::ephemeral(format!(
+            "Posted the postmortem of {} in its card's thread ({total} message{}).",
+            incident.id,
+            if total == 1 { "" } else { "s" }
+        ))
+    }
+
+    /// `catchup [duration]` · viewer · what happened in the last 8 h (or the duration given): incidents opened and resolved, fixes, rollbacks, approvals waiting
+    async fn catchup(ctx: &Ctx<'_>, window: Duration) -> Reply {
+        let now = crate::domain::Timestamp::now();
+        let since = crate::domain::Timestamp::from_unix_millis(
+            now.unix_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+        );
+        let query = IncidentQuery { open_only: false, limit: crate::web::api::MAX_LIST_LIMIT };
+        match ctx.sentinel().incidents(query).await {
+            Ok(incidents) => Reply::ephemeral(crate::slack::catchup::render(
+                &incidents,
+                since,
+                now,
+                &ctx.sentinel().settings().rbac,
             )),
             Err(e) => failed(e),
         }
@@ -1024,6 +1098,10 @@ mod tests {
                 "demo Reset",
                 Demo(crate::service::demo::DemoScenario::Reset),
             ),
+            ("postmortem INC-abc123", Postmortem(id("inc-abc123"))),
+            ("catchup", Catchup(Duration::from_secs(8 * 3600))),
+            ("catchup 90m", Catchup(Duration::from_secs(5400))),
+            ("catchup 7d", Catchup(Duration::from_secs(7 * 86_400))),
             ("trust list", TrustList),
             ("TRUST List", TrustList),
             (
@@ -1067,6 +1145,12 @@ mod tests {
             "demo meteor",
             "demo sandbox now",
             "pause everything",
+            "postmortem",
+            "postmortem 42",
+            "catchup soon",
+            "catchup 0s",
+            "catchup 400d",
+            "catchup 1h 2h",
             "trust",
             "trust me",
             "trust grant container_down container_start",
@@ -1100,6 +1184,8 @@ mod tests {
             (Pause, Some(Role::Admin)),
             (Resume, Some(Role::Admin)),
             (Trigger(Scenario::Cpu), Some(Role::Admin)),
+            (Postmortem(id("inc-a")), Some(Role::Viewer)),
+            (Catchup(Duration::from_secs(60)), Some(Role::Viewer)),
             (TrustList, Some(Role::Viewer)),
             (
                 TrustGrant {
@@ -1133,7 +1219,7 @@ mod tests {
 
     #[test]
     fn every_help_line_has_usage_who_and_what() {
-        assert_eq!(HELP.len(), 19, "one per command but Unknown");
+        assert_eq!(HELP.len(), 21, "one per command but Unknown");
         for line in HELP {
             let (usage, who, what) =
                 help_entry(line).unwrap_or_else(|| panic!("malformed help line {line:?}"));
@@ -1158,7 +1244,8 @@ mod tests {
                     "<signal> <action> <target>",
                     "container_down container_start web",
                 )
-                .replace("<trust id>", "trust-abc");
+                .replace("<trust id>", "trust-abc")
+                .replace(" [duration]", "");
             assert!(
                 !matches!(SlashCommand::parse(&example), SlashCommand::Unknown(_)),
                 "{example:?} from {line:?} does not parse"

@@ -7,7 +7,8 @@
 //! (`X-Slack-Retry-Num`) delivers it, through [`Store::claim_once`]; callbacks for another
 //! app (`api_app_id` ≠ `[slack] app_id`, when set) are ignored. An `app_mention` ("@sentinel
 //! status") is a command like `/sentinel status`, answered in the mention's thread through
-//! the outbox.
+//! the outbox. An `app_home_opened` (the Home tab) goes to [`home`](crate::slack::home),
+//! which publishes that person's Home view.
 //!
 //! [`Store::claim_once`]: crate::store::Store::claim_once
 
@@ -59,8 +60,18 @@ pub struct Callback {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     AppMention(Mention),
+    AppHomeOpened(HomeOpened),
     #[serde(other)]
     Other,
+}
+
+/// An `app_home_opened`: someone opened the app's Home tab (`tab: "home"`) or its Messages
+/// tab (`"messages"`, nothing to publish).
+#[derive(Debug, Deserialize)]
+pub struct HomeOpened {
+    user: String,
+    #[serde(default)]
+    tab: Option<String>,
 }
 
 /// An `app_mention`.
@@ -192,6 +203,7 @@ async fn process(inbound: &Arc<Inbound>, callback: Callback) {
     }
     match parse_event(callback.event) {
         Ok(Event::AppMention(mention)) => mentioned(inbound, mention).await,
+        Ok(Event::AppHomeOpened(opened)) => home_opened(inbound, opened).await,
         Ok(Event::Other) => {}
         Err(e) => {
             tracing::warn!(event_id = %callback.event_id, error = %e, "unreadable slack event")
@@ -216,6 +228,21 @@ async fn mentioned(inbound: &Arc<Inbound>, mention: Mention) {
     let reply = commands::answer(inbound, invocation, command_text(&mention.text)).await;
     inbound
         .post_in_thread(&mention.channel, &thread_ts, &reply)
+        .await;
+}
+
+/// Someone opened Home: publish it for them, and keep it fresh for a while (`slack::home`).
+async fn home_opened(inbound: &Arc<Inbound>, opened: HomeOpened) {
+    if opened.tab.as_deref().is_some_and(|tab| tab != "home") {
+        return;
+    }
+    let Some(slack) = &inbound.slack else {
+        tracing::warn!("no SLACK_BOT_TOKEN: cannot publish the home tab");
+        return;
+    };
+    slack
+        .home
+        .opened(inbound.app.store.as_ref(), &opened.user)
         .await;
 }
 
@@ -269,6 +296,21 @@ mod tests {
         for garbage in GARBAGE {
             assert!(parse(garbage).is_err(), "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn home_opened_events_parse_with_their_tab() {
+        let event = json!({"type": "app_home_opened", "user": "U1", "channel": "D1",
+                           "tab": "home", "event_ts": "1.2", "view": {"id": "V1"}});
+        let Event::AppHomeOpened(opened) = parse_event(event).unwrap() else {
+            panic!("not app_home_opened")
+        };
+        assert_eq!(opened.user, "U1");
+        assert_eq!(opened.tab.as_deref(), Some("home"));
+        assert!(
+            parse_event(json!({"type": "app_home_opened"})).is_err(),
+            "no user"
+        );
     }
 
     #[test]

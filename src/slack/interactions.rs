@@ -12,6 +12,9 @@
 //! parameters: what gets approved is what the store says, and only while the proposal the
 //! card showed is still the current one ([`card_is_current`]). Someone without the needed role changes nothing
 //! and is told why.
+//! The same buttons on the App Home tab (`slack::home`) arrive with `container.type = "view"`
+//! and no channel or message: they are handled alike, and the person sees the outcome on
+//! their refreshed Home (there is no channel to answer in).
 //! Reject opens the `reject_modal` with `views.open` first thing (its `trigger_id` lives three
 //! seconds); its submission (`callback_id` `reject_reason`) rejects with the typed reason.
 
@@ -826,6 +829,33 @@ mod tests {
             let error = parse(broken.clone()).unwrap_err();
             assert!(error.0.contains(why), "{broken}: {error}");
         }
+    }
+
+    #[test]
+    fn a_click_on_the_home_tab_reads_like_a_card_click() {
+        // As Slack sends a Home tab click: the view rides along; no channel, no message.
+        let click = json!({
+            "type": "block_actions",
+            "user": {"id": "U1", "team_id": "T1"},
+            "api_app_id": "A1",
+            "trigger_id": "1.2.3",
+            "team": {"id": "T1"},
+            "container": {"type": "view", "view_id": "V0HOME1"},
+            "view": {"id": "V0HOME1", "type": "home", "team_id": "T1", "hash": "1.2",
+                     "blocks": [{"type": "divider"}], "private_metadata": "",
+                     "callback_id": "", "state": {"values": {}}},
+            "actions": [{"action_id": "approve", "block_id": "home_actions:inc-1",
+                         "value": r#"{"incident":"inc-abc123","proposal":"prop-1"}"#,
+                         "type": "button", "action_ts": "1.3"}]
+        });
+        let Payload::BlockActions(actions) = parse(click).unwrap() else {
+            panic!("not block_actions")
+        };
+        assert!(actions.channel.is_none() && actions.response_url.is_none());
+        assert_eq!(actions.container.and_then(|c| c.channel_id), None);
+        let card: CardRef =
+            serde_json::from_str(actions.actions[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(card.proposal(), Some("prop-1"));
     }
 
     fn incident() -> Incident {

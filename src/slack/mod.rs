@@ -5,17 +5,20 @@
 //! by [`http::router`], or the same handlers over a WebSocket with `SLACK_APP_TOKEN`
 //! ([`socket_mode`]); Slack users get their role from `[rbac]` ([`roles`]).
 //! Outbound: the Web API client on `SLACK_API_URL` ([`client`]), a durable, ordered,
-//! rate-limited outbox ([`outbox`]) and the incident cards kept in step with incidents
-//! ([`cards`]), rendered from the minijinja templates in `blocks/` ([`blocks`]).
+//! rate-limited outbox ([`outbox`]), the incident cards kept in step with incidents
+//! ([`cards`]) and each person's App Home tab ([`home`]), rendered from the minijinja
+//! templates in `blocks/` ([`blocks`]).
 //!
 //! Slack is optional: without a signing secret the routes answer 404, without an app token
 //! there is no socket, and without a bot token nothing is posted.
 
 pub mod blocks;
 pub mod cards;
+pub mod catchup;
 pub mod client;
 pub mod commands;
 pub mod events;
+pub mod home;
 pub mod http;
 pub mod interactions;
 pub mod outbox;
@@ -37,6 +40,8 @@ pub struct Slack {
     pub api: client::SlackApi,
     /// Every message to a channel goes through here (durable, ordered, paced).
     pub outbox: outbox::Outbox,
+    /// People who opened the App Home tab, on their way to the Home task.
+    pub home: home::HomeQueue,
     /// Where the outbox and the card records live.
     store: SharedStore,
 }
@@ -56,12 +61,13 @@ impl Slack {
         Ok(Some(Arc::new(Slack {
             api,
             outbox: outbox::Outbox::new(Arc::clone(&store)),
+            home: home::HomeQueue::default(),
             store,
         })))
     }
 
-    /// The background tasks: the outbox's sender and, when `[slack] channel` is set, the
-    /// incident cards. They stop when `shutdown` is cancelled.
+    /// The background tasks: the outbox's sender, the App Home publisher and, when
+    /// `[slack] channel` is set, the incident cards. They stop when `shutdown` is cancelled.
     pub fn spawn_tasks(
         &self,
         sentinel: &Arc<crate::service::Sentinel>,
@@ -79,6 +85,15 @@ impl Slack {
             sync,
         ));
         let mut tasks = vec![tokio::spawn(sender.run(shutdown.clone()))];
+        let home = home::Home::new(
+            Arc::clone(sentinel),
+            Arc::clone(&self.store),
+            self.api.clone(),
+            &self.home,
+        );
+        if let Some(home) = home {
+            tasks.push(tokio::spawn(home.run(shutdown.clone())));
+        }
         let channel = settings.slack.channel.trim();
         if channel.is_empty() {
             tracing::info!("no [slack] channel (SLACK_CHANNEL): incident cards are not posted");

@@ -80,6 +80,8 @@ const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singleton
 const TRUST_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_runs");
 /// `signal:action:target` → the pair's grant (`TrustGrant` JSON).
 const TRUST_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_grants");
+/// Remembered sets: (set, member) → until, Unix milliseconds (`Store::remember`).
+const REMEMBERED: TableDefinition<(&str, &str), i64> = TableDefinition::new("remembered");
 
 /// How many expired idempotency keys one claim purges at most.
 const PURGE_BATCH: usize = 64;
@@ -265,6 +267,7 @@ impl EmbeddedStore {
             txn.open_table(OUTBOX_PARKED).map_err(unavailable)?;
             txn.open_table(TRUST_RUNS).map_err(unavailable)?;
             txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
+            txn.open_table(REMEMBERED).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -789,6 +792,60 @@ impl Store for EmbeddedStore {
                 }
             };
             Ok(claimed)
+        })
+        .await
+    }
+
+    async fn remember(&self, set: &str, member: &str, until: Timestamp) -> StoreResult<()> {
+        let (set, member) = (set.to_owned(), member.to_owned());
+        let now = Timestamp::now().unix_millis();
+        self.write(move |txn| {
+            {
+                let mut table = txn.open_table(REMEMBERED).map_err(unavailable)?;
+                // The sets are small (people who opened a tab in a day): forget the expired
+                // members of this set as it is written.
+                let mut expired = Vec::new();
+                for row in table.range((set.as_str(), "")..).map_err(unavailable)? {
+                    let (key, until) = row.map_err(unavailable)?;
+                    let (in_set, old) = key.value();
+                    if in_set != set {
+                        break;
+                    }
+                    if until.value() <= now {
+                        expired.push(old.to_owned());
+                    }
+                }
+                for old in &expired {
+                    table
+                        .remove((set.as_str(), old.as_str()))
+                        .map_err(unavailable)?;
+                }
+                table
+                    .insert((set.as_str(), member.as_str()), until.unix_millis())
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remembered(&self, set: &str, now: Timestamp) -> StoreResult<Vec<String>> {
+        let set = set.to_owned();
+        self.read_now(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(REMEMBERED).map_err(unavailable)?;
+            let mut members = Vec::new();
+            for row in table.range((set.as_str(), "")..).map_err(unavailable)? {
+                let (key, until) = row.map_err(unavailable)?;
+                let (in_set, member) = key.value();
+                if in_set != set {
+                    break;
+                }
+                if until.value() > now.unix_millis() {
+                    members.push(member.to_owned());
+                }
+            }
+            Ok(members)
         })
         .await
     }

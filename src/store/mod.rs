@@ -1,5 +1,5 @@
-//! State: incidents, the audit chain, idempotency keys, silences, leases, control flags and
-//! the Slack outbox (one ordered queue per channel).
+//! State: incidents, the audit chain, idempotency keys, silences, leases, control flags,
+//! remembered sets with an expiry and the Slack outbox (one ordered queue per channel).
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (several replicas share one
 //! workspace) and [`embedded::EmbeddedStore`] (redb on disk, one node, the default). Both pass
@@ -189,6 +189,14 @@ pub trait Store: Send + Sync {
     /// Claims `key` for `ttl`: true the first time, false while an earlier claim lives.
     /// Slack event ids go through here so a retried delivery is handled once.
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool>;
+
+    /// Remembers `member` in the set `set` until `until` (a later call moves the date), for
+    /// small records that only matter for a while: who opened Sentinel's Slack Home tab
+    /// recently (`slack::home`). Expired members are forgotten as the set is written.
+    async fn remember(&self, set: &str, member: &str, until: Timestamp) -> StoreResult<()>;
+
+    /// The members of `set` still remembered at `now`, sorted.
+    async fn remembered(&self, set: &str, now: Timestamp) -> StoreResult<Vec<String>>;
 
     async fn add_silence(&self, silence: &Silence) -> StoreResult<()>;
 

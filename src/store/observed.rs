@@ -149,6 +149,12 @@ impl Store for Observed {
     async fn claim_once(&self, key: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool> {
         self.inner.claim_once(key, ttl, now).await
     }
+    async fn remember(&self, set: &str, member: &str, until: Timestamp) -> StoreResult<()> {
+        self.inner.remember(set, member, until).await
+    }
+    async fn remembered(&self, set: &str, now: Timestamp) -> StoreResult<Vec<String>> {
+        self.inner.remembered(set, now).await
+    }
     async fn add_silence(&self, silence: &Silence) -> StoreResult<()> {
         self.inner.add_silence(silence).await
     }

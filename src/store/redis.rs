@@ -656,6 +656,34 @@ impl Store for RedisStore {
         Ok(set.is_some())
     }
 
+    async fn remember(&self, set: &str, member: &str, until: Timestamp) -> StoreResult<()> {
+        // A sorted set scored by the expiry; members past it are removed as it is written.
+        let key = self.key(&format!("remembered:{set}"));
+        let now = Timestamp::now().unix_millis();
+        let () = redis::pipe()
+            .atomic()
+            .zadd(&key, member, until.unix_millis())
+            .ignore()
+            .zrembyscore(&key, "-inf", now)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn remembered(&self, set: &str, now: Timestamp) -> StoreResult<Vec<String>> {
+        let key = self.key(&format!("remembered:{set}"));
+        let mut members: Vec<String> = self
+            .conn
+            .clone()
+            .zrangebyscore(&key, format!("({}", now.unix_millis()), "+inf")
+            .await
+            .map_err(unavailable)?;
+        members.sort();
+        Ok(members)
+    }
+
     async fn add_silence(&self, silence: &Silence) -> StoreResult<()> {
         let () = self
             .conn

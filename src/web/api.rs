@@ -201,6 +201,23 @@ pub async fn get_incident(
     Ok(Json(state.sentinel.incident(&incident_id(&id)?).await?).into_response())
 }
 
+/// `GET /api/incidents/{id}/postmortem`: the incident's postmortem as Markdown
+/// (`service::postmortem`), every statement citing its audit entry as `[#SEQ]`.
+pub async fn postmortem(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, markdown) = state.sentinel.postmortem(&incident_id(&id)?).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/markdown; charset=utf-8",
+        )],
+        markdown,
+    )
+        .into_response())
+}
+
 /// The incident a path names; an id that cannot be one is not found, like one that is not
 /// stored (the answer does not tell the two apart).
 fn incident_id(raw: &str) -> Result<IncidentId, ApiError> {

@@ -132,6 +132,12 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             AtLeast(Role::Viewer),
             api::get_incident,
         ),
+        route(
+            Method::GET,
+            "/api/incidents/{id}/postmortem",
+            AtLeast(Role::Viewer),
+            api::postmortem,
+        ),
         // Operators may approve and reject medium risk; the handler asks for admin on high.
         route(
             Method::POST,

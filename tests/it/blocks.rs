@@ -165,7 +165,7 @@ fn card(incident: Value, public_url: &str) -> blocks::Rendered {
 
 #[test]
 fn every_template_renders_its_sample_within_limits() {
-    assert_eq!(blocks::template_names().len(), 7);
+    assert_eq!(blocks::template_names().len(), 8);
     for name in blocks::template_names() {
         let rendered = blocks::render(name, &blocks::sample_context(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -965,7 +965,7 @@ fn config_check_renders_every_template() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("7 render within Slack's limits (286 sample incidents"),
+        stdout.contains("8 render within Slack's limits (286 sample incidents"),
         "{stdout}"
     );
 }

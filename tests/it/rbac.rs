@@ -30,6 +30,11 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
     ("GET", "/api/incidents", [401, 401, 200, 200, 200]),
     ("GET", "/api/incidents/{id}", [401, 401, 404, 404, 404]),
     (
+        "GET",
+        "/api/incidents/{id}/postmortem",
+        [401, 401, 404, 404, 404],
+    ),
+    (
         "POST",
         "/api/incidents/{id}/approve",
         [401, 401, 403, 404, 404],

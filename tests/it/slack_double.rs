@@ -1,6 +1,7 @@
 //! A Slack Web API double: an axum server on 127.0.0.1:0 that answers like
 //! `https://slack.com/api/` for the methods Sentinel calls, records every call, and fails on
-//! demand (`ok: false` errors, HTTP 429 with `Retry-After`, HTTP 500). Test code only; never
+//! demand (`ok: false` errors, HTTP 429 with `Retry-After`, HTTP 500). `views.publish` keeps
+//! each user's published Home view ([`SlackDouble::home_of`]). Test code only; never
 //! part of the shipped binary.
 //!
 //! Point the app at it with `settings.slack.api_url = double.api_url()` and
@@ -278,6 +279,15 @@ impl SlackDouble {
     /// The calls of one method that Slack accepted.
     pub fn accepted(&self, method: &str) -> Vec<Call> {
         self.calls_to(method).into_iter().filter(Call::ok).collect()
+    }
+
+    /// The Home view last published for `user` (what their Home tab shows), if any.
+    pub fn home_of(&self, user: &str) -> Option<Value> {
+        self.accepted("views.publish")
+            .into_iter()
+            .rev()
+            .find(|c| c.str("user_id") == Some(user))
+            .and_then(|c| c.body.get("view").cloned())
     }
 
     /// A `response_url` on the double's origin (so Sentinel may post to it).
@@ -581,6 +591,17 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
                 {
                     return missing("invalid_blocks");
                 }
+                // The `markdown` blocks of one message share 12,000 characters.
+                let markdown: usize = blocks
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b["type"] == "markdown")
+                    .map(|b| b["text"].as_str().map_or(0, |t| t.chars().count()))
+                    .sum();
+                if markdown > 12_000 {
+                    return missing("msg_blocks_too_long");
+                }
             }
             let n = state.next_ts.fetch_add(1, Ordering::SeqCst);
             let ts = format!("1700000000.{n:06}");
@@ -634,6 +655,34 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
                 json!({ "ok": true, "view": { "id": "V0TEST", "type": "modal" } }),
                 None,
             )
+        }
+        "views.publish" => {
+            // As docs.slack.dev/reference/methods/views.publish: a user and a `home` view
+            // (at most 100 blocks, at most 250 kB), else `invalid_arguments` /
+            // `view_too_large`.
+            if field("user_id").is_empty() {
+                return missing("invalid_arguments");
+            }
+            let Some(view) = body.get("view") else {
+                return missing("invalid_arguments");
+            };
+            if view.to_string().len() > 250_000 {
+                return missing("view_too_large");
+            }
+            let parsed = serde_json::from_value::<slack_morphism::prelude::SlackView>(view.clone());
+            let blocks = view
+                .get("blocks")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            match parsed {
+                Ok(slack_morphism::prelude::SlackView::Home(_)) if blocks <= 100 => {}
+                _ => return missing("invalid_arguments"),
+            }
+            let n = state.next_ts.fetch_add(1, Ordering::SeqCst);
+            let mut published = view.clone();
+            published["id"] = json!(format!("V0HOME{n:06}"));
+            published["hash"] = json!(format!("1700000000.{n:06}"));
+            (json!({ "ok": true, "view": published }), None)
         }
         "apps.connections.open" => {
             let mut sockets = state.sockets.lock().unwrap();

@@ -63,6 +63,7 @@ conformance!(
     audit_entries_form_a_verified_chain_in_order,
     concurrent_audit_appends_leave_no_gaps,
     claim_once_holds_a_key_for_its_ttl,
+    remembered_members_last_until_their_date_and_sets_stay_apart,
     concurrent_claims_of_one_key_succeed_once,
     silences_list_while_active_and_expire_once,
     concurrent_expiries_of_one_silence_end_it_once,
@@ -819,6 +820,41 @@ async fn concurrent_audit_appends_leave_no_gaps(store: SharedStore) {
 
 // ---------------------------------------------------------------------------------------------
 // Idempotency keys
+
+async fn remembered_members_last_until_their_date_and_sets_stay_apart(store: SharedStore) {
+    let now = Timestamp::now();
+    let later = |ms: i64| Timestamp::from_unix_millis(now.unix_millis() + ms);
+    assert!(store.remembered("home", now).await.unwrap().is_empty());
+    store.remember("home", "U2", later(60_000)).await.unwrap();
+    store.remember("home", "U1", later(60_000)).await.unwrap();
+    store.remember("home", "U3", later(300)).await.unwrap();
+    store.remember("other", "U9", later(60_000)).await.unwrap();
+    assert_eq!(
+        store.remembered("home", now).await.unwrap(),
+        ["U1", "U2", "U3"],
+        "sorted, this set only"
+    );
+    assert_eq!(store.remembered("other", now).await.unwrap(), ["U9"]);
+    // Remembered again: the new date counts, the member is not listed twice.
+    store.remember("home", "U1", later(120_000)).await.unwrap();
+    assert_eq!(
+        store.remembered("home", later(90_000)).await.unwrap(),
+        ["U1"]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.remembered("home", Timestamp::now()).await.unwrap(),
+        ["U1", "U2"],
+        "U3's date passed"
+    );
+    // A write forgets the expired members for good.
+    store.remember("home", "U4", later(60_000)).await.unwrap();
+    assert_eq!(
+        store.remembered("home", now).await.unwrap(),
+        ["U1", "U2", "U4"],
+        "read at the old time, U3 is gone: it was removed"
+    );
+}
 
 async fn claim_once_holds_a_key_for_its_ttl(store: SharedStore) {
     let short = Duration::from_millis(800);
