@@ -171,7 +171,7 @@ pub fn event(incident: &Incident, due: Due, public_url: &str) -> Queued {
                 "dedup_key": incident.id.as_str(),
                 "payload": {
                     "summary": trigger_summary(incident),
-                    "source": incident.resource.as_str(),
+                    "source": source(incident),
                     "severity": severity(incident),
                     "timestamp": incident.opened_at,
                     "component": incident.resource.as_str(),
@@ -207,6 +207,15 @@ pub fn event(incident: &Incident, due: Due, public_url: &str) -> Queued {
         kind: kind.to_owned(),
         body,
     }
+}
+
+/// PagerDuty's `source`, "the unique location of the affected system": an external
+/// alert's `instance` (or `host`) label when it has one, else the incident's resource.
+fn source(incident: &Incident) -> &str {
+    ["instance", "host"]
+        .iter()
+        .find_map(|key| incident.labels.get(*key).filter(|v| !v.trim().is_empty()))
+        .map_or(incident.resource.as_str(), String::as_str)
 }
 
 /// PagerDuty's severity: Sentinel's, except that an escalated incident (a person is needed)
@@ -280,7 +289,7 @@ fn change(incident: &Incident, index: usize) -> Value {
         "payload": {
             "summary": cut(&summary),
             "timestamp": entry.at,
-            "source": incident.resource.as_str(),
+            "source": source(incident),
             "custom_details": {
                 "incident": incident.id.as_str(),
                 "signal": incident.signal.as_str(),

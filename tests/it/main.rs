@@ -23,6 +23,8 @@ mod llm_double;
 mod monitor;
 mod packaging;
 mod page;
+mod pagerduty;
+mod pagerduty_double;
 mod rbac;
 mod remediate;
 mod signals;
