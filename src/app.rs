@@ -26,6 +26,8 @@ pub struct Application {
     monitor: Arc<Monitor>,
     /// Slack's client and outbox, when `SLACK_BOT_TOKEN` is set.
     slack: Option<Arc<crate::slack::Slack>>,
+    /// PagerDuty's watcher and sender, when a routing key is set; `run` spawns them.
+    pagerduty: Option<Arc<crate::pagerduty::PagerDuty>>,
     /// The Socket Mode client, when `SLACK_APP_TOKEN` is set; `run` spawns it.
     socket_mode: Option<crate::slack::socket_mode::SocketMode>,
     /// The remediation queue's receiving end, handed to the worker by `run`.
@@ -63,6 +65,7 @@ impl Application {
             Arc::clone(sentinel.readings()),
         ));
         let slack = crate::slack::Slack::from_settings(&settings, Arc::clone(&store))?;
+        let pagerduty = crate::pagerduty::PagerDuty::from_settings(&settings, Arc::clone(&store))?;
         let shutdown = CancellationToken::new();
         let state = Arc::new(AppContext {
             stream: web::stream::Hub::start(Arc::clone(&sentinel), shutdown.clone()),
@@ -88,6 +91,7 @@ impl Application {
             store,
             monitor,
             slack,
+            pagerduty,
             socket_mode,
             jobs,
             shutdown,
@@ -116,6 +120,11 @@ impl Application {
     /// Slack's client and outbox, when a bot token is set.
     pub fn slack(&self) -> Option<Arc<crate::slack::Slack>> {
         self.slack.clone()
+    }
+
+    /// PagerDuty's side, when a routing key is set.
+    pub fn pagerduty(&self) -> Option<Arc<crate::pagerduty::PagerDuty>> {
+        self.pagerduty.clone()
     }
 
     /// The token that stops the application when cancelled.
@@ -159,6 +168,13 @@ impl Application {
             Some(slack) => slack.spawn_tasks(&self.sentinel, &self.shutdown),
             None => Vec::new(),
         };
+        match &self.pagerduty {
+            Some(pagerduty) => {
+                tracing::info!(events_url = %settings.pagerduty.events_url, "pagerduty is on");
+                slack_tasks.extend(pagerduty.spawn_tasks(&self.sentinel, &self.shutdown));
+            }
+            None => tracing::debug!("pagerduty is off: no PAGERDUTY_ROUTING_KEY"),
+        }
         if let Some(socket_mode) = self.socket_mode {
             slack_tasks.push(tokio::spawn(socket_mode.run(self.shutdown.clone())));
         }
@@ -186,7 +202,7 @@ impl Application {
         }
         for task in slack_tasks {
             if let Err(e) = task.await {
-                tracing::error!(error = %e, "a slack task panicked");
+                tracing::error!(error = %e, "a slack or pagerduty task panicked");
             }
         }
         if let Err(e) = worker.await {

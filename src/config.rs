@@ -283,6 +283,94 @@ pub struct SlackSettings {
     /// How old a card's value and occurrence count may get before the card is redrawn for
     /// them alone (a decision change redraws it at once).
     pub card_refresh: HumanDuration,
+    /// `[[slack.routes]]`: where a new card goes; the first matching route wins, else
+    /// `channel`.
+    #[serde(default)]
+    pub routes: Vec<SlackRoute>,
+}
+
+impl SlackSettings {
+    /// The channel a new card of `incident` goes to: the first route it matches, else
+    /// `[slack] channel`; `None` when that is empty too. A card stays where it was posted.
+    pub fn channel_for(&self, incident: &crate::domain::Incident) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|route| route.matches(incident))
+            .map(|route| route.channel.as_str())
+            .or_else(|| Some(self.channel.trim()).filter(|c| !c.is_empty()))
+    }
+
+    /// Whether any card can be posted at all.
+    pub fn has_channels(&self) -> bool {
+        !self.channel.trim().is_empty() || !self.routes.is_empty()
+    }
+}
+
+/// One `[[slack.routes]]` entry: incidents matching every condition it names go to
+/// `channel`. Validated at load: a channel id, at least one condition, a signal glob that
+/// matches a signal, `KEY=VALUE` labels, and no route hidden behind an earlier one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackRoute {
+    pub channel: String,
+    #[serde(default)]
+    pub severity: Option<crate::domain::Severity>,
+    /// A glob over signal names (`container_*`; `*` any run of characters, `?` any one).
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// `KEY=VALUE`: the incident carries label KEY with exactly VALUE.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+impl SlackRoute {
+    pub fn matches(&self, incident: &crate::domain::Incident) -> bool {
+        self.severity.is_none_or(|s| s == incident.severity)
+            && self
+                .signal
+                .as_deref()
+                .is_none_or(|glob| crate::domain::glob_matches(glob, incident.signal.as_str()))
+            && self.label.as_deref().is_none_or(|label| {
+                label.split_once('=').is_some_and(|(key, value)| {
+                    incident.labels.get(key).is_some_and(|v| v == value)
+                })
+            })
+    }
+
+    /// The signals this route can match.
+    fn signals(&self) -> Vec<crate::domain::Signal> {
+        crate::domain::Signal::ALL
+            .into_iter()
+            .filter(|signal| {
+                self.signal
+                    .as_deref()
+                    .is_none_or(|glob| crate::domain::glob_matches(glob, signal.as_str()))
+            })
+            .collect()
+    }
+
+    /// Whether every incident `later` matches is matched by this route already.
+    fn covers(&self, later: &SlackRoute) -> bool {
+        let severity = self.severity.is_none() || self.severity == later.severity;
+        let label = self.label.is_none() || self.label == later.label;
+        let mine = self.signals();
+        let signals = later.signals().iter().all(|s| mine.contains(s));
+        severity && label && signals
+    }
+}
+
+/// `[pagerduty]`: incidents that need a person page through the Events API v2
+/// (`crate::pagerduty`). On only with a routing key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutySettings {
+    /// The Events API v2 base: events go to `{events_url}enqueue` and
+    /// `{events_url}change/enqueue`. Always ends with `/` once loaded.
+    pub events_url: String,
+    /// A file holding the routing key, instead of `PAGERDUTY_ROUTING_KEY`.
+    pub routing_key_file: String,
+    /// Incidents of these severities page as soon as they open; escalated ones always do.
+    pub severities: Vec<crate::domain::Severity>,
 }
 
 /// `default_role`: a role, or `none` (unknown Slack users may do nothing).
@@ -400,6 +488,9 @@ pub struct Secrets {
     pub llm_api_key_from: Option<&'static str>,
     /// May carry a password, so it is treated as a secret.
     pub redis_url: Option<SecretString>,
+    /// The PagerDuty integration key (`PAGERDUTY_ROUTING_KEY` or `[pagerduty]
+    /// routing_key_file`); without it nothing is sent to PagerDuty.
+    pub pagerduty_routing_key: Option<SecretString>,
 }
 
 /// The whole configuration, validated.
@@ -427,6 +518,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub demo: DemoSettings,
+    pub pagerduty: PagerDutySettings,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyEntry>,
     #[serde(skip)]
@@ -494,7 +586,7 @@ impl Settings {
         if let Some(v) = sources.var("SENTINEL_SETTLE") {
             self.settle = duration("SENTINEL_SETTLE", &v)?;
         }
-        let strings: [(&str, &mut String); 8] = [
+        let strings: [(&str, &mut String); 9] = [
             ("SENTINEL_LISTEN", &mut self.listen),
             ("PUBLIC_URL", &mut self.public_url),
             ("PROMETHEUS_URL", &mut self.monitor.prometheus_url),
@@ -503,6 +595,7 @@ impl Settings {
             ("SENTINEL_LLM_MODEL", &mut self.llm.model),
             ("SLACK_API_URL", &mut self.slack.api_url),
             ("SLACK_CHANNEL", &mut self.slack.channel),
+            ("PAGERDUTY_EVENTS_URL", &mut self.pagerduty.events_url),
         ];
         for (name, field) in strings {
             if let Some(v) = sources.var(name) {
@@ -550,6 +643,11 @@ impl Settings {
             llm_api_key: None,
             llm_api_key_from: None,
             redis_url: sources.var("REDIS_URL").map(SecretString::from),
+            pagerduty_routing_key: secret(
+                "PAGERDUTY_ROUTING_KEY",
+                "pagerduty.routing_key_file",
+                &self.pagerduty.routing_key_file,
+            )?,
         };
         // The first of SENTINEL_LLM_API_KEY, OPENROUTER_API_KEY, [llm] api_key_file.
         let (key, from) = match secret("SENTINEL_LLM_API_KEY", "llm.api_key_file", "")? {
@@ -570,6 +668,9 @@ impl Settings {
         };
         self.secrets.llm_api_key_from = key.is_some().then_some(from);
         self.secrets.llm_api_key = key;
+        if !self.pagerduty.events_url.is_empty() && !self.pagerduty.events_url.ends_with('/') {
+            self.pagerduty.events_url.push('/');
+        }
         Ok(())
     }
 
@@ -591,6 +692,7 @@ impl Settings {
             ("monitor.prometheus_url", &self.monitor.prometheus_url, true),
             ("llm.url", &self.llm.url, false),
             ("slack.api_url", &self.slack.api_url, false),
+            ("pagerduty.events_url", &self.pagerduty.events_url, false),
             (
                 "telemetry.otlp_endpoint",
                 &self.telemetry.otlp_endpoint,
@@ -617,6 +719,19 @@ impl Settings {
                 return Err(ConfigError::new(
                     "SLACK_APP_TOKEN",
                     "must be an app-level token starting with xapp-",
+                ));
+            }
+        }
+
+        self.validate_slack_channels()?;
+        if let Some(key) = &self.secrets.pagerduty_routing_key {
+            let key = key.expose_secret();
+            if key.is_empty() || key.len() > 64 || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+                // Never echo the value: it is a secret.
+                return Err(ConfigError::new(
+                    "PAGERDUTY_ROUTING_KEY",
+                    "must be the integration key of an Events API v2 integration (32 letters \
+                     and digits)",
                 ));
             }
         }
@@ -783,6 +898,65 @@ impl Settings {
         Ok(())
     }
 
+    /// `[slack] channel` and every `[[slack.routes]]` entry: channel ids, not names, and no
+    /// route that can never match.
+    fn validate_slack_channels(&self) -> Result<(), ConfigError> {
+        if !self.slack.channel.trim().is_empty() {
+            check_channel_id("slack.channel", self.slack.channel.trim())?;
+        }
+        for (index, route) in self.slack.routes.iter().enumerate() {
+            let at = format!("slack.routes[{index}]");
+            check_channel_id(&format!("{at}.channel"), &route.channel)?;
+            if route.severity.is_none() && route.signal.is_none() && route.label.is_none() {
+                return Err(ConfigError::new(
+                    at,
+                    "names no severity, signal or label, so it would take every incident; \
+                     put its channel in [slack] channel instead",
+                ));
+            }
+            if let Some(glob) = &route.signal {
+                if route.signals().is_empty() {
+                    let known: Vec<&str> = crate::domain::Signal::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect();
+                    return Err(ConfigError::new(
+                        format!("{at}.signal"),
+                        format!(
+                            "{glob:?} matches no signal, so the route can never match (signals: \
+                             {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(label) = &route.label {
+                let valid = label
+                    .split_once('=')
+                    .is_some_and(|(key, _)| !key.trim().is_empty());
+                if !valid {
+                    return Err(ConfigError::new(
+                        format!("{at}.label"),
+                        format!("{label:?} is not KEY=VALUE"),
+                    ));
+                }
+            }
+            if let Some(earlier) = self.slack.routes[..index]
+                .iter()
+                .position(|earlier| earlier.covers(route))
+            {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "can never match: slack.routes[{earlier}] before it takes every incident \
+                         it would (the first matching route wins)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.parse().expect("validated at load")
     }
@@ -865,6 +1039,15 @@ impl Settings {
                 or_none(&self.monitor.prometheus_url, "local host fallback"),
             ),
             ("slack channel", or_none(&self.slack.channel, "none")),
+            ("slack routes", self.slack.routes.len().to_string()),
+            (
+                "pagerduty",
+                if self.secrets.pagerduty_routing_key.is_some() {
+                    format!("on ({})", self.pagerduty.events_url)
+                } else {
+                    "off (no PAGERDUTY_ROUTING_KEY)".to_owned()
+                },
+            ),
             (
                 "slack signing secret",
                 set(&self.secrets.slack_signing_secret).to_owned(),
@@ -900,6 +1083,27 @@ fn url_host(url: &str) -> String {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or(authority);
     format!("{scheme}://{host}")
+}
+
+/// A Slack channel must be named by its id (`C…`, or `G…` for an older private channel):
+/// names change and are not unique, and the Web API wants ids.
+fn check_channel_id(key: &str, channel: &str) -> Result<(), ConfigError> {
+    let mut chars = channel.chars();
+    let valid = matches!(chars.next(), Some('C' | 'G'))
+        && (2..=32).contains(&channel.len())
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if valid {
+        return Ok(());
+    }
+    let problem = if channel.starts_with('#') || channel.chars().any(|c| c.is_ascii_lowercase()) {
+        format!(
+            "{channel:?} looks like a channel name; use the channel's id instead (C…, shown at \
+             the bottom of the channel's details in Slack)"
+        )
+    } else {
+        format!("{channel:?} is not a Slack channel id (C… or G…)")
+    };
+    Err(ConfigError::new(key, problem))
 }
 
 fn is_slack_principal(id: &str) -> bool {
@@ -1268,6 +1472,76 @@ mod tests {
                 "redis://",
             ),
             ("", &[("PUBLIC_URL", "ftp://x")], "public_url", "ftp://x"),
+            (
+                "[slack]\nchannel = \"#incidents\"",
+                &[],
+                "slack.channel",
+                "use the channel's id",
+            ),
+            ("", &[("SLACK_CHANNEL", "general")], "slack.channel", "id"),
+            (
+                "[[slack.routes]]\nchannel = \"#oncall\"\nseverity = \"critical\"",
+                &[],
+                "slack.routes[0].channel",
+                "use the channel's id",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"",
+                &[],
+                "slack.routes[0]",
+                "names no severity, signal or label",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"\nsignal = \"contaner_*\"",
+                &[],
+                "slack.routes[0].signal",
+                "matches no signal",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"\nseverity = \"urgent\"",
+                &[],
+                "slack.routes[0].severity",
+                "urgent",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"\nlabel = \"team\"",
+                &[],
+                "slack.routes[0].label",
+                "KEY=VALUE",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"\nsignal = \"*\"\n\
+                 [[slack.routes]]\nchannel = \"C2\"\nseverity = \"critical\"",
+                &[],
+                "slack.routes[1]",
+                "can never match: slack.routes[0]",
+            ),
+            (
+                "[[slack.routes]]\nchannel = \"C1\"\nseverity = \"critical\"\n\
+                 [[slack.routes]]\nchannel = \"C2\"\nseverity = \"warning\"\n\
+                 [[slack.routes]]\nchannel = \"C3\"\nseverity = \"critical\"\nsignal = \"container_*\"",
+                &[],
+                "slack.routes[2]",
+                "can never match: slack.routes[0]",
+            ),
+            (
+                "[pagerduty]\nseverities = [\"critical\", \"urgent\"]",
+                &[],
+                "pagerduty.severities[1]",
+                "urgent",
+            ),
+            (
+                "",
+                &[("PAGERDUTY_EVENTS_URL", "events.pagerduty.com")],
+                "pagerduty.events_url",
+                "URL",
+            ),
+            (
+                "",
+                &[("PAGERDUTY_ROUTING_KEY", "not a key")],
+                "PAGERDUTY_ROUTING_KEY",
+                "integration key",
+            ),
         ];
         for (file, env, key, problem) in cases {
             let err = load_with(Some(file), env).expect_err(file);
@@ -1285,6 +1559,118 @@ mod tests {
         // The Redis URL may carry a password: the error never repeats it.
         let err = load_with(None, &[("REDIS_URL", "http://user:pw@host")]).unwrap_err();
         assert!(!err.to_string().contains("pw@"));
+    }
+
+    #[test]
+    fn routes_pick_the_first_matching_channel_else_the_default() {
+        use crate::domain::{Detection, Incident, IncidentId, Resource, Severity, Signal, Source};
+        let s = load_with(
+            Some(
+                "[slack]\nchannel = \"C0DEFAULT\"\n\
+                 [[slack.routes]]\nchannel = \"C0PAYMENTS\"\nlabel = \"team=payments\"\n\
+                 [[slack.routes]]\nchannel = \"C0CRITICAL\"\nseverity = \"critical\"\n\
+                 [[slack.routes]]\nchannel = \"G0CONTAINERS\"\nsignal = \"container_*\"\n",
+            ),
+            &[],
+        )
+        .unwrap();
+        let incident = |signal, severity, labels: &[(&str, &str)]| {
+            let detection = Detection {
+                signal,
+                resource: Resource::parse("web-1").unwrap(),
+                severity,
+                value: 95.0,
+                threshold: 90.0,
+                source: Source::Docker,
+                summary: "seen".to_owned(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            Incident::open(
+                IncidentId::generate(),
+                &detection,
+                crate::domain::Timestamp::now(),
+            )
+        };
+        let route = |i: &Incident| s.slack.channel_for(i).map(str::to_owned);
+        let cases = [
+            (
+                incident(Signal::HostCpu, Severity::Warning, &[]),
+                "C0DEFAULT",
+            ),
+            (
+                incident(Signal::HostCpu, Severity::Critical, &[]),
+                "C0CRITICAL",
+            ),
+            (
+                incident(Signal::ContainerMemory, Severity::Critical, &[]),
+                "C0CRITICAL",
+            ),
+            (
+                incident(Signal::ContainerMemory, Severity::Warning, &[]),
+                "G0CONTAINERS",
+            ),
+            (
+                incident(
+                    Signal::External,
+                    Severity::Critical,
+                    &[("team", "payments")],
+                ),
+                "C0PAYMENTS",
+            ),
+            (
+                incident(Signal::External, Severity::Info, &[("team", "payment")]),
+                "C0DEFAULT",
+            ),
+        ];
+        for (incident, channel) in &cases {
+            assert_eq!(
+                route(incident).as_deref(),
+                Some(*channel),
+                "{} {} {:?}",
+                incident.signal,
+                incident.severity,
+                incident.labels
+            );
+        }
+        // Without a default channel, an incident no route takes gets no card.
+        let mut none = s.slack.clone();
+        none.channel = String::new();
+        assert_eq!(none.channel_for(&cases[0].0), None);
+        assert!(none.has_channels());
+    }
+
+    #[test]
+    fn pagerduty_is_off_without_a_routing_key_and_reads_it_from_a_file() {
+        let s = Settings::defaults();
+        assert!(s.secrets.pagerduty_routing_key.is_none());
+        assert_eq!(s.pagerduty.events_url, "https://events.pagerduty.com/v2/");
+        assert_eq!(
+            s.pagerduty.severities,
+            vec![crate::domain::Severity::Critical]
+        );
+        let mut key_file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(key_file, "R0123456789abcdef0123456789abcde").unwrap();
+        let config = format!(
+            "[pagerduty]\nrouting_key_file = {:?}\nevents_url = \"http://127.0.0.1:9/pd/v2\"\n",
+            key_file.path().display().to_string()
+        );
+        let s = load_with(Some(&config), &[]).unwrap();
+        assert_eq!(
+            s.secrets
+                .pagerduty_routing_key
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "R0123456789abcdef0123456789abcde"
+        );
+        // The base always ends with a slash, so `{events_url}enqueue` is a path below it.
+        assert_eq!(s.pagerduty.events_url, "http://127.0.0.1:9/pd/v2/");
+        assert!(!format!("{s:?}").contains("R0123456789abcdef"));
+        let s = load_with(None, &[("PAGERDUTY_ROUTING_KEY", "abc123")]).unwrap();
+        assert!(s.secrets.pagerduty_routing_key.is_some());
     }
 
     #[test]

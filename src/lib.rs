@@ -12,12 +12,14 @@
 //! - [`web`]: the HTTP server (API with key roles, health).
 //! - [`slack`], [`runtime`]: Slack, and Docker / Prometheus / host / sandbox access.
 //! - [`replay`]: `sentinel replay`, the policy run again over stored incidents (reads only).
+//! - [`pagerduty`]: pages, resolves and change events through PagerDuty's Events API v2.
 //! - [`config`], [`cli`], [`app`], [`telemetry`], [`shutdown`]: the process around it all.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod pagerduty;
 pub mod pipeline;
 pub mod replay;
 pub mod runtime;

@@ -1,5 +1,6 @@
-//! Incident cards: every incident is one message in `[slack] channel` (the card, updated in
-//! place) plus a thread with one reply per status change.
+//! Incident cards: every incident is one message (the card, updated in place) plus a thread
+//! with one reply per status change, in the channel `[[slack.routes]]` choose for it when it
+//! is first posted (else `[slack] channel`).
 //!
 //! In: incident ids from `Sentinel::subscribe()` and a periodic scan of the store. Out:
 //! [`Envelope::IncidentSync`](crate::slack::outbox::Envelope) items in the outbox, which the
@@ -352,20 +353,16 @@ impl CardSync {
 }
 
 /// The card task: queues a sync whenever an incident changes (and on a periodic catch-up).
+/// A new card goes to the channel `[[slack.routes]]` choose (else `[slack] channel`); an
+/// existing card, and with it its thread, stays in the channel its record names.
 pub struct Cards {
     sentinel: Arc<Sentinel>,
     outbox: Outbox,
-    /// `[slack] channel`: where new cards go. Existing cards stay in their own channel.
-    channel: String,
 }
 
 impl Cards {
-    pub fn new(sentinel: Arc<Sentinel>, outbox: Outbox, channel: &str) -> Self {
-        Cards {
-            sentinel,
-            outbox,
-            channel: channel.to_owned(),
-        }
+    pub fn new(sentinel: Arc<Sentinel>, outbox: Outbox) -> Self {
+        Cards { sentinel, outbox }
     }
 
     /// Runs until `shutdown`. Subscribes before the first catch-up so no change falls in
@@ -434,9 +431,19 @@ impl Cards {
         if !needs_sync(incident, Timestamp::now(), refresh) {
             return;
         }
+        // The channel is chosen once, for the first post: the card's sync runs in that
+        // channel's queue and saves it in the card's record, so later changes (a raised
+        // severity included) update the card where it is and keep its thread there.
+        let settings = self.sentinel.settings();
         let channel = match &incident.slack {
             Some(card) => card.channel.as_str(),
-            None => self.channel.as_str(),
+            None => match settings.slack.channel_for(incident) {
+                Some(channel) => channel,
+                None => {
+                    tracing::debug!(incident = %incident.id, "no route and no [slack] channel: no card");
+                    return;
+                }
+            },
         };
         if let Err(e) = self.outbox.sync_incident(channel, &incident.id).await {
             tracing::warn!(incident = %incident.id, error = %e, "cannot queue the incident card");

@@ -67,7 +67,8 @@ impl Slack {
     }
 
     /// The background tasks: the outbox's sender, the App Home publisher and, when
-    /// `[slack] channel` is set, the incident cards. They stop when `shutdown` is cancelled.
+    /// `[slack] channel` or a route is set, the incident cards. They stop when `shutdown` is
+    /// cancelled.
     pub fn spawn_tasks(
         &self,
         sentinel: &Arc<crate::service::Sentinel>,
@@ -94,12 +95,14 @@ impl Slack {
         if let Some(home) = home {
             tasks.push(tokio::spawn(home.run(shutdown.clone())));
         }
-        let channel = settings.slack.channel.trim();
-        if channel.is_empty() {
-            tracing::info!("no [slack] channel (SLACK_CHANNEL): incident cards are not posted");
-        } else {
-            let cards = cards::Cards::new(Arc::clone(sentinel), self.outbox.clone(), channel);
+        if settings.slack.has_channels() {
+            let cards = cards::Cards::new(Arc::clone(sentinel), self.outbox.clone());
             tasks.push(tokio::spawn(cards.run(shutdown.clone())));
+        } else {
+            tracing::info!(
+                "no [slack] channel (SLACK_CHANNEL) and no [[slack.routes]]: incident cards \
+                 are not posted"
+            );
         }
         tasks
     }

@@ -295,7 +295,9 @@ impl<C: SyncIncident> Sender<C> {
             match self.store.outbox_channels().await {
                 Ok(channels) => {
                     for channel in channels {
-                        if drains.contains_key(&channel) {
+                        // Queues with a `:` in their name are other senders' (PagerDuty's
+                        // `pagerduty:events`); a Slack conversation id never has one.
+                        if channel.contains(':') || drains.contains_key(&channel) {
                             continue;
                         }
                         let sender = Arc::clone(&self);

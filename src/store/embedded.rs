@@ -74,6 +74,8 @@ const AUTO_ACTIONS: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 /// (channel, seq) → parked item JSON: messages the outbox gave up on.
 const OUTBOX_PARKED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox_parked");
+/// mark name → JSON: what a sender has queued already (`Store::outbox_push_marked`).
+const OUTBOX_MARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox_marks");
 /// singleton name → JSON (the control flags).
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
 /// `signal:action:target` → the pair's run of verified approvals (`TrustRun` JSON).
@@ -268,6 +270,7 @@ impl EmbeddedStore {
             txn.open_table(TRUST_RUNS).map_err(unavailable)?;
             txn.open_table(TRUST_GRANTS).map_err(unavailable)?;
             txn.open_table(REMEMBERED).map_err(unavailable)?;
+            txn.open_table(OUTBOX_MARKS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -1100,6 +1103,67 @@ impl Store for EmbeddedStore {
                 seq
             };
             Ok(seq)
+        })
+        .await
+    }
+
+    async fn outbox_push_marked(
+        &self,
+        queue: &str,
+        mark: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+        payloads: &[serde_json::Value],
+    ) -> StoreResult<bool> {
+        let (queue, mark) = (queue.to_owned(), mark.to_owned());
+        let expected = expected.cloned();
+        let new = encode(new)?;
+        let payloads = payloads
+            .iter()
+            .map(encode)
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write(move |txn| {
+            let mut marks = txn.open_table(OUTBOX_MARKS).map_err(unavailable)?;
+            let current: Option<serde_json::Value> =
+                match marks.get(mark.as_str()).map_err(unavailable)? {
+                    Some(bytes) => Some(decode(bytes.value())?),
+                    None => None,
+                };
+            if current != expected {
+                return Ok(false);
+            }
+            marks
+                .insert(mark.as_str(), new.as_slice())
+                .map_err(unavailable)?;
+            let mut counters = txn.open_table(COUNTERS).map_err(unavailable)?;
+            let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+            let mut seq = counters
+                .get("outbox")
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            for payload in &payloads {
+                seq += 1;
+                outbox
+                    .insert((queue.as_str(), seq), payload.as_slice())
+                    .map_err(unavailable)?;
+            }
+            counters.insert("outbox", seq).map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn outbox_mark(&self, mark: &str) -> StoreResult<Option<serde_json::Value>> {
+        let mark = mark.to_owned();
+        self.with_db(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let marks = txn.open_table(OUTBOX_MARKS).map_err(unavailable)?;
+            let value = match marks.get(mark.as_str()).map_err(unavailable)? {
+                Some(bytes) => Some(decode(bytes.value())?),
+                None => None,
+            };
+            Ok(value)
         })
         .await
     }

@@ -1,5 +1,6 @@
 //! State: incidents, the audit chain, idempotency keys, silences, leases, control flags,
-//! remembered sets with an expiry and the Slack outbox (one ordered queue per channel).
+//! remembered sets with an expiry and the outbox (ordered queues: one per Slack channel, named by the channel's id, and
+//! `pagerduty:events`; names with a `:` are not Slack's, and Slack's sender leaves them be).
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (several replicas share one
 //! workspace) and [`embedded::EmbeddedStore`] (redb on disk, one node, the default). Both pass
@@ -247,6 +248,24 @@ pub trait Store: Send + Sync {
 
     /// Appends a message to the end of `channel`'s outbox queue; returns its `seq`.
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64>;
+
+    /// Appends `payloads`, in order, to the end of `queue` and sets the mark `mark` to `new`,
+    /// in one atomic step, if the mark still holds `expected` (`None`: never set). False, and
+    /// nothing changed, when another writer moved the mark first. A sender keeps in the mark
+    /// what it has queued already (`pagerduty::Announced`), so two replicas or a restart
+    /// never queue the same event twice, and an event is never marked without being queued.
+    /// Marks are compared as JSON values and kept for good.
+    async fn outbox_push_marked(
+        &self,
+        queue: &str,
+        mark: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+        payloads: &[serde_json::Value],
+    ) -> StoreResult<bool>;
+
+    /// The mark `mark` as [`Store::outbox_push_marked`] last set it.
+    async fn outbox_mark(&self, mark: &str) -> StoreResult<Option<serde_json::Value>>;
 
     /// The oldest message of `channel`'s queue, left in place.
     async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>>;

@@ -206,6 +206,21 @@ impl Store for Observed {
     async fn outbox_push(&self, channel: &str, payload: &serde_json::Value) -> StoreResult<u64> {
         self.inner.outbox_push(channel, payload).await
     }
+    async fn outbox_push_marked(
+        &self,
+        queue: &str,
+        mark: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+        payloads: &[serde_json::Value],
+    ) -> StoreResult<bool> {
+        self.inner
+            .outbox_push_marked(queue, mark, expected, new, payloads)
+            .await
+    }
+    async fn outbox_mark(&self, mark: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.inner.outbox_mark(mark).await
+    }
     async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>> {
         self.inner.outbox_head(channel).await
     }

@@ -213,6 +213,27 @@ redis.call('SADD', KEYS[4], ARGV[2])
 return seq
 "#;
 
+/// Appends to a queue and moves its sender's mark, if the mark still holds what the sender
+/// read. KEYS: mark, seq counter, queue list, messages hash, channel set. ARGV: the expected
+/// mark ("" for none), the new mark, the queue's name, then the payloads. Returns 1, or 0
+/// (nothing changed) when the mark moved.
+const OUTBOX_PUSH_MARKED: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if cur then return 0 end
+elseif cur ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+for i = 4, #ARGV do
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[4], seq, ARGV[i])
+  redis.call('RPUSH', KEYS[3], seq)
+end
+if #ARGV >= 4 then redis.call('SADD', KEYS[5], ARGV[3]) end
+return 1
+"#;
+
 /// The oldest message of a queue. KEYS: queue list, messages hash. Returns {seq, payload}
 /// (payload "" if it went missing) or nil.
 const OUTBOX_HEAD: &str = r#"
@@ -257,6 +278,7 @@ pub struct RedisStore {
     release_lease: Script,
     replace_field: Script,
     outbox_push: Script,
+    outbox_push_marked: Script,
     outbox_head: Script,
     outbox_ack: Script,
     outbox_park: Script,
@@ -305,6 +327,7 @@ impl RedisStore {
             release_lease: Script::new(RELEASE_LEASE),
             replace_field: Script::new(REPLACE_FIELD),
             outbox_push: Script::new(OUTBOX_PUSH),
+            outbox_push_marked: Script::new(OUTBOX_PUSH_MARKED),
             outbox_head: Script::new(OUTBOX_HEAD),
             outbox_ack: Script::new(OUTBOX_ACK),
             outbox_park: Script::new(OUTBOX_PARK),
@@ -892,6 +915,51 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
+    }
+
+    async fn outbox_push_marked(
+        &self,
+        queue: &str,
+        mark: &str,
+        expected: Option<&serde_json::Value>,
+        new: &serde_json::Value,
+        payloads: &[serde_json::Value],
+    ) -> StoreResult<bool> {
+        let (list, messages) = self.outbox_keys(queue);
+        // serde_json's maps are sorted, so a value always encodes to the same text and the
+        // script can compare marks as strings.
+        let expected = match expected {
+            Some(value) => encode(value)?,
+            None => Vec::new(),
+        };
+        let mut invocation = self.outbox_push_marked.prepare_invoke();
+        invocation
+            .key(self.key(&format!("outbox:mark:{mark}")))
+            .key(self.key("outbox:seq"))
+            .key(list)
+            .key(messages)
+            .key(self.key("outbox:channels"))
+            .arg(expected)
+            .arg(encode(new)?)
+            .arg(queue);
+        for payload in payloads {
+            invocation.arg(encode(payload)?);
+        }
+        let changed: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(changed == 1)
+    }
+
+    async fn outbox_mark(&self, mark: &str) -> StoreResult<Option<serde_json::Value>> {
+        let stored: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .get(self.key(&format!("outbox:mark:{mark}")))
+            .await
+            .map_err(unavailable)?;
+        stored.map(|bytes| decode(&bytes)).transpose()
     }
 
     async fn outbox_head(&self, channel: &str) -> StoreResult<Option<OutboxItem>> {

@@ -24,6 +24,8 @@ mod llm_double;
 mod monitor;
 mod packaging;
 mod page;
+mod pagerduty;
+mod pagerduty_double;
 mod postmortem;
 mod rbac;
 mod remediate;

@@ -732,3 +732,125 @@ async fn a_start_posts_cards_only_for_open_incidents() {
     assert_eq!(redrawn, 0, "an old card was redrawn");
     running.stop().await;
 }
+
+/// Where `[[slack.routes]]` send critical cards and warnings in this test.
+const CRITICAL: &str = "C0CRITICAL";
+const WARNINGS: &str = "C0WARNINGS";
+
+fn cards_in<'a>(calls: &'a [Call], channel: &str) -> Vec<&'a Call> {
+    calls
+        .iter()
+        .filter(|c| {
+            c.method == "chat.postMessage"
+                && c.ok()
+                && c.thread_ts().is_none()
+                && c.channel() == Some(channel)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_critical_cards_and_warnings_to_their_channels_with_their_threads() {
+    let double = SlackDouble::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(&double, dir.path(), Backend::Embedded, "");
+    settings.slack.routes = vec![
+        sentinel::config::SlackRoute {
+            channel: CRITICAL.to_owned(),
+            severity: Some(sentinel::domain::Severity::Critical),
+            signal: None,
+            label: None,
+        },
+        sentinel::config::SlackRoute {
+            channel: WARNINGS.to_owned(),
+            severity: Some(sentinel::domain::Severity::Warning),
+            signal: None,
+            label: None,
+        },
+    ];
+    let app = start(settings).await;
+
+    // The memory test alert is critical, the sandbox one a warning.
+    let critical = trigger(&app.sentinel, Scenario::Memory).await;
+    let warning = trigger(&app.sentinel, Scenario::Sandbox).await;
+    assert_eq!(critical.severity, sentinel::domain::Severity::Critical);
+    assert_eq!(warning.severity, sentinel::domain::Severity::Warning);
+    await_approval(&app.store, &critical.id).await;
+    await_approval(&app.store, &warning.id).await;
+    // Each card gets its three replies (detected, analyzing, awaiting approval).
+    let calls = double
+        .wait_until(WAIT, |calls| {
+            let (c, w) = (cards_in(calls, CRITICAL), cards_in(calls, WARNINGS));
+            c.len() == 1
+                && w.len() == 1
+                && replies_to(calls, c[0].ts.as_deref().unwrap()).len() == 3
+                && replies_to(calls, w[0].ts.as_deref().unwrap()).len() == 3
+        })
+        .await;
+    let critical_card = cards_in(&calls, CRITICAL)[0];
+    let warning_card = cards_in(&calls, WARNINGS)[0];
+    assert!(critical_card.text().contains(critical.id.as_str()));
+    assert!(warning_card.text().contains(warning.id.as_str()));
+    assert!(cards_in(&calls, CARDS).is_empty(), "the default got a card");
+    for (card, channel) in [(critical_card, CRITICAL), (warning_card, WARNINGS)] {
+        let ts = card.ts.as_deref().unwrap();
+        for reply in replies_to(&calls, ts) {
+            assert_eq!(
+                reply.channel(),
+                Some(channel),
+                "a reply left its thread's channel"
+            );
+        }
+    }
+    let stored = app.store.get_incident(&warning.id).await.unwrap().unwrap();
+    assert_eq!(stored.slack.as_ref().unwrap().channel, WARNINGS);
+
+    // The warning turns critical: its card is updated where it is, its thread goes on
+    // there, and no second card appears in the critical channel.
+    let warning_ts = warning_card.ts.clone().unwrap();
+    let mut raised = wait_for_settled(&app.sentinel, &warning.id, 3).await;
+    let louder = sentinel::domain::Detection {
+        signal: raised.signal,
+        resource: raised.resource.clone(),
+        severity: sentinel::domain::Severity::Critical,
+        value: raised.value,
+        threshold: raised.threshold,
+        source: raised.source,
+        summary: "the sandbox kept growing".to_owned(),
+        labels: Default::default(),
+    };
+    assert!(raised.raise_severity(&louder, Timestamp::now()));
+    raised
+        .transition(
+            Status::Rejected,
+            "api:test-operator (operator)",
+            "not now",
+            Timestamp::now(),
+        )
+        .unwrap();
+    app.store.update_incident(&raised).await.unwrap();
+    let calls = double
+        .wait_until(WAIT, |calls| {
+            replies_to(calls, &warning_ts).len() == 4
+                && calls.iter().any(|c| {
+                    c.method == "chat.update"
+                        && c.ok()
+                        && c.str("ts") == Some(warning_ts.as_str())
+                        && c.text().contains("rejected")
+                })
+        })
+        .await;
+    let update = calls
+        .iter()
+        .rev()
+        .find(|c| c.method == "chat.update" && c.str("ts") == Some(warning_ts.as_str()))
+        .unwrap();
+    assert_eq!(update.channel(), Some(WARNINGS));
+    assert_eq!(replies_to(&calls, &warning_ts)[3].channel(), Some(WARNINGS));
+    assert_eq!(
+        cards_in(&calls, CRITICAL).len(),
+        1,
+        "the raised card moved channels"
+    );
+    app.stop().await;
+}

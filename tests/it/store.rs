@@ -72,6 +72,8 @@ conformance!(
     outbox_queues_are_first_in_first_out_per_channel,
     outbox_parks_a_message_with_its_error_atomically,
     concurrent_outbox_pushes_keep_every_message_in_one_order,
+    a_marked_push_queues_only_while_the_mark_is_as_read,
+    concurrent_marked_pushes_from_one_read_queue_once,
     an_incident_keeps_its_slack_card,
     sightings_count_without_bumping_the_version,
     concurrent_pauses_change_the_flag_once,
@@ -1274,6 +1276,105 @@ async fn concurrent_outbox_pushes_keep_every_message_in_one_order(store: SharedS
         assert!(store.outbox_ack("C-race", head.seq).await.unwrap());
     }
     assert_eq!(drained, expected);
+}
+
+async fn a_marked_push_queues_only_while_the_mark_is_as_read(store: SharedStore) {
+    let queue = "pagerduty:events";
+    assert_eq!(store.outbox_mark("inc-1").await.unwrap(), None);
+    let first = json!({ "triggers": 1, "paging": true });
+    // Never set: only a writer that read "none" may set it.
+    assert!(!store
+        .outbox_push_marked(queue, "inc-1", Some(&first), &first, &[json!({ "n": 0 })])
+        .await
+        .unwrap());
+    assert_eq!(
+        store.outbox_len(queue).await.unwrap(),
+        0,
+        "a refused push queued"
+    );
+    assert!(store
+        .outbox_push_marked(
+            queue,
+            "inc-1",
+            None,
+            &first,
+            &[json!({ "n": 1 }), json!({ "n": 2 })]
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store.outbox_mark("inc-1").await.unwrap(),
+        Some(first.clone())
+    );
+    // A second writer that also read "none" changes nothing.
+    assert!(!store
+        .outbox_push_marked(
+            queue,
+            "inc-1",
+            None,
+            &json!({ "x": 1 }),
+            &[json!({ "n": 9 })]
+        )
+        .await
+        .unwrap());
+    let second = json!({ "triggers": 1, "paging": false });
+    assert!(store
+        .outbox_push_marked(queue, "inc-1", Some(&first), &second, &[json!({ "n": 3 })])
+        .await
+        .unwrap());
+    // An empty push moves the mark alone; other marks are their own.
+    assert!(store
+        .outbox_push_marked(queue, "inc-2", None, &json!({ "seen": 4 }), &[])
+        .await
+        .unwrap());
+    assert_eq!(store.outbox_mark("inc-1").await.unwrap(), Some(second));
+    assert_eq!(
+        store.outbox_mark("inc-2").await.unwrap(),
+        Some(json!({ "seen": 4 }))
+    );
+    // The queue holds what the accepted pushes queued, in order, in the usual queue API;
+    // it is listed among the queues, and its seqs come from the one shared sequence.
+    assert_eq!(store.outbox_channels().await.unwrap(), vec![queue]);
+    let before = store
+        .outbox_push("C1", &json!({ "slack": true }))
+        .await
+        .unwrap();
+    let mut drained = Vec::new();
+    while let Some(head) = store.outbox_head(queue).await.unwrap() {
+        assert!(head.seq < before, "marked pushes share the outbox sequence");
+        drained.push(head.payload["n"].as_i64().unwrap());
+        assert!(store.outbox_ack(queue, head.seq).await.unwrap());
+    }
+    assert_eq!(drained, vec![1, 2, 3]);
+}
+
+async fn concurrent_marked_pushes_from_one_read_queue_once(store: SharedStore) {
+    let queue = "pagerduty:race";
+    let wins = race(12, |i| {
+        let store = store.clone();
+        async move {
+            store
+                .outbox_push_marked(
+                    queue,
+                    "inc-race",
+                    None,
+                    &json!({ "by": i }),
+                    &[json!({ "by": i, "n": 1 }), json!({ "by": i, "n": 2 })],
+                )
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(wins.iter().filter(|won| **won).count(), 1, "{wins:?}");
+    let winner = wins.iter().position(|won| *won).unwrap() as i64;
+    assert_eq!(store.outbox_len(queue).await.unwrap(), 2);
+    let head = store.outbox_head(queue).await.unwrap().unwrap();
+    assert_eq!(head.payload, json!({ "by": winner, "n": 1 }));
+    assert_eq!(
+        store.outbox_mark("inc-race").await.unwrap(),
+        Some(json!({ "by": winner }))
+    );
 }
 
 async fn an_incident_keeps_its_slack_card(store: SharedStore) {
