@@ -172,6 +172,9 @@ pub struct ActionSettings {
     /// Consecutive approved fixes of one (signal, action, target) that verified before an
     /// admin is offered to trust it (SPEC §12.4).
     pub trust_after: u32,
+    /// How long a low-risk automatic fix stays `scheduled`, stoppable, before it runs;
+    /// zero runs it at once.
+    pub veto_window: HumanDuration,
 }
 
 /// A size in bytes, written like `"50MB"`, `"1.5GB"`, `"512KiB"` or a plain integer.
@@ -680,6 +683,12 @@ impl Settings {
         }
         if self.approval_timeout.0 < Duration::from_secs(1) {
             return Err(ConfigError::new("approval_timeout", "must be at least 1s"));
+        }
+        if self.actions.veto_window.0 > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "actions.veto_window",
+                "must be at most 24h (\"0s\" turns it off)",
+            ));
         }
         self.listen.parse::<SocketAddr>().map_err(|_| {
             ConfigError::new(

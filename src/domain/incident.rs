@@ -19,6 +19,9 @@ use crate::domain::{
 pub enum Status {
     Detected,
     Analyzing,
+    /// A low-risk fix the policy allowed waits out the veto window (`[actions] veto_window`)
+    /// until `scheduled_for`: anyone with a role may stop it, an operator may run it now.
+    Scheduled,
     AwaitingApproval,
     Approved,
     Rejected,
@@ -31,9 +34,10 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Detected,
         Status::Analyzing,
+        Status::Scheduled,
         Status::AwaitingApproval,
         Status::Approved,
         Status::Rejected,
@@ -49,6 +53,7 @@ impl Status {
         match self {
             Status::Detected => "detected",
             Status::Analyzing => "analyzing",
+            Status::Scheduled => "scheduled",
             Status::AwaitingApproval => "awaiting_approval",
             Status::Approved => "approved",
             Status::Rejected => "rejected",
@@ -70,7 +75,17 @@ impl Status {
         use Status::*;
         match self {
             Detected => &[Analyzing, Resolved],
-            Analyzing => &[AwaitingApproval, Approved, Escalated, Failed, Resolved],
+            Analyzing => &[
+                Scheduled,
+                AwaitingApproval,
+                Approved,
+                Escalated,
+                Failed,
+                Resolved,
+            ],
+            // Run when the window ends or an operator says so, stopped by a person, waiting
+            // for approval when automation was paused meanwhile, or recovered on its own.
+            Scheduled => &[Approved, Rejected, AwaitingApproval, Resolved],
             AwaitingApproval => &[Approved, Rejected, Escalated, Resolved],
             // Back to awaiting approval when the target changed since the approval.
             Approved => &[Executing, AwaitingApproval, Resolved],
@@ -237,6 +252,10 @@ pub struct Incident {
     /// running or being verified: recorded, and verification takes it into account.
     #[serde(default)]
     pub recovered_at: Option<Timestamp>,
+    /// When a scheduled fix runs unless someone stops it (the end of the veto window). Set
+    /// when the fix is scheduled and kept afterwards, as the record of the schedule.
+    #[serde(default)]
+    pub scheduled_for: Option<Timestamp>,
 }
 
 /// The observation half of an incident: the latest reading of its breach. Stored apart from
@@ -362,6 +381,7 @@ impl Incident {
             proposal_id: None,
             synthetic: detection.is_synthetic(),
             recovered_at: None,
+            scheduled_for: None,
         }
     }
 
@@ -468,11 +488,16 @@ mod tests {
         &[
             (Detected, Analyzing),
             (Detected, Resolved),
+            (Analyzing, Scheduled),
             (Analyzing, AwaitingApproval),
             (Analyzing, Approved),
             (Analyzing, Escalated),
             (Analyzing, Failed),
             (Analyzing, Resolved),
+            (Scheduled, Approved),
+            (Scheduled, Rejected),
+            (Scheduled, AwaitingApproval),
+            (Scheduled, Resolved),
             (AwaitingApproval, Approved),
             (AwaitingApproval, Rejected),
             (AwaitingApproval, Escalated),
@@ -537,7 +562,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 121);
+        assert_eq!(checked, 144);
     }
 
     #[test]

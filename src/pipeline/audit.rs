@@ -111,6 +111,8 @@ pub enum Step {
     RecoveryNoted,
     /// A test alert's approved fix was recorded as a dry run, not executed.
     DryRunRecorded,
+    /// The policy allowed a low-risk fix, which waits out the veto window (`scheduled`).
+    ActionScheduled,
 }
 
 impl Step {
@@ -132,6 +134,7 @@ impl Step {
             Step::IncidentEscalated => "IncidentEscalated",
             Step::RecoveryNoted => "RecoveryNoted",
             Step::DryRunRecorded => "DryRunRecorded",
+            Step::ActionScheduled => "ActionScheduled",
         }
     }
 }

@@ -116,6 +116,20 @@ pub enum Event {
     },
     /// The process started again: every open incident moves on by itself.
     Restarted,
+    /// A person stops a scheduled fix during its veto window (anyone with a role).
+    Stop {
+        actor: Actor,
+    },
+    /// An operator runs a scheduled fix at once, optionally pinned to the proposal they saw.
+    RunNow {
+        actor: Actor,
+        proposal: Option<String>,
+    },
+    /// A scheduled fix's veto window may have ended (a timer or the leader's sweep);
+    /// `paused`: `/sentinel pause` is in force, so it waits for a person instead.
+    ScheduleDue {
+        paused: bool,
+    },
 }
 
 impl Event {
@@ -144,6 +158,9 @@ impl Event {
             Event::RolledBack { .. } => "rolled_back",
             Event::RollbackFailed { .. } => "rollback_failed",
             Event::Restarted => "restarted",
+            Event::Stop { .. } => "stopped",
+            Event::RunNow { .. } => "run_now",
+            Event::ScheduleDue { .. } => "schedule_due",
         }
     }
 }
@@ -158,6 +175,9 @@ pub struct Analyzed {
     pub snapshot: Value,
     /// Why the LLM's proposal (or the rules') was refused on the way, for the timeline.
     pub refusals: Vec<String>,
+    /// `[actions] veto_window`: an automatic fix is first scheduled this far ahead; zero
+    /// runs it at once.
+    pub veto_window: Duration,
 }
 
 /// Work to do once a transition is stored (or, for [`Outcome::Unchanged`], right away).
@@ -173,6 +193,8 @@ pub enum Effect {
     Verify,
     /// Undo the executed fix: only this permit lets `Executor::undo` run.
     Undo(RollbackPermit),
+    /// Apply [`Event::ScheduleDue`] at this time (a scheduled fix's veto window ends).
+    RunAt(Timestamp),
 }
 
 /// Permission to undo one incident's fix, granted by exactly one stored transition.
@@ -515,6 +537,137 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
         },
 
         Event::Restarted => restarted(incident, now),
+
+        Event::Stop { actor } => stop(incident, actor, now),
+        Event::RunNow { actor, proposal } => run_now(incident, actor, proposal.as_deref(), now),
+        Event::ScheduleDue { paused } => schedule_due(incident, *paused, now),
+    }
+}
+
+/// What a scheduled fix is, for the timeline: `sandbox_cleanup`.
+fn scheduled_action(incident: &Incident) -> String {
+    incident
+        .proposed_action
+        .as_ref()
+        .map_or_else(|| "the fix".to_owned(), |a| a.action.to_string())
+}
+
+/// Stops a scheduled fix: `rejected` with the reason "stopped"; nothing runs. Anyone with
+/// a role may (the route and the Slack door refuse people without one).
+fn stop(incident: &Incident, actor: &Actor, now: Timestamp) -> Outcome {
+    match incident.status {
+        Status::Scheduled => {
+            let mut next = incident.clone();
+            go(
+                &mut next,
+                Status::Rejected,
+                &actor.to_string(),
+                format!(
+                    "rejected: stopped. {} stopped {} during its veto window; nothing was run",
+                    actor,
+                    scheduled_action(incident)
+                ),
+                now,
+            );
+            moved(next, Vec::new())
+        }
+        Status::Approved | Status::Executing | Status::Verifying => refused(format!(
+            "too late to stop incident {}: its fix already runs (it is {})",
+            incident.id, incident.status
+        )),
+        status => refused(format!(
+            "incident {} has no scheduled fix to stop: it is {status}",
+            incident.id
+        )),
+    }
+}
+
+/// Runs a scheduled fix before its window ends: operators and admins.
+fn run_now(incident: &Incident, actor: &Actor, proposal: Option<&str>, now: Timestamp) -> Outcome {
+    if let Some(has) = actor.role() {
+        if !has.allows(crate::domain::Role::Operator) {
+            return Outcome::Refused(DecisionError::Forbidden {
+                needed: crate::domain::Role::Operator,
+                has,
+            });
+        }
+    }
+    if incident.status != Status::Scheduled {
+        return refused(format!(
+            "incident {} has no scheduled fix to run now: it is {}",
+            incident.id, incident.status
+        ));
+    }
+    if let Err(e) = approve::check_proposal(incident, proposal) {
+        return Outcome::Refused(e);
+    }
+    approve_scheduled(
+        incident,
+        &actor.to_string(),
+        format!(
+            "run now by {actor}: {} runs before its veto window ends",
+            scheduled_action(incident)
+        ),
+        now,
+    )
+}
+
+/// The veto window of a scheduled fix may have ended: run it (or, paused, ask a person).
+fn schedule_due(incident: &Incident, paused: bool, now: Timestamp) -> Outcome {
+    if incident.status != Status::Scheduled {
+        return unchanged(format!("no fix is scheduled: it is {}", incident.status));
+    }
+    let due = incident.scheduled_for.unwrap_or(now);
+    if now < due {
+        return resume(
+            format!("the veto window ends at {due}"),
+            vec![Effect::RunAt(due)],
+        );
+    }
+    if paused {
+        let mut next = incident.clone();
+        go(
+            &mut next,
+            Status::AwaitingApproval,
+            "sentinel",
+            format!(
+                "waiting for an operator to approve: automatic execution was paused during \
+                 the veto window, so {} did not run on its own",
+                scheduled_action(incident)
+            ),
+            now,
+        );
+        return moved(next, Vec::new());
+    }
+    approve_scheduled(
+        incident,
+        "sentinel",
+        format!(
+            "the veto window ended without a stop; running {} (approved by policy)",
+            scheduled_action(incident)
+        ),
+        now,
+    )
+}
+
+/// `scheduled → approved`, with the policy's approval read back from the stored incident
+/// (the same path as an approval, and as a restart of an approved fix).
+fn approve_scheduled(incident: &Incident, actor: &str, message: String, now: Timestamp) -> Outcome {
+    let mut next = incident.clone();
+    go(&mut next, Status::Approved, actor, message, now);
+    match approve::resume(&next) {
+        Some(action) => moved(next, vec![Effect::Execute(action)]),
+        None => {
+            let mut next = incident.clone();
+            go(
+                &mut next,
+                Status::AwaitingApproval,
+                "sentinel",
+                "the scheduled fix cannot be read back; an operator must approve it",
+                now,
+            );
+            moved(next, Vec::new())
+        }
     }
 }
 
@@ -587,8 +740,8 @@ fn recovered(
         (Verifying, Recovery::Person) => resolve(step),
         (Verifying, _) => noted(incident, actor, message, now),
         (
-            Detected | Analyzing | AwaitingApproval | Approved | Rejected | RolledBack | Escalated
-            | Failed,
+            Detected | Analyzing | Scheduled | AwaitingApproval | Approved | Rejected | RolledBack
+            | Escalated | Failed,
             _,
         ) => resolve(step),
     }
@@ -618,6 +771,7 @@ fn analyzed_outcome(incident: &Incident, analyzed: &Analyzed, now: Timestamp) ->
         decision,
         snapshot,
         refusals,
+        veto_window,
     } = analyzed;
     let mut next = incident.clone();
     for refusal in refusals {
@@ -649,6 +803,24 @@ fn analyzed_outcome(incident: &Incident, analyzed: &Analyzed, now: Timestamp) ->
     );
     let mut effects = Vec::new();
     match &decision.verdict {
+        // A test alert's fix is only a dry run: nothing to veto, so it is not scheduled.
+        Verdict::Automatic(_) if !veto_window.is_zero() && !incident.synthetic => {
+            let due = now.saturating_add(*veto_window);
+            next.scheduled_for = Some(due);
+            go(
+                &mut next,
+                Scheduled,
+                "sentinel",
+                format!(
+                    "scheduled by policy: {} risk runs automatically at {due}, in {}, unless \
+                     someone stops it",
+                    decision.risk,
+                    humantime::format_duration(*veto_window)
+                ),
+                now,
+            );
+            effects.push(Effect::RunAt(due));
+        }
         Verdict::Automatic(approval) => {
             go(
                 &mut next,
@@ -825,6 +997,11 @@ fn restarted(incident: &Incident, now: Timestamp) -> Outcome {
             }
         },
         Executing => resume("the interrupted fix is reconciled", vec![Effect::Reconcile]),
+        // Still scheduled: it runs when its window ends, at once if that passed meanwhile.
+        Scheduled => resume(
+            "the scheduled fix runs when its veto window ends",
+            vec![Effect::RunAt(incident.scheduled_for.unwrap_or(now))],
+        ),
         Verifying => resume("verification resumes", vec![Effect::Verify]),
         // A person is asked (the card) and expiry escalates after `approval_timeout`.
         AwaitingApproval => unchanged("waiting for a person"),

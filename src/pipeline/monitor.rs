@@ -1121,6 +1121,16 @@ impl Monitor {
                         Ok(n) => tracing::info!(expired = n, "approval requests expired"),
                         Err(e) => tracing::warn!(error = %e, "cannot expire approval requests"),
                     }
+                    match crate::pipeline::remediate::run_due_schedules(
+                        &self.pipeline,
+                        Timestamp::now(),
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(ran = n, "scheduled fixes came due"),
+                        Err(e) => tracing::warn!(error = %e, "cannot run scheduled fixes"),
+                    }
                 }
                 Ok(None) => {
                     if held.take().is_some() {

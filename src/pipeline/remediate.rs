@@ -49,6 +49,9 @@ pub enum Job {
     Reconcile(IncidentId),
     /// A granted rollback (resumed after a restart): undo the fix.
     Undo(RollbackPermit),
+    /// A scheduled fix: at `at` (the end of its veto window), run it unless it was stopped.
+    /// The leader's sweep ([`run_due_schedules`]) stands behind this in-memory timer.
+    RunWhenDue { id: IncidentId, at: Timestamp },
 }
 
 /// How long an execution lease lives without renewal. The holder renews it every third of
@@ -221,6 +224,7 @@ async fn resumed(pipeline: &Pipeline, incident: &Incident, effects: &[Effect]) {
             Effect::Reconcile => "reconciliation with the target",
             Effect::Verify => "verification",
             Effect::Undo(_) => "the rollback",
+            Effect::RunAt(_) => "the scheduled fix, when its veto window ends",
         })
         .collect();
     emit(
@@ -244,6 +248,7 @@ fn dispatch(pipeline: &Pipeline, id: &IncidentId, effects: Vec<Effect>, resumed:
             Effect::Reconcile => Job::Reconcile(id.clone()),
             Effect::Verify => Job::Verify(id.clone()),
             Effect::Undo(permit) => Job::Undo(permit),
+            Effect::RunAt(at) => Job::RunWhenDue { id: id.clone(), at },
         };
         pipeline.enqueue(job);
     }
@@ -271,6 +276,20 @@ async fn handle(pipeline: &Pipeline, job: Job, shutdown: &CancellationToken) {
             permit.incident().to_string(),
             undo(pipeline, permit, &Actor::Sentinel).await.map(drop),
         ),
+        Job::RunWhenDue { id, at } => {
+            let wait = at
+                .unix_millis()
+                .saturating_sub(Timestamp::now().unix_millis());
+            let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            (
+                id.to_string(),
+                run_if_due(pipeline, &id, Timestamp::now()).await.map(drop),
+            )
+        }
     };
     if let Err(e) = result {
         tracing::warn!(incident = %what, error = %e, "remediation step failed");
@@ -395,6 +414,7 @@ async fn analyze_and_decide(
         decision: decision.clone(),
         snapshot,
         refusals: refusals.clone(),
+        veto_window: settings.actions.veto_window.0,
     }));
     let stepped = step(store, id, None, &analyzed, Timestamp::now()).await?;
     let Some((stored, effects)) = moved(stepped) else {
@@ -429,13 +449,27 @@ async fn analyze_and_decide(
     }
     match &decision.verdict {
         Verdict::Automatic(_) => {
-            emit(
-                pipeline,
-                Step::ApprovalGrantedByPolicy,
-                &stored,
-                json!({ "by": "policy", "risk": decision.risk }),
-            )
-            .await;
+            if stored.status == Status::Scheduled {
+                emit(
+                    pipeline,
+                    Step::ActionScheduled,
+                    &stored,
+                    json!({
+                        "by": "policy", "risk": decision.risk,
+                        "scheduled_for": stored.scheduled_for,
+                        "veto_window_seconds": settings.actions.veto_window.0.as_secs(),
+                    }),
+                )
+                .await;
+            } else {
+                emit(
+                    pipeline,
+                    Step::ApprovalGrantedByPolicy,
+                    &stored,
+                    json!({ "by": "policy", "risk": decision.risk }),
+                )
+                .await;
+            }
             // A test alert's fix never runs, so it spends none of the real budget.
             if !stored.synthetic {
                 store
@@ -963,6 +997,73 @@ async fn undo_holding(
             Ok(None)
         }
     }
+}
+
+/// A scheduled fix whose veto window may have ended: [`Event::ScheduleDue`] through the
+/// engine, with compare-and-set, so of a timer, the leader's sweep, a Stop and a Run now
+/// exactly one moves it. Run: approved by the policy, then executed on the same path as an
+/// approval. Not due yet: the timer is set again. `true` when this call moved it.
+pub async fn run_if_due(
+    pipeline: &Pipeline,
+    id: &IncidentId,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let store = pipeline.store.as_ref();
+    let paused = store.control().await?.paused;
+    let event = Event::ScheduleDue { paused };
+    match step(store, id, None, &event, now).await? {
+        Some(Stepped::Moved { stored, effects }) => {
+            if stored.status == Status::AwaitingApproval {
+                emit(
+                    pipeline,
+                    Step::ApprovalRequested,
+                    &stored,
+                    json!({ "why": "automatic execution is paused" }),
+                )
+                .await;
+            } else {
+                emit(
+                    pipeline,
+                    Step::ApprovalGrantedByPolicy,
+                    &stored,
+                    json!({
+                        "by": "policy", "risk": stored.risk,
+                        "after": "veto window", "scheduled_for": stored.scheduled_for,
+                    }),
+                )
+                .await;
+            }
+            dispatch(pipeline, id, effects, false);
+            Ok(true)
+        }
+        Some(Stepped::Unchanged { effects, .. }) => {
+            dispatch(pipeline, id, effects, false);
+            Ok(false)
+        }
+        Some(Stepped::Refused { .. }) | None => Ok(false),
+    }
+}
+
+/// Runs every scheduled fix whose veto window has ended: the leader's sweep after each
+/// monitor cycle, so a schedule never depends on one process's timer (a replica that died
+/// with it, a clock that jumped). Returns how many ran (or, paused, now wait for a person).
+pub async fn run_due_schedules(pipeline: &Pipeline, now: Timestamp) -> Result<usize, StoreError> {
+    let open = pipeline
+        .store
+        .list_incidents(IncidentQuery {
+            open_only: true,
+            limit: 10_000,
+        })
+        .await?;
+    let mut ran = 0;
+    for incident in open {
+        let due = incident.status == Status::Scheduled
+            && incident.scheduled_for.is_none_or(|at| at <= now);
+        if due && run_if_due(pipeline, &incident.id, now).await? {
+            ran += 1;
+        }
+    }
+    Ok(ran)
 }
 
 /// Escalates incidents whose request for approval went unanswered for `approval_timeout`.

@@ -1534,6 +1534,13 @@ fn status_entry(status: Status, action: &str, operator: &str) -> (&'static str, 
     let (actor, message) = match status {
         Status::Detected => (sentinel, "host cpu of host is 97 (threshold 85)".to_owned()),
         Status::Analyzing => (sentinel, "analyzing".to_owned()),
+        Status::Scheduled => (
+            sentinel,
+            format!(
+                "scheduled by policy: low risk runs automatically at 2026-11-28T10:06:00.000Z, \
+                 in 1m, unless someone stops it ({action})"
+            ),
+        ),
         Status::AwaitingApproval => (
             sentinel,
             "waiting for an operator to approve: medium risk needs an operator".to_owned(),

@@ -73,6 +73,10 @@ fn incident_at(status: Status) -> Incident {
     if status == Approved {
         incident.approvals = vec!["api:ops (admin)".into()];
     }
+    if status == Scheduled {
+        incident.risk = Some(Risk::Low);
+        incident.scheduled_for = Some(at(500));
+    }
     match status {
         Executing => incident.execution = Some(execution(false)),
         Verifying | Resolved | Failed => incident.execution = Some(execution(true)),
@@ -109,7 +113,41 @@ fn analyzed() -> Event {
         },
         snapshot: json!({"state": "exited"}),
         refusals: vec![],
+        veto_window: Duration::from_secs(3),
     }))
+}
+
+/// A low-risk fix the policy runs on its own, with a 3-second veto window.
+fn analyzed_automatic(veto_window: Duration) -> Event {
+    let plan = start_web().plan().unwrap();
+    Event::Analyzed(Box::new(Analyzed {
+        analysis: Analysis {
+            root_cause: "web-1 exited".into(),
+            proposed_action: start_web(),
+            risk_assessment: Risk::Low,
+            confidence: 0.9,
+            evidence: vec![],
+            analyzer: "rules".into(),
+        },
+        plan: plan.clone(),
+        decision: policy::Decision {
+            risk: Risk::Low,
+            verdict: Verdict::Automatic(policy::AutoApproval {
+                plan,
+                risk: Risk::Low,
+            }),
+        },
+        snapshot: json!({"state": "exited"}),
+        refusals: vec![],
+        veto_window,
+    }))
+}
+
+fn viewer() -> Actor {
+    Actor::SlackUser {
+        user_id: "U777".into(),
+        role: Role::Viewer,
+    }
 }
 
 /// One event of each kind, by the name the table uses.
@@ -221,17 +259,32 @@ fn events() -> Vec<(&'static str, Event)> {
             },
         ),
         ("restarted", Event::Restarted),
+        (
+            "analyzed_automatic",
+            analyzed_automatic(Duration::from_secs(3)),
+        ),
+        ("stopped", Event::Stop { actor: admin() }),
+        (
+            "run_now",
+            Event::RunNow {
+                actor: admin(),
+                proposal: None,
+            },
+        ),
+        ("schedule_due", Event::ScheduleDue { paused: false }),
     ]
 }
 
 /// The table of ARCHITECTURE.md ("The incident engine"), written out independently of
 /// `apply`: `>status` moved there, `=` moved but kept its status (a timeline step), `-`
 /// unchanged, `-effect` unchanged with an effect to run, `!` refused (409).
-const TABLE: &[(&str, [&str; 11])] = &[
-    //                     detected     analyzing    awaiting      approved     rejected     executing    verifying    resolved     rolled_back  escalated    failed
+const TABLE: &[(&str, [&str; 12])] = &[
+    //  detected, analyzing, scheduled, awaiting_approval, approved, rejected, executing,
+    //  verifying, resolved, rolled_back, escalated, failed
     (
         "cleared",
         [
+            ">resolved",
             ">resolved",
             ">resolved",
             ">resolved",
@@ -253,6 +306,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             ">resolved",
             ">resolved",
             ">resolved",
+            ">resolved",
             "=",
             "=",
             "-",
@@ -269,6 +323,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             ">resolved",
             ">resolved",
             ">resolved",
+            ">resolved",
             "!",
             ">resolved",
             "!",
@@ -280,6 +335,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
     (
         "reset",
         [
+            ">resolved",
             ">resolved",
             ">resolved",
             ">resolved",
@@ -307,6 +363,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
         ],
     ),
     (
@@ -314,6 +371,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
         [
             ">analyzing",
             "=",
+            "-",
             "-",
             "-",
             "-",
@@ -339,11 +397,13 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
         ],
     ),
     (
         "approved",
         [
+            "!",
             "!",
             "!",
             ">approved",
@@ -362,6 +422,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
         [
             "!",
             "!",
+            "!",
             ">rejected",
             "!",
             "!",
@@ -376,6 +437,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
     (
         "expired",
         [
+            "-",
             "-",
             "-",
             ">escalated",
@@ -395,6 +457,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
             ">awaiting_approval",
             "-",
             "-",
@@ -411,6 +474,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
             ">resolved",
             "-",
             "-",
@@ -424,6 +488,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
     (
         "execution_started",
         [
+            "-",
             "-",
             "-",
             "-",
@@ -445,6 +510,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
             ">verifying",
             "-",
             "-",
@@ -455,11 +521,14 @@ const TABLE: &[(&str, [&str; 11])] = &[
     ),
     (
         "execution_failed",
-        ["-", "-", "-", "-", "-", ">failed", "-", "-", "-", "-", "-"],
+        [
+            "-", "-", "-", "-", "-", "-", ">failed", "-", "-", "-", "-", "-",
+        ],
     ),
     (
         "reconciled",
         [
+            "-",
             "-",
             "-",
             "-",
@@ -482,6 +551,7 @@ const TABLE: &[(&str, [&str; 11])] = &[
             "-",
             "-",
             "-",
+            "-",
             ">resolved",
             "-",
             "-",
@@ -491,30 +561,99 @@ const TABLE: &[(&str, [&str; 11])] = &[
     ),
     (
         "verification_failed",
-        ["-", "-", "-", "-", "-", "-", "=", "-", "-", "-", "-"],
+        ["-", "-", "-", "-", "-", "-", "-", "=", "-", "-", "-", "-"],
     ),
     (
         "rollback_requested",
-        ["!", "!", "!", "!", "!", "!", "=", "=", "!", "!", "!"],
+        ["!", "!", "!", "!", "!", "!", "!", "=", "=", "!", "!", "!"],
     ),
     (
         "rolled_back",
-        ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"],
+        ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"],
     ),
     (
         "rollback_failed",
-        ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"],
+        ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"],
     ),
     (
         "restarted",
         [
             "-analyze",
             "-analyze",
+            "-run_at",
             "-",
             "-execute",
             "-",
             "-reconcile",
             "-verify",
+            "-",
+            "-",
+            "-",
+            "-",
+        ],
+    ),
+    (
+        "analyzed_automatic",
+        [
+            "-",
+            ">scheduled",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+        ],
+    ),
+    (
+        "stopped",
+        [
+            "!",
+            "!",
+            ">rejected",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+        ],
+    ),
+    (
+        "run_now",
+        [
+            "!",
+            "!",
+            ">approved",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+            "!",
+        ],
+    ),
+    (
+        "schedule_due",
+        [
+            "-",
+            "-",
+            ">approved",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
             "-",
             "-",
             "-",
@@ -530,6 +669,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::Reconcile => "reconcile",
         Effect::Verify => "verify",
         Effect::Undo(_) => "undo",
+        Effect::RunAt(_) => "run_at",
     }
 }
 
@@ -583,7 +723,7 @@ fn every_pair_of_status_and_event_ends_as_the_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 22 * 11);
+    assert_eq!(checked, 26 * 12);
 }
 
 #[test]
@@ -835,6 +975,15 @@ fn has_a_way_out(incident: &Incident) -> bool {
     match incident.status {
         // The system itself must act after a restart.
         Detected | Analyzing | Approved | Executing | Verifying => acts_on_restart,
+        // The window's end runs it by itself, and a restart keeps that appointment.
+        Scheduled => {
+            let due = incident.scheduled_for.unwrap_or(at(0));
+            acts_on_restart
+                && matches!(
+                    apply(incident, &Event::ScheduleDue { paused: false }, due),
+                    Outcome::Moved(_)
+                )
+        }
         // A person is asked; expiry escalates when nobody answers.
         AwaitingApproval => matches!(
             apply(
@@ -895,4 +1044,171 @@ fn random_event_sequences_never_leave_an_incident_without_a_way_forward() {
         Status::ALL.len(),
         "every status reached: {reached:?}"
     );
+}
+
+#[test]
+fn a_low_risk_fix_waits_out_the_veto_window_then_runs_through_an_approval() {
+    let analyzing = incident_at(Status::Analyzing);
+    let Outcome::Moved(t) = apply(
+        &analyzing,
+        &analyzed_automatic(Duration::from_secs(3)),
+        at(1000),
+    ) else {
+        panic!("not scheduled");
+    };
+    assert!(matches!(t.effects.as_slice(), [Effect::RunAt(due)] if *due == at(4000)));
+    let mut scheduled = t.next().clone();
+    scheduled.version += 1;
+    assert_eq!(scheduled.status, Status::Scheduled);
+    assert_eq!(scheduled.scheduled_for, Some(at(4000)));
+    // Early: nothing moves, and the appointment is kept.
+    let due = Event::ScheduleDue { paused: false };
+    match apply(&scheduled, &due, at(3999)) {
+        Outcome::Unchanged { effects, .. } => {
+            assert!(matches!(effects.as_slice(), [Effect::RunAt(d)] if *d == at(4000)))
+        }
+        other => panic!("ran early: {other:?}"),
+    }
+    // On time: approved by the policy, with the permission to execute.
+    let Outcome::Moved(t) = apply(&scheduled, &due, at(4000)) else {
+        panic!("did not run");
+    };
+    assert_eq!(t.next().status, Status::Approved);
+    match t.effects.as_slice() {
+        [Effect::Execute(action)] => {
+            assert_eq!(action.approved_by(), "policy (low risk, automatic)")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Paused meanwhile: a person is asked instead.
+    let Outcome::Moved(t) = apply(&scheduled, &Event::ScheduleDue { paused: true }, at(4000))
+    else {
+        panic!("not moved");
+    };
+    assert_eq!(t.next().status, Status::AwaitingApproval);
+    assert!(t.effects.is_empty());
+}
+
+#[test]
+fn without_a_veto_window_and_for_test_alerts_the_fix_is_approved_at_once() {
+    let analyzing = incident_at(Status::Analyzing);
+    let Outcome::Moved(t) = apply(&analyzing, &analyzed_automatic(Duration::ZERO), at(1000)) else {
+        panic!()
+    };
+    assert_eq!(t.next().status, Status::Approved);
+    assert_eq!(t.next().scheduled_for, None);
+    assert!(matches!(t.effects.as_slice(), [Effect::Execute(_)]));
+    let mut synthetic = incident_at(Status::Analyzing);
+    synthetic.synthetic = true;
+    let Outcome::Moved(t) = apply(
+        &synthetic,
+        &analyzed_automatic(Duration::from_secs(60)),
+        at(1000),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        t.next().status,
+        Status::Approved,
+        "a dry run has nothing to veto"
+    );
+}
+
+#[test]
+fn anyone_with_a_role_may_stop_only_an_operator_may_run_now() {
+    let scheduled = incident_at(Status::Scheduled);
+    let Outcome::Moved(t) = apply(&scheduled, &Event::Stop { actor: viewer() }, at(100)) else {
+        panic!("a viewer may stop");
+    };
+    let next = t.next();
+    assert_eq!(next.status, Status::Rejected);
+    let last = next.timeline.last().unwrap();
+    assert_eq!(last.actor, "slack:U777 (viewer)");
+    assert!(
+        last.message.starts_with("rejected: stopped"),
+        "{}",
+        last.message
+    );
+    assert!(t.effects.is_empty(), "a stop runs nothing");
+    let run_now = Event::RunNow {
+        actor: viewer(),
+        proposal: None,
+    };
+    assert!(matches!(
+        apply(&scheduled, &run_now, at(100)),
+        Outcome::Refused(DecisionError::Forbidden {
+            needed: Role::Operator,
+            has: Role::Viewer
+        })
+    ));
+    let stale = Event::RunNow {
+        actor: admin(),
+        proposal: Some("prop-0000000000000000".into()),
+    };
+    assert!(matches!(
+        apply(&scheduled, &stale, at(100)),
+        Outcome::Refused(DecisionError::Conflict(_))
+    ));
+    let current = Event::RunNow {
+        actor: admin(),
+        proposal: scheduled.proposal_id.clone(),
+    };
+    let Outcome::Moved(t) = apply(&scheduled, &current, at(100)) else {
+        panic!("an admin may run it now");
+    };
+    assert_eq!(t.next().status, Status::Approved);
+    assert_eq!(t.next().timeline.last().unwrap().actor, "api:ops (admin)");
+    assert!(matches!(t.effects.as_slice(), [Effect::Execute(_)]));
+}
+
+#[test]
+fn of_a_stop_and_a_run_now_the_one_stored_first_wins() {
+    let scheduled = incident_at(Status::Scheduled);
+    let stop = Event::Stop { actor: viewer() };
+    let run_now = Event::RunNow {
+        actor: admin(),
+        proposal: None,
+    };
+    let due = Event::ScheduleDue { paused: false };
+    for (first, second) in [(&stop, &run_now), (&run_now, &stop)] {
+        let Outcome::Moved(t) = apply(&scheduled, first, at(100)) else {
+            panic!()
+        };
+        let mut stored = t.next().clone();
+        stored.version += 1;
+        // The loser's compare-and-set fails; the engine decides again on the fresh read.
+        assert!(matches!(
+            apply(&stored, second, at(101)),
+            Outcome::Refused(_)
+        ));
+        // The window's end finds nothing left to run.
+        assert!(matches!(
+            apply(&stored, &due, at(600)),
+            Outcome::Unchanged { ref effects, .. } if effects.is_empty()
+        ));
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_schedule_and_a_recovery_resolves_without_running() {
+    let scheduled = incident_at(Status::Scheduled);
+    match apply(&scheduled, &Event::Restarted, at(100)) {
+        Outcome::Unchanged { effects, .. } => {
+            assert!(matches!(effects.as_slice(), [Effect::RunAt(d)] if *d == at(500)))
+        }
+        other => panic!("{other:?}"),
+    }
+    for by in [Recovery::Monitor, Recovery::AlertSource, Recovery::Person] {
+        let event = Event::Recovered {
+            by,
+            actor: admin(),
+            message: "it recovered".into(),
+        };
+        let Outcome::Moved(t) = apply(&scheduled, &event, at(100)) else {
+            panic!("{by:?}")
+        };
+        assert_eq!(t.next().status, Status::Resolved);
+        assert_eq!(t.next().timeline.last().unwrap().step, "recovered");
+        assert!(t.effects.is_empty());
+    }
 }
