@@ -945,6 +945,101 @@ impl Sentinel {
     }
 }
 
+/// The veto window (SPEC §12.4): a scheduled low-risk fix is stopped by anyone with a role,
+/// or run at once by an operator. Kept in a block of its own.
+impl Sentinel {
+    /// Stops a scheduled fix before its veto window ends: `rejected` with the reason
+    /// "stopped", audited as `ApprovalRejected` with the stopper; nothing runs. Racing a Run
+    /// now or the window's end, exactly one of them is stored (compare-and-set, the engine
+    /// deciding again on the fresh incident); the others get 409.
+    #[tracing::instrument(name = "stop", skip_all, fields(incident = %id, actor = %actor))]
+    pub async fn stop(&self, id: &IncidentId, actor: &Actor) -> Result<Incident, ServiceError> {
+        self.stop_from(id, None, actor).await
+    }
+
+    /// [`stop`](Self::stop), starting from `seen`, the incident as the caller just read it.
+    pub async fn stop_seen(&self, seen: Incident, actor: &Actor) -> Result<Incident, ServiceError> {
+        let id = seen.id.clone();
+        self.stop_from(&id, Some(seen), actor).await
+    }
+
+    async fn stop_from(
+        &self,
+        id: &IncidentId,
+        seen: Option<Incident>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        let now = Timestamp::now();
+        let event = Event::Stop {
+            actor: actor.clone(),
+        };
+        let (stored, _) = self.decide(id, seen, actor, "stop", &event).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::ApprovalRejected {
+                incident: &stored,
+                reason: Some("stopped"),
+            },
+            now,
+        )
+        .await?;
+        Ok(stored)
+    }
+
+    /// Runs a scheduled fix now instead of at the end of its veto window (operators),
+    /// pinned to `proposal` when given; audited as `ApprovalGranted` by the person. The fix
+    /// executes in the background, on the same path as an approval.
+    #[tracing::instrument(name = "run_now", skip_all, fields(incident = %id, actor = %actor))]
+    pub async fn run_now(
+        &self,
+        id: &IncidentId,
+        proposal: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        self.run_now_from(id, None, proposal, actor).await
+    }
+
+    /// [`run_now`](Self::run_now), starting from `seen`.
+    pub async fn run_now_seen(
+        &self,
+        seen: Incident,
+        proposal: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        let id = seen.id.clone();
+        self.run_now_from(&id, Some(seen), proposal, actor).await
+    }
+
+    async fn run_now_from(
+        &self,
+        id: &IncidentId,
+        seen: Option<Incident>,
+        proposal: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Incident, ServiceError> {
+        let now = Timestamp::now();
+        let event = Event::RunNow {
+            actor: actor.clone(),
+            proposal: proposal.map(str::to_owned),
+        };
+        let (stored, effects) = self.decide(id, seen, actor, "run now", &event).await?;
+        audit::emit(
+            self.store.as_ref(),
+            actor,
+            AuditEvent::ApprovalGranted { incident: &stored },
+            now,
+        )
+        .await?;
+        for effect in effects {
+            if let Effect::Execute(action) = effect {
+                self.enqueue(Job::Execute(action));
+            }
+        }
+        Ok(stored)
+    }
+}
+
 fn require(actor: &Actor, needed: crate::domain::Role, what: &str) -> Result<(), ServiceError> {
     match actor.role() {
         Some(has) if !has.allows(needed) => Err(ServiceError::Forbidden(format!(

@@ -451,6 +451,24 @@ impl Incident {
         self.updated_at = now;
     }
 
+    /// For a `scheduled` incident, when its fix runs, in words from `now`: `in 42 s`,
+    /// `in 3 min`, `any moment now` once the time has come. `None` at any other status.
+    pub fn runs_in_words(&self, now: Timestamp) -> Option<String> {
+        if self.status != Status::Scheduled {
+            return None;
+        }
+        let due = self.scheduled_for?;
+        let ms = due.unix_millis() - now.unix_millis();
+        // Rounded up: a fix due in 400 ms is "in 1 s", never "in 0 s".
+        let seconds = (ms + 999).div_euclid(1000);
+        Some(match seconds {
+            i64::MIN..=0 => "any moment now".to_owned(),
+            1..=119 => format!("in {seconds} s"),
+            120..=7199 => format!("in {} min", (seconds + 59) / 60),
+            _ => format!("in {} h", (seconds + 3599) / 3600),
+        })
+    }
+
     /// The breach was seen again at a higher severity: a decision change (the card shows
     /// severity), recorded on the timeline. False when the severity did not rise. A mere
     /// repeat is a [`Sighting`], stored without touching the decision.
@@ -635,6 +653,28 @@ mod tests {
             !incident.raise_severity(&again, t0),
             "the same severity again is a repeat"
         );
+    }
+
+    #[test]
+    fn a_scheduled_fix_says_when_it_runs_in_words() {
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let mut incident = Incident::open(IncidentId::generate(), &detection(), t0);
+        incident.scheduled_for = Some(Timestamp::from_unix_millis(1_042_000));
+        assert_eq!(incident.runs_in_words(t0), None, "only while scheduled");
+        incident.status = Status::Scheduled;
+        let at = |ms| Timestamp::from_unix_millis(ms);
+        for (now, words) in [
+            (1_000_000, "in 42 s"),
+            (1_041_600, "in 1 s"),
+            (1_042_000, "any moment now"),
+            (1_050_000, "any moment now"),
+        ] {
+            assert_eq!(incident.runs_in_words(at(now)).as_deref(), Some(words));
+        }
+        incident.scheduled_for = Some(at(1_000_000 + 600_000));
+        assert_eq!(incident.runs_in_words(t0).as_deref(), Some("in 10 min"));
+        incident.scheduled_for = Some(at(1_000_000 + 3 * 3_600_000));
+        assert_eq!(incident.runs_in_words(t0).as_deref(), Some("in 3 h"));
     }
 
     #[test]

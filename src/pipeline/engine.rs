@@ -812,10 +812,11 @@ fn analyzed_outcome(incident: &Incident, analyzed: &Analyzed, now: Timestamp) ->
                 Scheduled,
                 "sentinel",
                 format!(
-                    "scheduled by policy: {} risk runs automatically at {due}, in {}, unless \
-                     someone stops it",
-                    decision.risk,
-                    humantime::format_duration(*veto_window)
+                    "{} runs on its own at {due}, in {}, unless someone stops it (the \
+                     policy allows {} risk; this is the veto window)",
+                    plan.action(),
+                    humantime::format_duration(*veto_window),
+                    decision.risk
                 ),
                 now,
             );

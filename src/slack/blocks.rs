@@ -177,6 +177,10 @@ fn environment() -> Environment<'static> {
     env.add_filter("preview", |snapshot: JinjaValue, fix: JinjaValue| {
         JinjaValue::from(proposal_changes(&json_of(&fix), &json_of(&snapshot)))
     });
+    env.add_filter("clock", |value: JinjaValue| clock(&text_of(&value)));
+    env.add_filter("scheduled_sentence", |incident: JinjaValue| {
+        scheduled_sentence(&json_of(&incident))
+    });
     env.add_filter("person", |value: JinjaValue| person(&text_of(&value)));
     env.add_filter("plain", |value: JinjaValue| plain(&json_of(&value)));
     env.add_filter("upper_first", |value: JinjaValue| {
@@ -803,6 +807,112 @@ pub fn proposal_changes(fix: &Value, snapshot: &Value) -> Vec<String> {
         _ => {}
     }
     lines
+}
+
+/// `2026-11-28T10:06:00.000Z` → `10:06:00 UTC`; anything else as it is.
+fn clock(text: &str) -> String {
+    let bytes = text.as_bytes();
+    if bytes.len() >= 19 && bytes.get(10) == Some(&b'T') && text.is_char_boundary(19) {
+        format!("{} UTC", &text[11..19])
+    } else {
+        text.to_owned()
+    }
+}
+
+/// A wait for people: `60 s`, `5 min`, `about 3 min`, `2 h`.
+fn window_words(seconds: i64) -> String {
+    match seconds {
+        i64::MIN..=119 => format!("{} s", seconds.max(0)),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s if s < 7200 => format!("about {} min", (s + 30) / 60),
+        s => format!("about {} h", (s + 1800) / 3600),
+    }
+}
+
+/// What a scheduled fix will do where, and when, for the card (the `scheduled_sentence`
+/// filter, plain unescaped text): `Cleaning logs/, tmp/ and cache/ in the sandbox in 60 s,
+/// at 10:06:00 UTC (frees about 112 MB).` The wait is the veto window as scheduled (from
+/// the `scheduled` timeline entry to `scheduled_for`), so the card is the same whenever it
+/// is drawn. The parenthesis holds what the proposal's snapshot says it changes.
+pub fn scheduled_sentence(incident: &Value) -> String {
+    let null = Value::Null;
+    let fix = incident.get("proposed_action").unwrap_or(&null);
+    let params = fix.get("params").unwrap_or(&null);
+    let snapshot = incident.get("snapshot").unwrap_or(&null);
+    let resource = plain(incident.get("resource").unwrap_or(&null));
+    let target = |key: &str| {
+        params
+            .get(key)
+            .map_or_else(|| resource.clone(), |value| plain(value))
+    };
+    let action = fix.get("action").and_then(Value::as_str).unwrap_or("");
+    let what = match action {
+        "sandbox_cleanup" => {
+            let dirs: Vec<String> = match snapshot.get("dirs").or_else(|| params.get("dirs")) {
+                Some(Value::Array(dirs)) => dirs.iter().map(|d| format!("{}/", plain(d))).collect(),
+                _ => vec!["logs/".into(), "tmp/".into(), "cache/".into()],
+            };
+            let dirs = match dirs.as_slice() {
+                [] => "logs/, tmp/ and cache/".to_owned(),
+                [one] => one.clone(),
+                [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+            };
+            format!("Cleaning {dirs} in the sandbox")
+        }
+        "container_start" => format!("Starting container `{}`", target("container")),
+        "container_restart" => format!("Restarting container `{}`", target("container")),
+        "container_memory_limit" => {
+            format!("Raising the memory limit of container `{}`", target("container"))
+        }
+        "" => "Running the fix".to_owned(),
+        other => format!("Running `{other}` on `{resource}`"),
+    };
+    let due = incident.get("scheduled_for").and_then(Value::as_str);
+    let scheduled_at = incident
+        .get("timeline")
+        .and_then(Value::as_array)
+        .and_then(|entries| {
+            entries
+                .iter()
+                .rev()
+                .find(|e| e.get("step").and_then(Value::as_str) == Some("scheduled"))
+        })
+        .and_then(|e| e.get("at"))
+        .and_then(Value::as_str);
+    let millis = |text: &str| {
+        crate::domain::Timestamp::parse_rfc3339(text)
+            .ok()
+            .map(|t| t.unix_millis())
+    };
+    let when = match (scheduled_at.and_then(millis), due.and_then(|d| millis(d).zip(Some(d)))) {
+        (Some(from), Some((to, due))) => format!(
+            " in {}, at {}",
+            window_words((to - from + 500).div_euclid(1000)),
+            clock(due)
+        ),
+        (None, Some((_, due))) => format!(" at {}", clock(due)),
+        _ => " when its veto window ends".to_owned(),
+    };
+    // What it changes, as the proposal's snapshot says (the cleanup's estimate slots in here).
+    let mut changes = Vec::new();
+    match action {
+        "sandbox_cleanup" => {
+            if let Some(bytes) = snapshot.get("bytes").filter(|b| b.is_number()) {
+                changes.push(format!("frees about {}", megabytes(bytes)));
+            }
+        }
+        "container_memory_limit" | "container_start" | "container_restart" => {
+            changes.extend(proposal_changes(fix, snapshot));
+        }
+        _ => {}
+    }
+    let changes = if changes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", changes.join("; "))
+    };
+    format!("{what}{when}{changes}.")
 }
 
 /// Escapes Slack's three control characters (docs.slack.dev "Escaping text").
@@ -1537,8 +1647,8 @@ fn status_entry(status: Status, action: &str, operator: &str) -> (&'static str, 
         Status::Scheduled => (
             sentinel,
             format!(
-                "scheduled by policy: low risk runs automatically at 2026-11-28T10:06:00.000Z, \
-                 in 1m, unless someone stops it ({action})"
+                "{action} runs on its own at 2026-11-28T10:06:00.000Z, in 1m, unless someone \
+                 stops it (the policy allows low risk; this is the veto window)"
             ),
         ),
         Status::AwaitingApproval => (
@@ -1651,6 +1761,7 @@ pub fn sample_incidents() -> Vec<SampleIncident> {
                     incident.record(step, &actor, message, at(5));
                 }
                 incident.status = status;
+                incident.scheduled_for = (status == Status::Scheduled).then(|| at(6));
                 incident.resolved_at = (status == Status::Resolved).then(|| at(5));
                 incident.version = 7;
                 let incident = serde_json::to_value(&incident).expect("an incident serialises");

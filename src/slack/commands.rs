@@ -359,6 +359,9 @@ fn listed(incident: &crate::domain::Incident) -> Value {
         "risk": incident.risk,
         "opened_at": incident.opened_at,
         "summary": incident.summary,
+        // A scheduled fix: when it runs, in words (`in 42 s`) and exactly.
+        "runs_in": incident.runs_in_words(crate::domain::Timestamp::now()),
+        "scheduled_for": incident.scheduled_for,
     })
 }
 

@@ -256,6 +256,33 @@ pub async fn approve(
     Ok(Json(approved).into_response())
 }
 
+/// `POST /api/incidents/{id}/stop` (viewer): stops a scheduled fix during its veto window.
+/// No body.
+pub async fn stop(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let stopped = state.sentinel.stop(&incident_id(&id)?, &actor).await?;
+    Ok(Json(stopped).into_response())
+}
+
+/// `POST /api/incidents/{id}/run-now` (operator): runs a scheduled fix at once. The body is
+/// optional: `{"proposal_id": "prop-…"}` pins it to that proposal (409 when not current).
+pub async fn run_now(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let proposal = optional_body::<ApproveBody>(&body)?.proposal_id;
+    let started = state
+        .sentinel
+        .run_now(&incident_id(&id)?, proposal.as_deref(), &actor)
+        .await?;
+    Ok(Json(started).into_response())
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RejectBody {

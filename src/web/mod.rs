@@ -151,6 +151,19 @@ fn route_handlers() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             AtLeast(Role::Operator),
             api::reject,
         ),
+        // The veto window: anyone with a role may stop a scheduled fix; operators run it now.
+        route(
+            Method::POST,
+            "/api/incidents/{id}/stop",
+            AtLeast(Role::Viewer),
+            api::stop,
+        ),
+        route(
+            Method::POST,
+            "/api/incidents/{id}/run-now",
+            AtLeast(Role::Operator),
+            api::run_now,
+        ),
         route(
             Method::POST,
             "/api/incidents/{id}/resolve",

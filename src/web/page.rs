@@ -156,6 +156,9 @@ struct IncidentView {
     timeline_hidden: usize,
     /// A test alert (`trigger`): labelled so, its fix only a dry run.
     synthetic: bool,
+    /// A scheduled fix: when it runs, in words (`in 42 s`) and exactly (the hover).
+    runs_in: Option<String>,
+    scheduled_for: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -358,7 +361,7 @@ fn tile(reading: &SignalReading, samples: &[Sample], now: Timestamp) -> TileView
     }
 }
 
-fn incident_view(incident: &Incident) -> IncidentView {
+fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
     let signal = incident.signal.as_str();
     let proposed = incident.proposed_action.as_ref().map(|proposed| {
         let params: Vec<String> = proposed
@@ -410,6 +413,8 @@ fn incident_view(incident: &Incident) -> IncidentView {
         resolved_at: incident.resolved_at.map(|at| at.to_string()),
         occurrences: incident.occurrences,
         synthetic: incident.synthetic,
+        runs_in: incident.runs_in_words(now),
+        scheduled_for: incident.scheduled_for.map(|at| at.to_string()),
         approvals: incident.approvals.clone(),
         timeline,
         timeline_hidden: incident.timeline.len() - shown,
@@ -432,7 +437,7 @@ fn view(
         .iter()
         .filter(|incident| !incident.is_open())
         .take(RECENTLY_RESOLVED)
-        .map(incident_view)
+        .map(|incident| incident_view(incident, now))
         .collect();
     let recent_fixes = recent
         .iter()
@@ -476,7 +481,11 @@ fn view(
             .map(|breaker| breaker.key.clone())
             .collect(),
         signals,
-        open: status.incidents.iter().map(incident_view).collect(),
+        open: status
+            .incidents
+            .iter()
+            .map(|incident| incident_view(incident, now))
+            .collect(),
         resolved,
         fixes: fix_stats(recent),
         recent_fixes,

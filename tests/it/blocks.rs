@@ -161,6 +161,64 @@ fn card(incident: Value, public_url: &str) -> blocks::Rendered {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+#[test]
+fn a_scheduled_fix_says_what_runs_where_and_when_with_stop_and_run_now() {
+    let expected = [
+        (
+            ActionId::SandboxCleanup,
+            "Cleaning logs/, tmp/ and cache/ in the sandbox in 60 s, at 10:06:00 UTC (frees about",
+        ),
+        (
+            ActionId::ContainerStart,
+            "Starting container `web-1` in 60 s, at 10:06:00 UTC (state: exited → running).",
+        ),
+    ];
+    for (action, sentence) in expected {
+        let mut incident = sample(Some(action), Status::Scheduled, ExecutionState::None).incident;
+        incident["proposal_id"] = json!("prop-0123456789abcdef");
+        let rendered = card(incident.clone(), "");
+        let section = rendered
+            .blocks
+            .iter()
+            .find(|b| b["block_id"] == "veto_window")
+            .unwrap_or_else(|| panic!("{action}: no veto window section"));
+        let text = section["text"]["text"].as_str().unwrap();
+        assert!(text.contains(sentence), "{action}: {text}");
+        let buttons: Vec<(&str, &str)> = rendered
+            .blocks
+            .iter()
+            .filter(|b| b["type"] == "actions")
+            .flat_map(|b| b["elements"].as_array().unwrap())
+            .map(|e| (e["action_id"].as_str().unwrap(), e["value"].as_str().unwrap_or("")))
+            .collect();
+        let reference = json!({"incident": incident["id"], "proposal": incident["proposal_id"]});
+        for wanted in ["stop", "run_now"] {
+            let (_, value) = buttons
+                .iter()
+                .find(|(id, _)| *id == wanted)
+                .unwrap_or_else(|| panic!("{action}: no {wanted} button in {buttons:?}"));
+            let value: Value = serde_json::from_str(value).unwrap();
+            assert_eq!(value, reference, "{action}: {wanted} carries incident and proposal");
+        }
+        assert!(
+            !buttons.iter().any(|(id, _)| *id == "approve" || *id == "reject"),
+            "{action}: a scheduled fix is stopped, not rejected: {buttons:?}"
+        );
+    }
+    // At any other status there is neither section nor Stop.
+    let waiting = card(
+        sample(
+            Some(ActionId::SandboxCleanup),
+            Status::AwaitingApproval,
+            ExecutionState::None,
+        )
+        .incident,
+        "",
+    );
+    let json = serde_json::to_string(&waiting.blocks).unwrap();
+    assert!(!json.contains("veto_window") && !json.contains("\"stop\""), "{json}");
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -900,6 +958,19 @@ fn every_template_matches_its_snapshot() {
         "incident_card_cleanup_executed",
         &json!({ "text": cleaned.text, "blocks": cleaned.blocks }),
     );
+    let scheduled = card(
+        sample(
+            Some(ActionId::SandboxCleanup),
+            Status::Scheduled,
+            ExecutionState::None,
+        )
+        .incident,
+        "",
+    );
+    assert_snapshot(
+        "incident_card_cleanup_scheduled",
+        &json!({ "text": scheduled.text, "blocks": scheduled.blocks }),
+    );
     let fallback = blocks::fallback("incident_card", &json!({ "incident": incident() }));
     assert_snapshot(
         "incident_card_fallback",
@@ -965,7 +1036,7 @@ fn config_check_renders_every_template() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("8 render within Slack's limits (286 sample incidents"),
+        stdout.contains("8 render within Slack's limits (312 sample incidents"),
         "{stdout}"
     );
 }
@@ -979,7 +1050,7 @@ fn the_config_check_sweep_covers_every_action_and_status() {
         samples.len(),
         Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len())
     );
-    assert_eq!(samples.len(), 286);
+    assert_eq!(samples.len(), 312);
     for action in std::iter::once(None).chain(ActionId::ALL.into_iter().map(Some)) {
         for status in Status::ALL {
             assert!(
@@ -991,7 +1062,7 @@ fn the_config_check_sweep_covers_every_action_and_status() {
         }
     }
     let sweep = blocks::render_every_sample().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(sweep.incidents, 286);
+    assert_eq!(sweep.incidents, 312);
     // Six incident templates per sample, a reply per timeline entry, plus the samples.
-    assert!(sweep.renders >= 286 * 7 + 7, "{sweep:?}");
+    assert!(sweep.renders >= 312 * 7 + 7, "{sweep:?}");
 }

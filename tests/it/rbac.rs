@@ -44,6 +44,17 @@ const SWEEP: &[(&str, &str, [u16; 5])] = &[
         "/api/incidents/{id}/reject",
         [401, 401, 403, 404, 404],
     ),
+    // The veto window: a viewer may stop a scheduled fix; running it now needs an operator.
+    (
+        "POST",
+        "/api/incidents/{id}/stop",
+        [401, 401, 404, 404, 404],
+    ),
+    (
+        "POST",
+        "/api/incidents/{id}/run-now",
+        [401, 401, 403, 404, 404],
+    ),
     (
         "POST",
         "/api/incidents/{id}/resolve",
