@@ -841,11 +841,7 @@ pub fn scheduled_sentence(incident: &Value) -> String {
     let params = fix.get("params").unwrap_or(&null);
     let snapshot = incident.get("snapshot").unwrap_or(&null);
     let resource = plain(incident.get("resource").unwrap_or(&null));
-    let target = |key: &str| {
-        params
-            .get(key)
-            .map_or_else(|| resource.clone(), |value| plain(value))
-    };
+    let target = |key: &str| params.get(key).map_or_else(|| resource.clone(), plain);
     let action = fix.get("action").and_then(Value::as_str).unwrap_or("");
     let what = match action {
         "sandbox_cleanup" => {
@@ -863,7 +859,10 @@ pub fn scheduled_sentence(incident: &Value) -> String {
         "container_start" => format!("Starting container `{}`", target("container")),
         "container_restart" => format!("Restarting container `{}`", target("container")),
         "container_memory_limit" => {
-            format!("Raising the memory limit of container `{}`", target("container"))
+            format!(
+                "Raising the memory limit of container `{}`",
+                target("container")
+            )
         }
         "" => "Running the fix".to_owned(),
         other => format!("Running `{other}` on `{resource}`"),
@@ -885,7 +884,10 @@ pub fn scheduled_sentence(incident: &Value) -> String {
             .ok()
             .map(|t| t.unix_millis())
     };
-    let when = match (scheduled_at.and_then(millis), due.and_then(|d| millis(d).zip(Some(d)))) {
+    let when = match (
+        scheduled_at.and_then(millis),
+        due.and_then(|d| millis(d).zip(Some(d))),
+    ) {
         (Some(from), Some((to, due))) => format!(
             " in {}, at {}",
             window_words((to - from + 500).div_euclid(1000)),

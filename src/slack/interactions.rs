@@ -2,7 +2,8 @@
 //! (SPEC §6).
 //!
 //! In: the verified form field `payload` or the envelope's payload, both through
-//! [`receive`]: a JSON `block_actions` (a card's Approve, Reject, Rollback or Silence button)
+//! [`receive`]: a JSON `block_actions` (a card's Approve, Reject, Rollback or Silence button,
+//! or a scheduled fix's Stop or Run now)
 //! or `view_submission` (the reject dialog). Out: the same service calls as the HTTP API, as
 //! `Actor::SlackUser` with the clicking user's role, so the audit log reads `slack:U… (role)`;
 //! an ephemeral message to the user for every outcome; the acknowledgement within
@@ -150,6 +151,9 @@ enum Button {
     Silence,
     /// "Let Sentinel do this": trust the fix this incident ran (earned autonomy).
     Trust,
+    /// A scheduled fix's veto window: stop it (anyone with a role) or run it now.
+    Stop,
+    RunNow,
 }
 
 impl Button {
@@ -160,6 +164,8 @@ impl Button {
             "rollback" => Some(Button::Rollback),
             "silence" => Some(Button::Silence),
             "trust" => Some(Button::Trust),
+            "stop" => Some(Button::Stop),
+            "run_now" => Some(Button::RunNow),
             _ => None,
         }
     }
@@ -167,7 +173,8 @@ impl Button {
     /// The least role that may press it; the service asks for admin on high-risk decisions.
     fn needs(self) -> Role {
         match self {
-            Button::Approve | Button::Reject | Button::Silence => Role::Operator,
+            Button::Stop => Role::Viewer,
+            Button::Approve | Button::Reject | Button::Silence | Button::RunNow => Role::Operator,
             Button::Rollback | Button::Trust => Role::Admin,
         }
     }
@@ -179,6 +186,8 @@ impl Button {
             Button::Rollback => "roll back",
             Button::Silence => "silence",
             Button::Trust => "let Sentinel fix this on its own for",
+            Button::Stop => "stop the scheduled fix of",
+            Button::RunNow => "skip the veto window of",
         }
     }
 }
@@ -557,6 +566,23 @@ async fn clicked(inbound: &Arc<Inbound>, payload: BlockActions) {
                 ),
                 Err(e) => explain(e),
             },
+        },
+        Button::Stop => match sentinel.stop_seen(incident, &actor).await {
+            Ok(done) => format!(
+                "You stopped the scheduled fix for {}; nothing was run (it is {} now).",
+                done.id, done.status
+            ),
+            Err(e) => explain(e),
+        },
+        Button::RunNow => match sentinel
+            .run_now_seen(incident, card.proposal(), &actor)
+            .await
+        {
+            Ok(done) => format!(
+                "You ran the scheduled fix for {} now; Sentinel is applying it.",
+                done.id
+            ),
+            Err(e) => explain(e),
         },
         Button::Silence => {
             let target = incident.fingerprint.as_str();

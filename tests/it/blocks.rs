@@ -189,7 +189,12 @@ fn a_scheduled_fix_says_what_runs_where_and_when_with_stop_and_run_now() {
             .iter()
             .filter(|b| b["type"] == "actions")
             .flat_map(|b| b["elements"].as_array().unwrap())
-            .map(|e| (e["action_id"].as_str().unwrap(), e["value"].as_str().unwrap_or("")))
+            .map(|e| {
+                (
+                    e["action_id"].as_str().unwrap(),
+                    e["value"].as_str().unwrap_or(""),
+                )
+            })
             .collect();
         let reference = json!({"incident": incident["id"], "proposal": incident["proposal_id"]});
         for wanted in ["stop", "run_now"] {
@@ -198,10 +203,15 @@ fn a_scheduled_fix_says_what_runs_where_and_when_with_stop_and_run_now() {
                 .find(|(id, _)| *id == wanted)
                 .unwrap_or_else(|| panic!("{action}: no {wanted} button in {buttons:?}"));
             let value: Value = serde_json::from_str(value).unwrap();
-            assert_eq!(value, reference, "{action}: {wanted} carries incident and proposal");
+            assert_eq!(
+                value, reference,
+                "{action}: {wanted} carries incident and proposal"
+            );
         }
         assert!(
-            !buttons.iter().any(|(id, _)| *id == "approve" || *id == "reject"),
+            !buttons
+                .iter()
+                .any(|(id, _)| *id == "approve" || *id == "reject"),
             "{action}: a scheduled fix is stopped, not rejected: {buttons:?}"
         );
     }
@@ -216,7 +226,10 @@ fn a_scheduled_fix_says_what_runs_where_and_when_with_stop_and_run_now() {
         "",
     );
     let json = serde_json::to_string(&waiting.blocks).unwrap();
-    assert!(!json.contains("veto_window") && !json.contains("\"stop\""), "{json}");
+    assert!(
+        !json.contains("veto_window") && !json.contains("\"stop\""),
+        "{json}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

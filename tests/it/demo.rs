@@ -329,7 +329,11 @@ fn start_binary(container: &str) -> Server {
     let config = dir.path().join("sentinel.toml");
     std::fs::write(
         &config,
-        format!("[demo]\nimage = \"{IMAGE}\"\ncontainer = \"{container}\"\n\n{entry}\n"),
+        // The demo's cleanup runs at once here; the veto window has tests of its own.
+        format!(
+            "[actions]\nveto_window = \"0s\"\n\n\
+             [demo]\nimage = \"{IMAGE}\"\ncontainer = \"{container}\"\n\n{entry}\n"
+        ),
     )
     .unwrap();
     let sandbox = dir.path().join("sandbox");

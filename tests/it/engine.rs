@@ -97,6 +97,19 @@ fn walk(incident: &mut Incident, to: Status, fix: &Fix, now: Timestamp) {
         _ => {}
     }
     incident.root_cause = Some("the target is down".to_owned());
+    if to == Scheduled {
+        // A low-risk fix waiting out its veto window, an hour away: nothing runs it here.
+        incident.risk = Some(sentinel::domain::Risk::Low);
+        incident.propose(fix.plan.to_proposed(), fix.before.clone());
+        incident.scheduled_for = Some(now.saturating_add(Duration::from_secs(3600)));
+        go(
+            incident,
+            Scheduled,
+            "sentinel",
+            "runs on its own in an hour unless someone stops it",
+        );
+        return;
+    }
     incident.risk = Some(sentinel::domain::Risk::Medium);
     incident.confidence = Some(0.8);
     incident.analyzer = Some("rules".to_owned());
@@ -339,6 +352,10 @@ macro_rules! at_every_status {
             #[tokio::test]
             async fn analyzing() {
                 super::$door(Status::Analyzing).await
+            }
+            #[tokio::test]
+            async fn scheduled() {
+                super::$door(Status::Scheduled).await
             }
             #[tokio::test]
             async fn awaiting_approval() {

@@ -86,6 +86,9 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     settings.monitor.enabled = false;
     // Tests that exercise remediation turn it on; the others drive incidents by hand.
     settings.actions.enabled = false;
+    // Low-risk fixes run at once, without the veto window (`[actions] veto_window`), unless
+    // a test is about the window (tests/it/veto.rs sets its own).
+    settings.actions.veto_window = sentinel::config::HumanDuration(Duration::ZERO);
     let mut entry = |name: &str, role: Role| {
         let (key, sha256) = new_key();
         settings.api_keys.push(ApiKeyEntry {

@@ -37,3 +37,4 @@ mod slack_socket;
 mod store;
 mod traces;
 mod trust;
+mod veto;

@@ -17,8 +17,8 @@ use crate::slack_double::SlackDouble;
 
 const SECRET: &str = "test-signing-secret-0123456789abcdef";
 const ADMIN: &str = "UADMIN1";
-const OPERATOR: &str = "UOPERATOR1";
-const VIEWER: &str = "UVIEWER1";
+pub(crate) const OPERATOR: &str = "UOPERATOR1";
+pub(crate) const VIEWER: &str = "UVIEWER1";
 const STRANGER: &str = "USTRANGER1";
 const APP_ID: &str = "A0SENTINEL";
 
@@ -83,9 +83,9 @@ enum Signing {
 }
 
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
     elapsed: Duration,
 }
 
@@ -182,7 +182,7 @@ fn command_body_with_trigger(
     form(&pairs)
 }
 
-async fn slash(app: &TestApp, user: &str, text: &str) -> Answer {
+pub(crate) async fn slash(app: &TestApp, user: &str, text: &str) -> Answer {
     slash_with(app, user, text, None).await
 }
 
@@ -224,7 +224,7 @@ fn click_body(user: &str, action_id: &str, value: &Value) -> String {
 
 /// A button's value as the card draws it: the incident and its current proposal (cards of
 /// incidents without one carry the version).
-fn card_ref(incident: &Incident) -> Value {
+pub(crate) fn card_ref(incident: &Incident) -> Value {
     match &incident.proposal_id {
         Some(proposal) => json!({"incident": incident.id.as_str(), "proposal": proposal}),
         None => json!({"incident": incident.id.as_str(), "version": incident.version}),
@@ -256,7 +256,7 @@ fn first_drawn_button(double: &SlackDouble, incident: &Incident, action_id: &str
 }
 
 /// Clicks, then waits until the click is handled (it is acknowledged first, handled after).
-async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Answer {
+pub(crate) async fn click(app: &TestApp, user: &str, action_id: &str, value: &Value) -> Answer {
     let answer = send(
         app,
         "/slack/interactions",
@@ -343,7 +343,7 @@ fn rand_suffix() -> String {
 // ---------------------------------------------------------------------------------------
 // The application under test.
 
-fn slack_settings(settings: &mut Settings) {
+pub(crate) fn slack_settings(settings: &mut Settings) {
     settings.secrets.slack_signing_secret = Some(SecretString::from(SECRET));
     settings.slack.app_id = APP_ID.to_owned();
     settings.rbac.default_role = DefaultRole::None;
@@ -1094,7 +1094,7 @@ async fn spawn_with_double(channel: &str) -> (TestApp, SlackDouble) {
     (app, double)
 }
 
-fn ephemerals_to(double: &SlackDouble, user: &str) -> Vec<String> {
+pub(crate) fn ephemerals_to(double: &SlackDouble, user: &str) -> Vec<String> {
     double
         .accepted("chat.postEphemeral")
         .into_iter()

@@ -135,7 +135,9 @@ fn analyzed_automatic(veto_window: Duration) -> Event {
             verdict: Verdict::Automatic(policy::AutoApproval {
                 plan,
                 risk: Risk::Low,
+                trusted: false,
             }),
+            trust_applied: false,
         },
         snapshot: json!({"state": "exited"}),
         refusals: vec![],
