@@ -2148,7 +2148,7 @@ mod tests {
         let samples = sample_incidents();
         let expected = Status::ALL.len() * (1 + ActionId::ALL.len() * ExecutionState::ALL.len());
         assert_eq!(samples.len(), expected);
-        assert_eq!(samples.len(), 286);
+        assert_eq!(samples.len(), 312);
         let labels: HashSet<String> = samples.iter().map(SampleIncident::label).collect();
         assert_eq!(labels.len(), samples.len(), "every pair once");
         for sample in &samples {
@@ -2168,8 +2168,8 @@ mod tests {
             );
         }
         let sweep = render_every_sample().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sweep.incidents, 286);
-        assert!(sweep.renders > 286 * 6, "{sweep:?}");
+        assert_eq!(sweep.incidents, 312);
+        assert!(sweep.renders > 312 * 6, "{sweep:?}");
     }
 
     #[test]
