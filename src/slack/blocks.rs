@@ -900,8 +900,23 @@ pub fn scheduled_sentence(incident: &Value) -> String {
     let mut changes = Vec::new();
     match action {
         "sandbox_cleanup" => {
-            if let Some(bytes) = snapshot.get("bytes").filter(|b| b.is_number()) {
-                changes.push(format!("frees about {}", megabytes(bytes)));
+            let size = |key: &str| snapshot.get(key).and_then(Value::as_u64);
+            let mb = |b: u64| cleanup_megabytes(&json!(b));
+            match (size("restorable_bytes"), size("deleted_bytes"), size("bytes")) {
+                (Some(_), Some(0), _) => {
+                    changes.push("all of it stays restorable in the quarantine".to_owned())
+                }
+                (Some(0), Some(deleted), _) => changes.push(format!(
+                    "frees about {}; nothing stays restorable",
+                    mb(deleted)
+                )),
+                (Some(restorable), Some(deleted), _) => changes.push(format!(
+                    "frees about {} or more; about {} or more stays restorable",
+                    mb(deleted),
+                    mb(restorable)
+                )),
+                (_, _, Some(bytes)) => changes.push(format!("frees about {}", mb(bytes))),
+                _ => {}
             }
         }
         "container_memory_limit" | "container_start" | "container_restart" => {

@@ -166,7 +166,8 @@ fn a_scheduled_fix_says_what_runs_where_and_when_with_stop_and_run_now() {
     let expected = [
         (
             ActionId::SandboxCleanup,
-            "Cleaning logs/, tmp/ and cache/ in the sandbox in 60 s, at 10:06:00 UTC (frees about",
+            "Cleaning logs/, tmp/ and cache/ in the sandbox in 60 s, at 10:06:00 UTC (frees about \
+             80 MB or more; about 40 MB or more stays restorable).",
         ),
         (
             ActionId::ContainerStart,
