@@ -902,7 +902,11 @@ pub fn scheduled_sentence(incident: &Value) -> String {
         "sandbox_cleanup" => {
             let size = |key: &str| snapshot.get(key).and_then(Value::as_u64);
             let mb = |b: u64| cleanup_megabytes(&json!(b));
-            match (size("restorable_bytes"), size("deleted_bytes"), size("bytes")) {
+            match (
+                size("restorable_bytes"),
+                size("deleted_bytes"),
+                size("bytes"),
+            ) {
                 (Some(_), Some(0), _) => {
                     changes.push("all of it stays restorable in the quarantine".to_owned())
                 }
