@@ -10,7 +10,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Fingerprint, IncidentId, ProposedAction, Resource, Risk, Severity, Signal, Source, Timestamp,
+    Fingerprint, IncidentId, ProposedAction, Resource, Risk, Severity, Signal, Source, TargetState,
+    Timestamp,
 };
 
 /// Where an incident is in the loop (SPEC §11 names).
@@ -229,7 +230,7 @@ pub struct Incident {
     /// What the proposed action would change, captured when it was proposed; an approval
     /// applies to this state only.
     #[serde(default)]
-    pub snapshot: Option<serde_json::Value>,
+    pub snapshot: Option<TargetState>,
     /// People who approved the current proposal (`api:ci-bot (operator)`), in order.
     #[serde(default)]
     pub approvals: Vec<String>,
@@ -307,8 +308,9 @@ pub struct Execution {
     pub approved_by: String,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
-    pub before: serde_json::Value,
-    pub after: serde_json::Value,
+    pub before: TargetState,
+    /// `None` (JSON `null`) until the fix finished.
+    pub after: Option<TargetState>,
     /// Whether a rollback can undo it.
     pub reversible: bool,
     /// Set once rolled back.
@@ -388,7 +390,7 @@ impl Incident {
     /// Makes `action`, on the target as `snapshot` shows it, the current proposal. Its
     /// [`proposal_id`] changes only when the action, its parameters or the snapshot do, and
     /// approvals given to another proposal are dropped.
-    pub fn propose(&mut self, action: ProposedAction, snapshot: serde_json::Value) {
+    pub fn propose(&mut self, action: ProposedAction, snapshot: TargetState) {
         let id = proposal_id(&action, &snapshot);
         if self.proposal_id.as_deref() != Some(id.as_str()) {
             self.approvals.clear();
@@ -488,7 +490,7 @@ impl Incident {
 
 /// The name of a proposal: `prop-` and a digest of the action, its parameters and the
 /// snapshot it was made from (serde_json maps are sorted, so equal proposals digest equally).
-pub fn proposal_id(action: &ProposedAction, snapshot: &serde_json::Value) -> String {
+pub fn proposal_id(action: &ProposedAction, snapshot: &TargetState) -> String {
     use sha2::{Digest, Sha256};
     let text = serde_json::json!({ "action": action, "snapshot": snapshot }).to_string();
     let digest = Sha256::digest(text.as_bytes());

@@ -13,6 +13,7 @@ mod observation;
 mod role;
 mod signal;
 mod silence;
+mod target;
 mod time;
 mod trend;
 mod trust;
@@ -32,6 +33,9 @@ pub use observation::Observation;
 pub use role::{Role, UnknownRole};
 pub use signal::{Severity, Signal, SignalReading, Source, UnknownSignal};
 pub use silence::{Silence, SilenceTarget};
+pub use target::{
+    CleanupPlan, CleanupResult, ContainerState, Nothing, RestoreResult, TargetState, Unreadable,
+};
 pub use time::Timestamp;
 pub use trend::{Sample, Trends};
 pub use trust::{earned, TrustGrant, TrustKey, TrustRun, Untrustable};

@@ -419,7 +419,7 @@ mod tests {
                 action: ActionId::ContainerRestart,
                 params: [("container".to_owned(), json!("web-1"))].into(),
             },
-            json!({}),
+            crate::domain::TargetState::nothing(),
         );
         go(incident, Status::Analyzing, "analyzing", 1);
         go(incident, Status::Approved, "approved", 2);
@@ -428,8 +428,8 @@ mod tests {
             approved_by: "api:ci (operator)".to_owned(),
             started_at: at(3),
             finished_at: Some(at(4)),
-            before: json!({}),
-            after: json!({}),
+            before: crate::domain::TargetState::nothing(),
+            after: Some(crate::domain::TargetState::nothing()),
             reversible: true,
             rolled_back_at: None,
             proposal_id: None,

@@ -16,10 +16,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::domain::{
-    ActionPlan, Actor, Execution, Incident, IncidentId, RollbackStart, Status, Timestamp,
+    ActionPlan, Actor, Execution, Incident, IncidentId, RollbackStart, Status, TargetState,
+    Timestamp,
 };
 use crate::pipeline::analyze::Analysis;
 use crate::pipeline::approve::{self, ApprovedAction, DecisionError};
@@ -72,7 +71,7 @@ pub enum Event {
     },
     /// Right before execution, the target no longer matches the approved snapshot.
     TargetChanged {
-        snapshot: Value,
+        snapshot: TargetState,
     },
     /// An approved fix of a test alert (`synthetic`) is recorded as a dry run instead of
     /// running: the incident closes with step `dry_run` and nothing reaches a target.
@@ -81,11 +80,11 @@ pub enum Event {
     },
     /// The intent: the execution record is written before the side effect.
     ExecutionStarted {
-        execution: Execution,
+        execution: Box<Execution>,
     },
     /// The side effect is done; `after` is the target's state.
     Executed {
-        after: Value,
+        after: TargetState,
         message: String,
     },
     ExecutionFailed {
@@ -93,7 +92,7 @@ pub enum Event {
     },
     /// After a restart, an interrupted execution was checked against the target.
     Reconciled {
-        after: Value,
+        after: TargetState,
         reached_target: bool,
         message: String,
     },
@@ -107,7 +106,7 @@ pub enum Event {
     /// closed incident cannot reopen (another incident of its fingerprint is open now), so
     /// it records the rollback and stays closed.
     RolledBack {
-        restored: Value,
+        restored: TargetState,
         message: String,
         stay_closed: bool,
     },
@@ -172,7 +171,7 @@ pub struct Analyzed {
     pub plan: ActionPlan,
     pub decision: Decision,
     /// The target as the proposal saw it.
-    pub snapshot: Value,
+    pub snapshot: TargetState,
     /// Why the LLM's proposal (or the rules') was refused on the way, for the timeline.
     pub refusals: Vec<String>,
     /// `[actions] veto_window`: an automatic fix is first scheduled this far ahead; zero
@@ -202,7 +201,7 @@ pub enum Effect {
 pub struct RollbackPermit {
     incident: IncidentId,
     plan: ActionPlan,
-    before: Value,
+    before: TargetState,
     /// The fix is being undone because verification failed (then the incident escalates).
     automatic: bool,
 }
@@ -215,7 +214,7 @@ impl RollbackPermit {
         &self.plan
     }
     /// The target's state before the fix, to restore.
-    pub fn before(&self) -> &Value {
+    pub fn before(&self) -> &TargetState {
         &self.before
     }
     pub fn automatic(&self) -> bool {
@@ -399,7 +398,7 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
         Event::ExecutionStarted { execution } => match status {
             Approved if incident.execution.is_none() => {
                 let mut next = incident.clone();
-                next.execution = Some(execution.clone());
+                next.execution = Some(Execution::clone(execution));
                 go(
                     &mut next,
                     Executing,
@@ -418,7 +417,7 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
             Executing => {
                 let mut next = incident.clone();
                 if let Some(execution) = next.execution.as_mut() {
-                    execution.after = after.clone();
+                    execution.after = Some(after.clone());
                     execution.finished_at = Some(now);
                 }
                 go(&mut next, Verifying, "sentinel", message.clone(), now);
@@ -448,7 +447,7 @@ pub fn apply(incident: &Incident, event: &Event, now: Timestamp) -> Outcome {
                 let mut next = incident.clone();
                 next.record("reconciled", "sentinel", message.clone(), now);
                 if let Some(execution) = next.execution.as_mut() {
-                    execution.after = after.clone();
+                    execution.after = Some(after.clone());
                     execution.finished_at = Some(now);
                 }
                 if *reached_target {

@@ -2,19 +2,19 @@
 //! it on rollback (SPEC §4, §5).
 //!
 //! In: an [`ApprovedAction`], which only `policy` (automatic) or `approve` (a person with
-//! the right role) can make. Out: the state after, as JSON, to set beside the snapshot taken
-//! before. Also: [`Executor::snapshot`] (what the action would change, captured when it is
+//! the right role) can make. Out: the state after, a [`TargetState`], to set beside the
+//! snapshot taken before. Also: [`Executor::snapshot`] (what the action would change, captured when it is
 //! proposed and again right before it runs) and [`Executor::undo`].
 //!
 //! Must not: decide anything (policy did), run anything not in the catalogue (the plan type
 //! has no other variants), or touch files other than through `runtime::cleanup`, which moves
 //! files out of the sandbox's logs/, tmp/ and cache/ only, without following links.
 //!
-//! A cleanup's records carry sizes: the snapshot an estimate made before (`restorable_bytes`
+//! A cleanup's records carry sizes: the [`CleanupPlan`] an estimate made before (`restorable_bytes`
 //! and `deleted_bytes` assume no compression, so more may stay restorable), the result the
 //! figures measured on disk once the quarantine kept what fits in `[actions]
-//! quarantine_max_bytes` (`restorable_*`, `deleted_*`, `stored_bytes`, `freed_bytes`), and a
-//! rollback what came back and what could not (`restored_*`, `deleted_*`, `skipped`).
+//! quarantine_max_bytes` ([`CleanupResult`]), and a rollback what came back and what could
+//! not ([`RestoreResult`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,10 +22,11 @@ use std::time::Duration;
 use bollard::models::ContainerUpdateBody;
 use bollard::query_parameters::{RestartContainerOptions, StopContainerOptions};
 use bollard::Docker;
-use serde_json::{json, Value};
 
 use crate::config::Settings;
-use crate::domain::{ActionPlan, IncidentId};
+use crate::domain::{
+    ActionPlan, CleanupPlan, CleanupResult, ContainerState, IncidentId, RestoreResult, TargetState,
+};
 use crate::pipeline::approve::ApprovedAction;
 use crate::pipeline::engine::RollbackPermit;
 use crate::runtime::cleanup;
@@ -71,14 +72,14 @@ impl Executor {
 
     /// What the action would change, now: the container's state and limits, or the files
     /// cleanup would move (counted, with a sample of names).
-    pub async fn snapshot(&self, plan: &ActionPlan) -> Result<Value, ExecError> {
+    pub async fn snapshot(&self, plan: &ActionPlan) -> Result<TargetState, ExecError> {
         match plan {
-            ActionPlan::NotifyOnly => Ok(json!({})),
+            ActionPlan::NotifyOnly => Ok(TargetState::nothing()),
             ActionPlan::SandboxCleanup { dirs } => {
                 let sandbox = self.sandbox.clone();
-                let dirs = dirs.clone();
+                let to_plan = dirs.clone();
                 let (planned, used) = tokio::task::spawn_blocking(move || {
-                    let planned = cleanup::plan_cleanup(&sandbox, &dirs)?;
+                    let planned = cleanup::plan_cleanup(&sandbox, &to_plan)?;
                     let used = cleanup::quarantine_bytes(&sandbox)?;
                     Ok::<_, std::io::Error>((planned, used))
                 })
@@ -86,23 +87,23 @@ impl Executor {
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?;
                 let estimate = planned.estimate(self.quarantine_max_bytes.saturating_sub(used));
-                let sample: Vec<&str> = planned
+                let sample = planned
                     .files
                     .iter()
                     .take(20)
-                    .map(|f| f.path.as_str())
+                    .map(|f| f.path.clone())
                     .collect();
-                Ok(json!({
-                    "dirs": plan.to_proposed().params.get("dirs"),
-                    "files": planned.files.len(),
-                    "bytes": planned.bytes,
-                    "sample": sample,
-                    "quarantine_max_bytes": self.quarantine_max_bytes,
-                    "quarantine_used_bytes": used,
-                    "restorable_files": estimate.restorable_files,
-                    "restorable_bytes": estimate.restorable_bytes,
-                    "deleted_files": estimate.deleted_files,
-                    "deleted_bytes": estimate.deleted_bytes,
+                Ok(TargetState::CleanupPlan(CleanupPlan {
+                    dirs: dirs.clone(),
+                    files: planned.files.len() as u64,
+                    bytes: planned.bytes,
+                    sample,
+                    quarantine_max_bytes: self.quarantine_max_bytes,
+                    quarantine_used_bytes: used,
+                    restorable_files: estimate.restorable_files,
+                    restorable_bytes: estimate.restorable_bytes,
+                    deleted_files: estimate.deleted_files,
+                    deleted_bytes: estimate.deleted_bytes,
                 }))
             }
             ActionPlan::ContainerStart { container }
@@ -116,20 +117,32 @@ impl Executor {
     /// Whether the target is still what the approval saw. Containers are compared on
     /// identity, state and limits; the sandbox always changes a little, so cleanup is pinned
     /// to its directories and each file is re-checked as it is moved.
-    pub fn unchanged(plan: &ActionPlan, approved: &Value, now: &Value) -> bool {
-        match plan {
-            ActionPlan::NotifyOnly => true,
-            ActionPlan::SandboxCleanup { .. } => approved.get("dirs") == now.get("dirs"),
-            _ => ["id", "state", "memory", "memory_swap"]
-                .iter()
-                .all(|key| approved.get(key) == now.get(key)),
+    /// A target that could not be read then and cannot now is unchanged as far as anyone
+    /// knows: the approval saw that, and running reports the error.
+    pub fn unchanged(plan: &ActionPlan, approved: &TargetState, now: &TargetState) -> bool {
+        use TargetState::{CleanupPlan as Plan, Container, Unreadable};
+        match (plan, approved, now) {
+            (ActionPlan::NotifyOnly, _, _) => true,
+            (ActionPlan::SandboxCleanup { .. }, Plan(approved), Plan(now)) => {
+                approved.dirs == now.dirs
+            }
+            (_, Container(a), Container(n)) => {
+                (&a.id, &a.state, a.memory, a.memory_swap)
+                    == (&n.id, &n.state, n.memory, n.memory_swap)
+            }
+            (_, Unreadable(_), Unreadable(_)) => true,
+            _ => false,
         }
     }
 
     /// Runs the action. Returns the state after.
-    pub async fn run(&self, action: &ApprovedAction, before: &Value) -> Result<Value, ExecError> {
+    pub async fn run(
+        &self,
+        action: &ApprovedAction,
+        before: &TargetState,
+    ) -> Result<TargetState, ExecError> {
         match action.plan() {
-            ActionPlan::NotifyOnly => Ok(json!({})),
+            ActionPlan::NotifyOnly => Ok(TargetState::nothing()),
             ActionPlan::SandboxCleanup { dirs } => {
                 let sandbox = self.sandbox.clone();
                 let dirs = dirs.clone();
@@ -146,36 +159,39 @@ impl Executor {
                 .await
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?
                 .map_err(|e| ExecError::Sandbox(e.to_string()))?;
-                let mut after = json!({
-                    "moved_files": report.moved_files,
-                    "moved_bytes": report.moved_bytes,
-                    "skipped": report.skipped.len(),
-                    "quarantine": report.quarantine,
-                });
-                match kept {
-                    Ok(kept) => {
-                        after["restorable_files"] = json!(kept.restorable_files);
-                        after["restorable_bytes"] = json!(kept.restorable_bytes);
-                        after["stored_bytes"] = json!(kept.stored_bytes);
-                        after["deleted_files"] = json!(kept.deleted_files);
-                        after["deleted_bytes"] = json!(kept.deleted_bytes);
-                        after["freed_bytes"] =
-                            json!(report.moved_bytes.saturating_sub(kept.stored_bytes));
-                        if kept.skipped_count > 0 {
-                            after["quarantine_skipped"] = json!(kept.skipped_count);
-                        }
-                    }
+                let after = match kept {
+                    Ok(kept) => CleanupResult {
+                        moved_files: report.moved_files,
+                        moved_bytes: report.moved_bytes,
+                        skipped: report.skipped.len() as u64,
+                        quarantine: report.quarantine,
+                        restorable_files: kept.restorable_files,
+                        restorable_bytes: kept.restorable_bytes,
+                        stored_bytes: kept.stored_bytes,
+                        deleted_files: kept.deleted_files,
+                        deleted_bytes: kept.deleted_bytes,
+                        freed_bytes: report.moved_bytes.saturating_sub(kept.stored_bytes),
+                        quarantine_skipped: (kept.skipped_count > 0).then_some(kept.skipped_count),
+                        quarantine_error: None,
+                    },
                     // Everything moved stays in the quarantine uncompressed: restorable,
                     // not freed.
-                    Err(e) => {
-                        after["restorable_files"] = json!(report.moved_files);
-                        after["restorable_bytes"] = json!(report.moved_bytes);
-                        after["stored_bytes"] = json!(report.moved_bytes);
-                        after["freed_bytes"] = json!(0);
-                        after["quarantine_error"] = json!(e.to_string());
-                    }
-                }
-                Ok(after)
+                    Err(e) => CleanupResult {
+                        moved_files: report.moved_files,
+                        moved_bytes: report.moved_bytes,
+                        skipped: report.skipped.len() as u64,
+                        quarantine: report.quarantine,
+                        restorable_files: report.moved_files,
+                        restorable_bytes: report.moved_bytes,
+                        stored_bytes: report.moved_bytes,
+                        deleted_files: 0,
+                        deleted_bytes: 0,
+                        freed_bytes: 0,
+                        quarantine_skipped: None,
+                        quarantine_error: Some(e.to_string()),
+                    },
+                };
+                Ok(TargetState::CleanupResult(after))
             }
             ActionPlan::ContainerStart { container } => {
                 let docker = self.docker().await?;
@@ -199,13 +215,14 @@ impl Executor {
             }
             ActionPlan::ContainerMemoryLimit { container, factor } => {
                 let docker = self.docker().await?;
-                let memory = before["memory"].as_i64().unwrap_or(0);
+                let (memory, swap) = before
+                    .container()
+                    .map_or((0, 0), |c| (c.memory, c.memory_swap));
                 if memory <= 0 {
                     return Err(ExecError::Refused(format!(
                         "container {container} has no memory limit to raise"
                     )));
                 }
-                let swap = before["memory_swap"].as_i64().unwrap_or(0);
                 let new_memory = (memory as f64 * factor).round() as i64;
                 // Keep the same swap allowance on top of the new limit (-1: unlimited).
                 let new_swap = if swap > 0 {
@@ -227,24 +244,21 @@ impl Executor {
         &self,
         incident: &IncidentId,
         plan: &ActionPlan,
-        before: &Value,
-        now: &Value,
+        before: &TargetState,
+        now: &TargetState,
     ) -> bool {
+        let containers = before.container().zip(now.container());
         match plan {
             ActionPlan::NotifyOnly => false,
-            ActionPlan::ContainerStart { .. } => {
-                now.get("state") == Some(&json!("running"))
-                    && (before.get("state") != Some(&json!("running"))
-                        || before.get("started_at") != now.get("started_at"))
-            }
-            ActionPlan::ContainerRestart { .. } => {
-                before.get("started_at") != now.get("started_at")
-                    || before.get("restart_count") != now.get("restart_count")
-            }
-            ActionPlan::ContainerMemoryLimit { .. } => {
-                before.get("memory") != now.get("memory")
-                    || before.get("memory_swap") != now.get("memory_swap")
-            }
+            ActionPlan::ContainerStart { .. } => containers.is_some_and(|(before, now)| {
+                now.running() && (!before.running() || before.started_at != now.started_at)
+            }),
+            ActionPlan::ContainerRestart { .. } => containers.is_some_and(|(before, now)| {
+                before.started_at != now.started_at || before.restart_count != now.restart_count
+            }),
+            ActionPlan::ContainerMemoryLimit { .. } => containers.is_some_and(|(before, now)| {
+                (before.memory, before.memory_swap) != (now.memory, now.memory_swap)
+            }),
             ActionPlan::SandboxCleanup { .. } => {
                 let quarantine = self
                     .sandbox
@@ -260,15 +274,17 @@ impl Executor {
     /// Whether the target already looks as it did before the fix in what the undo restores
     /// (a stopped container, the old limit), so a resumed rollback need not touch it again.
     /// Cleanup's restore is idempotent on its own: never already undone here.
-    pub fn undone(plan: &ActionPlan, before: &Value, now: &Value) -> bool {
+    pub fn undone(plan: &ActionPlan, before: &TargetState, now: &TargetState) -> bool {
         match plan {
-            ActionPlan::ContainerStart { .. } => {
-                now.get("state").is_some() && now.get("state") != Some(&json!("running"))
-            }
-            ActionPlan::ContainerMemoryLimit { .. } => {
-                before.get("memory") == now.get("memory")
-                    && before.get("memory_swap") == now.get("memory_swap")
-            }
+            ActionPlan::ContainerStart { .. } => now
+                .container()
+                .is_some_and(|now| now.state.is_some() && !now.running()),
+            ActionPlan::ContainerMemoryLimit { .. } => before
+                .container()
+                .zip(now.container())
+                .is_some_and(|(before, now)| {
+                    (before.memory, before.memory_swap) == (now.memory, now.memory_swap)
+                }),
             ActionPlan::ContainerRestart { .. }
             | ActionPlan::NotifyOnly
             | ActionPlan::SandboxCleanup { .. } => false,
@@ -278,7 +294,7 @@ impl Executor {
     /// Undoes a reversible action: stops a started container, restores a memory limit,
     /// brings quarantined files back. Needs the [`RollbackPermit`] that only the engine's one
     /// stored transition into a rollback grants, so concurrent requests make one undo.
-    pub async fn undo(&self, permit: &RollbackPermit) -> Result<Value, ExecError> {
+    pub async fn undo(&self, permit: &RollbackPermit) -> Result<TargetState, ExecError> {
         let (incident, plan, before) = (permit.incident(), permit.plan(), permit.before());
         match plan {
             ActionPlan::ContainerRestart { .. } | ActionPlan::NotifyOnly => Err(
@@ -298,8 +314,9 @@ impl Executor {
             }
             ActionPlan::ContainerMemoryLimit { container, .. } => {
                 let docker = self.docker().await?;
-                let memory = before["memory"].as_i64().unwrap_or(0);
-                let swap = before["memory_swap"].as_i64().unwrap_or(0);
+                let (memory, swap) = before
+                    .container()
+                    .map_or((0, 0), |c| (c.memory, c.memory_swap));
                 if memory <= 0 {
                     return Err(ExecError::Refused(
                         "no recorded limit to restore".to_owned(),
@@ -315,12 +332,12 @@ impl Executor {
                     .await
                     .map_err(|e| ExecError::Sandbox(e.to_string()))?
                     .map_err(|e| ExecError::Sandbox(e.to_string()))?;
-                Ok(json!({
-                    "restored_files": report.restored_files,
-                    "restored_bytes": report.restored_bytes,
-                    "skipped": report.skipped_count,
-                    "deleted_files": report.deleted_files,
-                    "deleted_bytes": report.deleted_bytes,
+                Ok(TargetState::Restored(RestoreResult {
+                    restored_files: report.restored_files,
+                    restored_bytes: report.restored_bytes,
+                    skipped: report.skipped_count,
+                    deleted_files: report.deleted_files,
+                    deleted_bytes: report.deleted_bytes,
                 }))
             }
         }
@@ -329,41 +346,41 @@ impl Executor {
 
 /// What a fix's result says, in words for people, where the generic before → after
 /// listing would not do: a cleanup's figures. `None` for the other actions.
-pub fn result_summary(plan: &ActionPlan, after: &Value) -> Option<String> {
-    let ActionPlan::SandboxCleanup { .. } = plan else {
+pub fn result_summary(plan: &ActionPlan, after: &TargetState) -> Option<String> {
+    let (ActionPlan::SandboxCleanup { .. }, TargetState::CleanupResult(after)) = (plan, after)
+    else {
         return None;
     };
-    let n = |key: &str| after.get(key).and_then(Value::as_u64).unwrap_or(0);
     let mut text = format!(
         "moved {} out of the sandbox's cleanup directories",
-        files_and_size(n("moved_files"), n("moved_bytes"))
+        files_and_size(after.moved_files, after.moved_bytes)
     );
-    if let Some(error) = after.get("quarantine_error").and_then(Value::as_str) {
+    if let Some(error) = &after.quarantine_error {
         text.push_str(&format!(
             "; they could not be compressed ({error}), so all of it stays restorable, \
              uncompressed in the quarantine, and nothing was freed"
         ));
         return Some(text);
     }
-    if n("deleted_files") == 0 {
+    if after.deleted_files == 0 {
         text.push_str(&format!(
             "; all of it stays restorable in the quarantine ({} compressed)",
-            megabytes(n("stored_bytes"))
+            megabytes(after.stored_bytes)
         ));
     } else {
         text.push_str(&format!(
             "; {} stay restorable in the quarantine ({} compressed); {} were deleted for good, \
              as they did not fit in the quarantine",
-            files_and_size(n("restorable_files"), n("restorable_bytes")),
-            megabytes(n("stored_bytes")),
-            files_and_size(n("deleted_files"), n("deleted_bytes")),
+            files_and_size(after.restorable_files, after.restorable_bytes),
+            megabytes(after.stored_bytes),
+            files_and_size(after.deleted_files, after.deleted_bytes),
         ));
     }
-    text.push_str(&format!("; freed {}", megabytes(n("freed_bytes"))));
-    if n("skipped") > 0 {
+    text.push_str(&format!("; freed {}", megabytes(after.freed_bytes)));
+    if after.skipped > 0 {
         text.push_str(&format!(
             "; {} changed since planning and stayed in place",
-            plural(n("skipped"), "file", "files")
+            plural(after.skipped, "file", "files")
         ));
     }
     Some(text)
@@ -371,25 +388,25 @@ pub fn result_summary(plan: &ActionPlan, after: &Value) -> Option<String> {
 
 /// What an undo's result says, in words for people: for a cleanup, what came back byte for
 /// byte (zstd's checksum verified) and what could not. `None` for the other actions.
-pub fn undo_summary(plan: &ActionPlan, restored: &Value) -> Option<String> {
-    let ActionPlan::SandboxCleanup { .. } = plan else {
+pub fn undo_summary(plan: &ActionPlan, restored: &TargetState) -> Option<String> {
+    let (ActionPlan::SandboxCleanup { .. }, TargetState::Restored(restored)) = (plan, restored)
+    else {
         return None;
     };
-    let n = |key: &str| restored.get(key).and_then(Value::as_u64).unwrap_or(0);
     let mut text = format!(
         "restored {} from the quarantine, byte for byte",
-        files_and_size(n("restored_files"), n("restored_bytes"))
+        files_and_size(restored.restored_files, restored.restored_bytes)
     );
-    if n("deleted_files") > 0 {
+    if restored.deleted_files > 0 {
         text.push_str(&format!(
             "; {} could not be restored: they were deleted for good when the quarantine was full",
-            files_and_size(n("deleted_files"), n("deleted_bytes"))
+            files_and_size(restored.deleted_files, restored.deleted_bytes)
         ));
     }
-    if n("skipped") > 0 {
+    if restored.skipped > 0 {
         text.push_str(&format!(
             "; {} stayed in the quarantine (a file of that name exists, or a link was in the way)",
-            plural(n("skipped"), "entry", "entries")
+            plural(restored.skipped, "entry", "entries")
         ));
     }
     Some(text)
@@ -443,20 +460,20 @@ async fn set_memory(
 }
 
 /// The parts of `docker inspect` an action changes or depends on.
-async fn container_state(docker: &Docker, container: &str) -> Result<Value, ExecError> {
+async fn container_state(docker: &Docker, container: &str) -> Result<TargetState, ExecError> {
     let inspect = docker
         .inspect_container(container, None)
         .await
         .map_err(|e| ExecError::Docker(e.to_string()))?;
     let state = inspect.state.as_ref();
     let host = inspect.host_config.as_ref();
-    Ok(json!({
-        "id": inspect.id,
-        "name": container,
-        "state": state.and_then(|s| s.status).map(|s| s.to_string()),
-        "started_at": state.and_then(|s| s.started_at.clone()),
-        "restart_count": inspect.restart_count,
-        "memory": host.and_then(|h| h.memory).unwrap_or(0),
-        "memory_swap": host.and_then(|h| h.memory_swap).unwrap_or(0),
+    Ok(TargetState::Container(ContainerState {
+        id: inspect.id,
+        name: container.to_owned(),
+        state: state.and_then(|s| s.status).map(|s| s.to_string()),
+        started_at: state.and_then(|s| s.started_at.clone()),
+        restart_count: inspect.restart_count,
+        memory: host.and_then(|h| h.memory).unwrap_or(0),
+        memory_swap: host.and_then(|h| h.memory_swap).unwrap_or(0),
     }))
 }

@@ -24,7 +24,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Actor, Execution, Incident, IncidentId, Status, Timestamp, TrustKey};
+use crate::domain::{
+    Actor, Execution, Incident, IncidentId, Status, TargetState, Timestamp, TrustKey,
+};
 use crate::pipeline::analyze::{self, Evidence};
 use crate::pipeline::approve::{ApprovedAction, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent, Step};
@@ -406,7 +408,7 @@ async fn analyze_and_decide(
     });
     let snapshot = match pipeline.executor.snapshot(&plan).await {
         Ok(snapshot) => snapshot,
-        Err(e) => json!({ "error": e.to_string() }),
+        Err(e) => TargetState::unreadable(e.to_string()),
     };
     let analyzed = Event::Analyzed(Box::new(Analyzed {
         analysis,
@@ -587,10 +589,13 @@ async fn execute_holding(
     // The approval holds for the state that was shown; if the target changed, ask again.
     let now_state = match pipeline.executor.snapshot(plan).await {
         Ok(state) => state,
-        Err(e) => json!({ "error": e.to_string() }),
+        Err(e) => TargetState::unreadable(e.to_string()),
     };
-    let approved_state = incident.snapshot.clone().unwrap_or_default();
-    if !Executor::unchanged(plan, &approved_state, &now_state) {
+    let approved_state = incident.snapshot.clone();
+    if !approved_state
+        .as_ref()
+        .is_some_and(|approved| Executor::unchanged(plan, approved, &now_state))
+    {
         let changed = Event::TargetChanged {
             snapshot: now_state.clone(),
         };
@@ -607,19 +612,19 @@ async fn execute_holding(
     }
     // The intent, before the side effect: which proposal runs, under which token.
     let intent = Event::ExecutionStarted {
-        execution: Execution {
+        execution: Box::new(Execution {
             action: plan.to_proposed(),
             approved_by: action.approved_by().to_owned(),
             started_at: Timestamp::now(),
             finished_at: None,
             before: now_state.clone(),
-            after: json!(null),
+            after: None,
             reversible: plan.action().reversible(),
             rolled_back_at: None,
             rollback: None,
             proposal_id: incident.proposal_id.clone(),
             fencing_token: Some(lease.token),
-        },
+        }),
     };
     if moved(step(store, id, None, &intent, Timestamp::now()).await?).is_none() {
         return Ok(());
@@ -642,7 +647,7 @@ async fn execute_holding(
                 "executed {}: {}",
                 plan.action(),
                 crate::pipeline::execute::result_summary(plan, &after)
-                    .unwrap_or_else(|| describe_change(&now_state, &after))
+                    .unwrap_or_else(|| describe_change(&now_state, Some(&after)))
             );
             let done = Event::Executed {
                 after: after.clone(),
@@ -770,7 +775,7 @@ async fn reconcile_holding(pipeline: &Pipeline, id: &IncidentId) -> Result<(), S
                 format!(
                     "a restart interrupted {}; the target shows it was done: {}",
                     plan.action(),
-                    describe_change(&execution.before, &now_state)
+                    describe_change(&execution.before, Some(&now_state))
                 )
             } else {
                 format!(
@@ -909,14 +914,12 @@ async fn undo_holding(
         return Ok(None);
     };
     let plan = permit.plan();
-    let current = pipeline.executor.snapshot(plan).await.ok();
-    let already = current
-        .as_ref()
-        .is_some_and(|now| Executor::undone(plan, permit.before(), now));
-    let outcome = if already {
-        Ok(current.clone().unwrap_or_default())
-    } else {
-        renewing(pipeline, lease, pipeline.executor.undo(permit)).await
+    let undone = (pipeline.executor.snapshot(plan).await.ok())
+        .filter(|now| Executor::undone(plan, permit.before(), now));
+    let already = undone.is_some();
+    let outcome = match undone {
+        Some(now) => Ok(now),
+        None => renewing(pipeline, lease, pipeline.executor.undo(permit)).await,
     };
     match outcome {
         Ok(restored) => {
@@ -929,8 +932,9 @@ async fn undo_holding(
                 format!(
                     "rolled back {}: {}",
                     plan.action(),
-                    crate::pipeline::execute::undo_summary(plan, &restored)
-                        .unwrap_or_else(|| describe_change(&execution.after, &restored))
+                    crate::pipeline::execute::undo_summary(plan, &restored).unwrap_or_else(|| {
+                        describe_change_from(execution.after.as_ref(), &restored)
+                    })
                 )
             };
             let done = Event::RolledBack {
@@ -1102,8 +1106,15 @@ pub async fn expire_approvals(pipeline: &Pipeline, now: Timestamp) -> Result<usi
     Ok(expired)
 }
 
-fn describe_change(before: &serde_json::Value, after: &serde_json::Value) -> String {
+/// `state exited → running`: the fields a fix changed, from two readings of its target.
+fn describe_change(before: &TargetState, after: Option<&TargetState>) -> String {
+    describe_change_from(Some(before), after.unwrap_or(before))
+}
+
+fn describe_change_from(before: Option<&TargetState>, after: &TargetState) -> String {
     let mut changes = Vec::new();
+    let before = before.map(TargetState::to_json).unwrap_or_default();
+    let after = after.to_json();
     if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
         for (key, value) in a {
             if let Some(old) = b.get(key) {

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use slack_morphism::prelude::{SlackBlock, SlackView};
 
-use crate::domain::Status;
+use crate::domain::{ContainerState, Status, TargetState};
 
 /// A rendered template: what `chat.postMessage`, `chat.update` or a slash-command answer
 /// takes.
@@ -1592,52 +1592,59 @@ fn sample_detection(action: Option<crate::domain::ActionId>) -> crate::domain::D
 }
 
 /// `docker inspect` as `pipeline::execute` records it (`container_state`).
-fn sample_container(running: bool, started_at: &str, memory: i64, memory_swap: i64) -> Value {
-    json!({
-        "id": "3f9c2d5e8a7b41c6d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7",
-        "name": "web-1",
-        "state": if running { "running" } else { "exited" },
-        "started_at": started_at,
-        "restart_count": 0,
-        "memory": memory,
-        "memory_swap": memory_swap,
+fn sample_container(running: bool, started_at: &str, memory: i64, memory_swap: i64) -> TargetState {
+    TargetState::Container(ContainerState {
+        id: Some("3f9c2d5e8a7b41c6d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7".to_owned()),
+        name: "web-1".to_owned(),
+        state: Some(if running { "running" } else { "exited" }.to_owned()),
+        started_at: Some(started_at.to_owned()),
+        restart_count: Some(0),
+        memory,
+        memory_swap,
     })
 }
 
 /// What `Executor::snapshot` records before the fix, and what `Executor::run` returns after
 /// it, for a plan (the shapes listed above [`execution_changes`]).
-pub fn sample_records(plan: &crate::domain::ActionPlan, incident: &str) -> (Value, Value) {
-    use crate::domain::ActionPlan;
+pub fn sample_records(
+    plan: &crate::domain::ActionPlan,
+    incident: &str,
+) -> (TargetState, TargetState) {
+    use crate::domain::{ActionPlan, CleanupPlan, CleanupResult};
     const MB: i64 = 1 << 20;
     const EARLIER: &str = "2026-11-28T08:00:00.123456789Z";
     const NOW: &str = "2026-11-28T10:01:01.987654321Z";
     match plan {
-        ActionPlan::NotifyOnly => (json!({}), json!({})),
+        ActionPlan::NotifyOnly => (TargetState::nothing(), TargetState::nothing()),
         // Cleanup sizes are in MB of 1,000,000 bytes (the sandbox_size signal's unit).
-        ActionPlan::SandboxCleanup { .. } => (
-            json!({
-                "dirs": plan.to_proposed().params.get("dirs"),
-                "files": 3,
-                "bytes": 120_000_000,
-                "sample": ["logs/app.log", "logs/app.log.1", "tmp/upload.bin"],
-                "quarantine_max_bytes": 50_000_000,
-                "quarantine_used_bytes": 0,
-                "restorable_files": 1,
-                "restorable_bytes": 40_000_000,
-                "deleted_files": 2,
-                "deleted_bytes": 80_000_000,
+        ActionPlan::SandboxCleanup { dirs } => (
+            TargetState::CleanupPlan(CleanupPlan {
+                dirs: dirs.clone(),
+                files: 3,
+                bytes: 120_000_000,
+                sample: ["logs/app.log", "logs/app.log.1", "tmp/upload.bin"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                quarantine_max_bytes: 50_000_000,
+                quarantine_used_bytes: 0,
+                restorable_files: 1,
+                restorable_bytes: 40_000_000,
+                deleted_files: 2,
+                deleted_bytes: 80_000_000,
             }),
-            json!({
-                "moved_files": 3,
-                "moved_bytes": 120_000_000,
-                "skipped": 0,
-                "quarantine": format!("/srv/sentinel/sandbox/.sentinel-quarantine/{incident}"),
-                "restorable_files": 2,
-                "restorable_bytes": 70_000_000,
-                "stored_bytes": 12_000_000,
-                "deleted_files": 1,
-                "deleted_bytes": 50_000_000,
-                "freed_bytes": 108_000_000,
+            TargetState::CleanupResult(CleanupResult {
+                moved_files: 3,
+                moved_bytes: 120_000_000,
+                skipped: 0,
+                quarantine: format!("/srv/sentinel/sandbox/.sentinel-quarantine/{incident}"),
+                restorable_files: 2,
+                restorable_bytes: 70_000_000,
+                stored_bytes: 12_000_000,
+                deleted_files: 1,
+                deleted_bytes: 50_000_000,
+                freed_bytes: 108_000_000,
+                quarantine_skipped: None,
+                quarantine_error: None,
             }),
         ),
         ActionPlan::ContainerStart { .. } => (
@@ -1756,25 +1763,26 @@ pub fn sample_incidents() -> Vec<SampleIncident> {
                         incident.approvals = vec![operator.to_owned()];
                         operator.to_owned()
                     };
-                    let execution = |finished: bool, after: Value, rolled_back: bool| Execution {
-                        action: plan.to_proposed(),
-                        approved_by: approved_by.clone(),
-                        started_at: at(2),
-                        finished_at: finished.then(|| at(3)),
-                        before: before.clone(),
-                        after,
-                        reversible: action.reversible(),
-                        rolled_back_at: rolled_back.then(|| at(9)),
-                        rollback: None,
-                        proposal_id: None,
-                        fencing_token: None,
-                    };
+                    let execution =
+                        |finished: bool, after: Option<TargetState>, rolled_back: bool| Execution {
+                            action: plan.to_proposed(),
+                            approved_by: approved_by.clone(),
+                            started_at: at(2),
+                            finished_at: finished.then(|| at(3)),
+                            before: before.clone(),
+                            after,
+                            reversible: action.reversible(),
+                            rolled_back_at: rolled_back.then(|| at(9)),
+                            rollback: None,
+                            proposal_id: None,
+                            fencing_token: None,
+                        };
                     incident.execution = match state {
                         ExecutionState::None => None,
-                        ExecutionState::Executed => Some(execution(true, after, false)),
-                        ExecutionState::RolledBack => Some(execution(true, after, true)),
-                        ExecutionState::Failed => Some(execution(true, Value::Null, false)),
-                        ExecutionState::Unfinished => Some(execution(false, Value::Null, false)),
+                        ExecutionState::Executed => Some(execution(true, Some(after), false)),
+                        ExecutionState::RolledBack => Some(execution(true, Some(after), true)),
+                        ExecutionState::Failed => Some(execution(true, None, false)),
+                        ExecutionState::Unfinished => Some(execution(false, None, false)),
                     };
                 }
                 if status != Status::Detected {

@@ -42,7 +42,7 @@ pub fn render(
         .filter(|i| {
             i.execution
                 .as_ref()
-                .is_some_and(|e| e.finished_at.is_some_and(within) && !e.after.is_null())
+                .is_some_and(|e| e.finished_at.is_some_and(within) && e.after.is_some())
         })
         .collect();
     let rolled: Vec<&Incident> = incidents

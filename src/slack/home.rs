@@ -338,7 +338,7 @@ pub fn context(role: Option<Role>, shown: &Shown<'_>, public_url: &str) -> Value
             let finished = execution.finished_at?;
             let outcome = if execution.rolled_back_at.is_some() {
                 "rolled back"
-            } else if execution.after.is_null() {
+            } else if execution.after.is_none() {
                 "failed"
             } else if i.status == Status::Resolved {
                 "verified"
@@ -421,7 +421,7 @@ mod tests {
                 action: ActionId::ContainerStart,
                 params,
             },
-            json!({"state": "exited"}),
+            crate::domain::TargetState::nothing(),
         );
         incident
     }

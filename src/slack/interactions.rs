@@ -913,7 +913,7 @@ mod tests {
                 action: crate::domain::ActionId::NotifyOnly,
                 params: Default::default(),
             },
-            json!({"state": "running"}),
+            crate::domain::TargetState::nothing(),
         );
         let proposal = now.proposal_id.clone().unwrap();
         let clicked = CardRef {
@@ -932,7 +932,7 @@ mod tests {
         // A new snapshot is a new proposal: the old card is stale.
         now.propose(
             now.proposed_action.clone().unwrap(),
-            json!({"state": "exited"}),
+            crate::domain::TargetState::unreadable("docker: connection refused"),
         );
         assert!(!card_is_current(&clicked, &now));
     }

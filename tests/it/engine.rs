@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sentinel::domain::{
-    ActionPlan, AuditEntry, Detection, Execution, Incident, IncidentId, Resource, RollbackStart,
-    Severity, Signal, Source, Status, Timestamp,
+    ActionPlan, AuditEntry, ContainerState, Detection, Execution, Incident, IncidentId, Resource,
+    RollbackStart, Severity, Signal, Source, Status, TargetState, Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -44,8 +44,21 @@ const ADMIN: &str = "api:test-admin (admin)";
 /// after it.
 struct Fix {
     plan: ActionPlan,
-    before: Value,
-    after: Value,
+    before: TargetState,
+    after: TargetState,
+}
+
+/// A container as the executor reads it, in Docker's `state`.
+fn container_in(name: &str, state: &str) -> TargetState {
+    TargetState::Container(ContainerState {
+        id: None,
+        name: name.to_owned(),
+        state: Some(state.to_owned()),
+        started_at: None,
+        restart_count: None,
+        memory: 0,
+        memory_swap: 0,
+    })
 }
 
 impl Fix {
@@ -54,16 +67,16 @@ impl Fix {
             plan: ActionPlan::ContainerStart {
                 container: container.to_owned(),
             },
-            before: json!({ "name": container, "state": "exited" }),
-            after: json!({ "name": container, "state": "running" }),
+            before: container_in(container, "exited"),
+            after: container_in(container, "running"),
         }
     }
 
     fn notify() -> Fix {
         Fix {
             plan: ActionPlan::NotifyOnly,
-            before: json!({}),
-            after: json!({}),
+            before: TargetState::nothing(),
+            after: TargetState::nothing(),
         }
     }
 }
@@ -85,7 +98,7 @@ fn walk(incident: &mut Incident, to: Status, fix: &Fix, now: Timestamp) {
         Analyzing => return,
         Escalated => {
             incident.root_cause = Some("nothing in the catalogue fixes this".to_owned());
-            incident.propose(ActionPlan::NotifyOnly.to_proposed(), json!({}));
+            incident.propose(ActionPlan::NotifyOnly.to_proposed(), TargetState::nothing());
             go(
                 incident,
                 Escalated,
@@ -139,7 +152,7 @@ fn walk(incident: &mut Incident, to: Status, fix: &Fix, now: Timestamp) {
         started_at: now,
         finished_at: None,
         before: fix.before.clone(),
-        after: Value::Null,
+        after: None,
         reversible: fix.plan.action().reversible(),
         rolled_back_at: None,
         rollback: None,
@@ -156,7 +169,7 @@ fn walk(incident: &mut Incident, to: Status, fix: &Fix, now: Timestamp) {
         go(incident, Failed, "sentinel", "the fix failed");
         return;
     }
-    execution.after = fix.after.clone();
+    execution.after = Some(fix.after.clone());
     go(incident, Verifying, "sentinel", "executed; verifying");
     match to {
         Verifying => {}
@@ -521,7 +534,7 @@ async fn verification_uses_the_recovery(app: &TestApp, before: &Incident) {
     let id = &before.id;
     if before.status == Status::Executing {
         let done = Event::Executed {
-            after: json!({}),
+            after: TargetState::nothing(),
             message: "executed notify_only: done".to_owned(),
         };
         let stepped = remediate::step(app.store.as_ref(), id, None, &done, Timestamp::now())
@@ -1029,7 +1042,11 @@ async fn rollbacks_of_a_container_start(backend: Backend) {
         .snapshot(&plan)
         .await
         .unwrap();
-    assert_eq!(before["state"], "exited", "{before}");
+    assert_eq!(
+        before.container().unwrap().state.as_deref(),
+        Some("exited"),
+        "{before:?}"
+    );
     docker(&["start", &container.0]);
     let after = app
         .sentinel
@@ -1038,7 +1055,11 @@ async fn rollbacks_of_a_container_start(backend: Backend) {
         .snapshot(&plan)
         .await
         .unwrap();
-    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(
+        after.container().unwrap().state.as_deref(),
+        Some("running"),
+        "{after:?}"
+    );
     let incident = put_at(
         &app,
         &detection(Signal::ContainerDown, &container.0, Source::Docker),
@@ -1373,7 +1394,10 @@ async fn fifty_concurrent_rollbacks_of_a_cleanup_restore_the_files_once() {
     let opened = opened.expect("the sandbox breach is detected");
     let fixed = wait_for(&app, &opened.id, Status::Resolved).await;
     let execution = fixed.execution.as_ref().expect("the cleanup ran");
-    assert_eq!(execution.after["moved_files"], 4, "{execution:?}");
+    assert!(
+        matches!(&execution.after, Some(TargetState::CleanupResult(r)) if r.moved_files == 4),
+        "{execution:?}"
+    );
     assert!(execution.reversible);
     assert!(
         files_below(&logs).is_empty(),

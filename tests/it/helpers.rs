@@ -223,7 +223,7 @@ impl TestApp {
                 action: sentinel::domain::ActionId::ContainerRestart,
                 params: [("container".to_owned(), serde_json::json!("web-1"))].into(),
             },
-            serde_json::json!({}),
+            sentinel::domain::TargetState::nothing(),
         );
         incident
             .transition(Status::AwaitingApproval, "sentinel", "needs approval", now)
@@ -255,8 +255,8 @@ impl TestApp {
             approved_by: by.to_owned(),
             started_at: now,
             finished_at: Some(now),
-            before: serde_json::json!({}),
-            after: serde_json::json!({}),
+            before: sentinel::domain::TargetState::nothing(),
+            after: Some(sentinel::domain::TargetState::nothing()),
             reversible: true,
             rolled_back_at: (outcome == Status::RolledBack).then_some(now),
             rollback: (outcome == Status::RolledBack).then(|| sentinel::domain::RollbackStart {

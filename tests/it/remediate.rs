@@ -109,7 +109,11 @@ async fn low_risk_is_fixed_automatically_and_verified() {
     assert_eq!(resolved.risk, Some(sentinel::domain::Risk::Low));
     assert_eq!(resolved.analyzer.as_deref(), Some("rules"));
     let execution = resolved.execution.expect("an execution record");
-    assert_eq!(execution.after["moved_files"], 1, "{execution:?}");
+    assert_eq!(
+        execution.after.as_ref().unwrap().to_json()["moved_files"],
+        1,
+        "{execution:?}"
+    );
     assert!(execution.approved_by.starts_with("policy"));
     assert!(!logs.join("huge.log").exists());
     assert_eq!(
@@ -169,7 +173,10 @@ async fn medium_risk_waits_for_an_operator_then_runs_and_is_verified() {
             container: container.0.clone()
         }
     );
-    assert_eq!(waiting.snapshot.as_ref().unwrap()["state"], "exited");
+    assert_eq!(
+        waiting.snapshot.as_ref().unwrap().to_json()["state"],
+        "exited"
+    );
     // Nothing happens on its own.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -191,8 +198,11 @@ async fn medium_risk_waits_for_an_operator_then_runs_and_is_verified() {
         "running"
     );
     let execution = resolved.execution.unwrap();
-    assert_eq!(execution.before["state"], "exited");
-    assert_eq!(execution.after["state"], "running");
+    assert_eq!(execution.before.to_json()["state"], "exited");
+    assert_eq!(
+        execution.after.as_ref().unwrap().to_json()["state"],
+        "running"
+    );
     assert_eq!(execution.approved_by, "api:test-operator (operator)");
     let events = audit_events(&app, &incident.id).await;
     assert!(
@@ -242,8 +252,12 @@ async fn a_fix_that_does_not_help_is_rolled_back_and_escalated() {
         assert!(steps.contains(&step), "{step} missing: {steps:?}");
     }
     let execution = escalated.execution.unwrap();
-    assert_eq!(execution.before["memory"], 64 << 20);
-    assert_eq!(execution.after["memory"], 96 << 20, "raised 1.5×");
+    assert_eq!(execution.before.to_json()["memory"], 64 << 20);
+    assert_eq!(
+        execution.after.as_ref().unwrap().to_json()["memory"],
+        96 << 20,
+        "raised 1.5×"
+    );
     assert!(execution.rolled_back_at.is_some());
     assert_eq!(
         container.memory_limit(),
@@ -405,7 +419,10 @@ async fn an_approval_is_pinned_to_the_state_it_saw() {
     );
     let last = again.timeline.last().unwrap();
     assert!(last.message.contains("target changed"), "{last:?}");
-    assert_eq!(again.snapshot.as_ref().unwrap()["memory"], 80 << 20);
+    assert_eq!(
+        again.snapshot.as_ref().unwrap().to_json()["memory"],
+        80 << 20
+    );
     // Approving the new state runs the fix on it.
     let approved = app
         .post(
@@ -416,7 +433,10 @@ async fn an_approval_is_pinned_to_the_state_it_saw() {
         .await;
     assert_eq!(approved.status, 200);
     let verified = wait_for(&app, &id, Status::Resolved).await;
-    assert_eq!(verified.execution.unwrap().after["memory"], 120 << 20);
+    assert_eq!(
+        verified.execution.unwrap().after.unwrap().to_json()["memory"],
+        120 << 20
+    );
 }
 
 #[tokio::test]
@@ -623,7 +643,7 @@ async fn an_automatic_cleanup_frees_the_disk_and_a_rollback_says_what_it_could_n
     let resolved = wait_for(&app, &incident.id, Status::Resolved).await;
     let after_bytes = walked(&app.sandbox);
     // Before execution, the proposal said how much stays restorable.
-    let snapshot = resolved.snapshot.clone().expect("a snapshot");
+    let snapshot = resolved.snapshot.clone().expect("a snapshot").to_json();
     assert_eq!(snapshot["restorable_bytes"], 50 * MB, "{snapshot}");
     assert_eq!(snapshot["deleted_bytes"], 70 * MB, "{snapshot}");
     let preview = sentinel::slack::blocks::proposal_changes(
@@ -639,7 +659,7 @@ async fn an_automatic_cleanup_frees_the_disk_and_a_rollback_says_what_it_could_n
     );
     // After: what is on disk.
     let execution = resolved.execution.clone().expect("an execution record");
-    let after = &execution.after;
+    let after = &execution.after.as_ref().expect("finished").to_json();
     let quarantine = app
         .sandbox
         .join(sentinel::runtime::cleanup::QUARANTINE_DIR)

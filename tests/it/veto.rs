@@ -236,7 +236,8 @@ async fn without_a_stop_the_fix_runs_once_at_the_end_of_the_window() {
     );
     let execution = resolved.execution.as_ref().expect("executed");
     assert_eq!(
-        execution.after["moved_files"], FILES as u64,
+        execution.after.as_ref().unwrap().to_json()["moved_files"],
+        FILES as u64,
         "{execution:?}"
     );
     assert!(execution.approved_by.starts_with("policy"));

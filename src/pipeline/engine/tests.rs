@@ -31,18 +31,27 @@ fn start_web() -> ProposedAction {
     }
 }
 
+/// Container web-1 as the executor reads it, in Docker's `state`.
+fn web(state: &str) -> TargetState {
+    TargetState::Container(crate::domain::ContainerState {
+        id: Some("3f9c".to_owned()),
+        name: "web-1".to_owned(),
+        state: Some(state.to_owned()),
+        started_at: None,
+        restart_count: Some(0),
+        memory: 0,
+        memory_swap: 0,
+    })
+}
+
 fn execution(finished: bool) -> Execution {
     Execution {
         action: start_web(),
         approved_by: "api:ops (admin)".into(),
         started_at: at(10),
         finished_at: finished.then(|| at(20)),
-        before: json!({"state": "exited"}),
-        after: if finished {
-            json!({"state": "running"})
-        } else {
-            json!(null)
-        },
+        before: web("exited"),
+        after: finished.then(|| web("running")),
         reversible: true,
         rolled_back_at: None,
         rollback: None,
@@ -67,7 +76,7 @@ fn incident_at(status: Status) -> Incident {
     };
     let mut incident = Incident::open(IncidentId::parse("inc-table").unwrap(), &detection, at(0));
     if !matches!(status, Detected | Analyzing) {
-        incident.propose(start_web(), json!({"state": "exited"}));
+        incident.propose(start_web(), web("exited"));
         incident.risk = Some(Risk::Medium);
     }
     if status == Approved {
@@ -111,7 +120,7 @@ fn analyzed() -> Event {
             },
             trust_applied: false,
         },
-        snapshot: json!({"state": "exited"}),
+        snapshot: web("exited"),
         refusals: vec![],
         veto_window: Duration::from_secs(3),
     }))
@@ -139,7 +148,7 @@ fn analyzed_automatic(veto_window: Duration) -> Event {
             }),
             trust_applied: false,
         },
-        snapshot: json!({"state": "exited"}),
+        snapshot: web("exited"),
         refusals: vec![],
         veto_window,
     }))
@@ -194,7 +203,7 @@ fn events() -> Vec<(&'static str, Event)> {
         (
             "target_changed",
             Event::TargetChanged {
-                snapshot: json!({"state": "running"}),
+                snapshot: web("running"),
             },
         ),
         (
@@ -206,13 +215,13 @@ fn events() -> Vec<(&'static str, Event)> {
         (
             "execution_started",
             Event::ExecutionStarted {
-                execution: execution(false),
+                execution: Box::new(execution(false)),
             },
         ),
         (
             "executed",
             Event::Executed {
-                after: json!({"state": "running"}),
+                after: web("running"),
                 message: "started web-1".into(),
             },
         ),
@@ -225,7 +234,7 @@ fn events() -> Vec<(&'static str, Event)> {
         (
             "reconciled",
             Event::Reconciled {
-                after: json!({"state": "running"}),
+                after: web("running"),
                 reached_target: true,
                 message: "web-1 is running".into(),
             },
@@ -249,7 +258,7 @@ fn events() -> Vec<(&'static str, Event)> {
         (
             "rolled_back",
             Event::RolledBack {
-                restored: json!({"state": "exited"}),
+                restored: web("exited"),
                 message: "stopped web-1".into(),
                 stay_closed: false,
             },
@@ -734,7 +743,7 @@ fn a_test_alerts_fix_is_a_dry_run_and_never_executes() {
     approved.synthetic = true;
     // No intent is ever written for it, so the executor never reaches the target.
     let intent = Event::ExecutionStarted {
-        execution: execution(false),
+        execution: Box::new(execution(false)),
     };
     assert!(matches!(
         apply(&approved, &intent, at(5)),
@@ -878,7 +887,7 @@ fn a_rollback_under_way_completes_or_is_reported_and_resumes_after_a_restart() {
         Outcome::Refused(_)
     ));
     let done = Event::RolledBack {
-        restored: json!({"state": "exited"}),
+        restored: web("exited"),
         message: "stopped web-1".into(),
         stay_closed: false,
     };
@@ -908,7 +917,7 @@ fn a_closed_incident_whose_fingerprint_reopened_records_its_rollback_and_stays_c
         at: at(5),
     });
     let done = Event::RolledBack {
-        restored: json!({"state": "exited"}),
+        restored: web("exited"),
         message: "stopped web-1; inc-newer is open for it".into(),
         stay_closed: true,
     };
@@ -933,7 +942,7 @@ fn a_failed_verification_rolls_back_automatically_then_escalates() {
     let mut rolling = t.next().clone();
     rolling.version += 1;
     let done = Event::RolledBack {
-        restored: json!({"state": "exited"}),
+        restored: web("exited"),
         message: "stopped web-1".into(),
         stay_closed: false,
     };
