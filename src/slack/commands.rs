@@ -716,9 +716,10 @@ commands! {
         let (Some((channel, ts)), Some(_)) = (thread, &ctx.inbound.slack) else {
             // No card to thread on: the Markdown itself, to the person who asked.
             let mut reply = Reply::ephemeral(format!("Postmortem of {}", incident.id));
-            reply.blocks = vec![json!({"type": "markdown", "text": pieces.first().cloned().unwrap_or_default()})];
+            let blocks = Arc::make_mut(&mut reply.blocks);
+            *blocks = vec![json!({"type": "markdown", "text": pieces.first().cloned().unwrap_or_default()})];
             if pieces.len() > 1 {
-                reply.blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
                     "Cut to fit one message; the whole postmortem is at `GET /api/incidents/{}/postmortem`.", incident.id)}]}));
             }
             return reply;
@@ -730,11 +731,11 @@ commands! {
             } else {
                 format!("Postmortem of {}", incident.id)
             };
-            let reply = Reply {
-                visibility: Visibility::InChannel,
+            let reply = Reply::new(
+                Visibility::InChannel,
                 text,
-                blocks: vec![json!({"type": "markdown", "text": piece})],
-            };
+                vec![json!({"type": "markdown", "text": piece})],
+            );
             ctx.inbound.post_in_thread(&channel, &ts, &reply).await;
         }
         Reply::ephemeral(format!(
@@ -783,7 +784,7 @@ async fn unknown(ctx: &Ctx<'_>, text: String) -> Reply {
             let said = format!("I did not understand `{}`.", escape(text.trim()));
             let mut reply = help(ctx).await;
             reply.text = format!("{said} {}", reply.text);
-            reply.blocks.insert(
+            Arc::make_mut(&mut reply.blocks).insert(
                 0,
                 json!({
                     "type": "section",
@@ -808,11 +809,7 @@ fn render(visibility: Visibility, template: &str, context: &Value, fallback: Str
         Ok(rendered) => Reply::rendered(visibility, rendered),
         Err(e) => {
             tracing::error!(template, error = %e, "cannot render a slack reply; sending text");
-            Reply {
-                visibility,
-                text: fallback,
-                blocks: Vec::new(),
-            }
+            Reply::new(visibility, fallback, Vec::new())
         }
     }
 }
@@ -921,7 +918,12 @@ pub async fn handle(
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
     match parse_form(&body) {
-        Ok((form, command)) => respond(receive_parsed(&inbound, form, command).await),
+        // The reply goes out as it is, serialised once (a kept status reply was already).
+        Ok((form, command)) => match receive_parsed(&inbound, form, command).await {
+            Ok(Some(reply)) => reply.into_response(),
+            Ok(None) => respond(Ok(None)),
+            Err(bad) => respond(Err(bad)),
+        },
         Err(bad) => respond(Err(bad)),
     }
 }
@@ -932,7 +934,8 @@ pub async fn handle(
 /// ([`answer`]). `ssl_check` pings and other apps' commands get a bare acknowledgement.
 pub async fn receive(inbound: &Arc<Inbound>, form: CommandForm) -> Result<Answer, BadPayload> {
     let command = SlashCommand::parse(&form.text);
-    receive_parsed(inbound, form, command).await
+    let reply = receive_parsed(inbound, form, command).await?;
+    Ok(reply.map(|reply| reply.to_json()))
 }
 
 /// What [`receive`] does with a form and its command line once they are read.
@@ -940,7 +943,7 @@ async fn receive_parsed(
     inbound: &Arc<Inbound>,
     form: CommandForm,
     command: SlashCommand,
-) -> Result<Answer, BadPayload> {
+) -> Result<Option<Reply>, BadPayload> {
     if form.ssl_check.is_some() {
         return Ok(None);
     }
@@ -959,8 +962,7 @@ async fn receive_parsed(
         },
         trigger_id: form.trigger_id.filter(|t| !t.is_empty()),
     };
-    let reply = answer_command(inbound, invocation, command).await;
-    Ok(Some(reply.to_json()))
+    Ok(Some(answer_command(inbound, invocation, command).await))
 }
 
 /// The status reply made from the store and the readings; `true` when it may be kept

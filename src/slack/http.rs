@@ -84,7 +84,8 @@ pub struct Inbound {
     status: std::sync::Mutex<Option<ReadyReply>>,
 }
 
-/// A reply kept ready: what it was made from and when.
+/// A reply kept ready: what it was made from and when. Its blocks are shared and its HTTP
+/// body serialised once, so serving it again copies no Block Kit.
 struct ReadyReply {
     version: u64,
     made: std::time::Instant,
@@ -131,13 +132,15 @@ impl Inbound {
             }
         }
         let (reply, keep) = make().await;
-        if keep {
-            *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReadyReply {
-                version,
-                made: std::time::Instant::now(),
-                reply: reply.clone(),
-            });
+        if !keep {
+            return reply;
         }
+        let reply = reply.prepared();
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReadyReply {
+            version,
+            made: std::time::Instant::now(),
+            reply: reply.clone(),
+        });
         reply
     }
 
@@ -178,13 +181,13 @@ impl Inbound {
         };
         let sent = slack
             .api
-            .post_message(channel, Some(thread_ts), &reply.text, &reply.blocks)
+            .post_message(channel, Some(thread_ts), &reply.text, &reply.blocks[..])
             .await;
         let Err(e) = sent else { return };
         tracing::warn!(error = %e, channel, "a reply could not be sent at once; queued in the outbox");
         let rendered = Rendered {
             text: reply.text.clone(),
-            blocks: reply.blocks.clone(),
+            blocks: reply.blocks.to_vec(),
         };
         if let Err(e) = slack.outbox.post(channel, Some(thread_ts), &rendered).await {
             tracing::error!(error = %e, "cannot queue a thread reply");
@@ -226,52 +229,96 @@ pub enum Visibility {
     InChannel,
 }
 
-/// An answer to a command, before it is sent one way or another.
+/// An answer to a command, before it is sent one way or another. Cheap to clone: the blocks
+/// are shared (change them with `Arc::make_mut`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub visibility: Visibility,
     pub text: String,
-    pub blocks: Vec<Value>,
+    pub blocks: Arc<Vec<Value>>,
+    /// The HTTP body, serialised once for a reply served many times ([`Reply::prepared`]).
+    body: Option<axum::body::Bytes>,
+}
+
+/// The slash-command / `response_url` message body, borrowed from a [`Reply`].
+#[derive(serde::Serialize)]
+struct ReplyBody<'a> {
+    response_type: &'static str,
+    text: &'a str,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    blocks: &'a [Value],
 }
 
 impl Reply {
     pub fn ephemeral(text: impl Into<String>) -> Self {
-        Reply {
-            visibility: Visibility::Ephemeral,
-            text: text.into(),
-            blocks: Vec::new(),
-        }
+        Self::new(Visibility::Ephemeral, text.into(), Vec::new())
     }
 
     pub fn in_channel(text: impl Into<String>) -> Self {
-        Reply {
-            visibility: Visibility::InChannel,
-            text: text.into(),
-            blocks: Vec::new(),
-        }
+        Self::new(Visibility::InChannel, text.into(), Vec::new())
     }
 
     pub fn rendered(visibility: Visibility, rendered: Rendered) -> Self {
+        Self::new(visibility, rendered.text, rendered.blocks)
+    }
+
+    pub fn new(visibility: Visibility, text: String, blocks: Vec<Value>) -> Self {
         Reply {
             visibility,
-            text: rendered.text,
-            blocks: rendered.blocks,
+            text,
+            blocks: Arc::new(blocks),
+            body: None,
+        }
+    }
+
+    fn body(&self) -> ReplyBody<'_> {
+        ReplyBody {
+            response_type: match self.visibility {
+                Visibility::Ephemeral => "ephemeral",
+                Visibility::InChannel => "in_channel",
+            },
+            text: &self.text,
+            blocks: &self.blocks,
         }
     }
 
     /// The slash-command / `response_url` message body.
     pub fn to_json(&self) -> Value {
-        let mut body = json!({
-            "response_type": match self.visibility {
-                Visibility::Ephemeral => "ephemeral",
-                Visibility::InChannel => "in_channel",
+        serde_json::to_value(self.body()).unwrap_or_default()
+    }
+
+    /// The same reply with its HTTP body serialised now, for a reply kept and served again.
+    pub fn prepared(mut self) -> Self {
+        self.body = serde_json::to_vec(&self.body())
+            .ok()
+            .map(axum::body::Bytes::from);
+        self
+    }
+
+    /// The HTTP answer: the body kept ready when there is one, else serialised now,
+    /// straight from the reply (no intermediate JSON value).
+    pub fn into_response(self) -> Response {
+        let body = match self.body {
+            Some(body) => body,
+            None => match serde_json::to_vec(&self.body()) {
+                Ok(body) => axum::body::Bytes::from(body),
+                Err(e) => {
+                    return ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot serialise a reply: {e}"),
+                    )
+                    .into_response()
+                }
             },
-            "text": self.text,
-        });
-        if !self.blocks.is_empty() {
-            body["blocks"] = Value::Array(self.blocks.clone());
-        }
-        body
+        };
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
     }
 }
 
