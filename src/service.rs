@@ -71,6 +71,9 @@ pub struct StatusReport {
     pub breakers: Vec<BreakerState>,
 }
 
+/// How many open incidents the status report lists at most.
+pub const STATUS_INCIDENTS: usize = 100;
+
 impl StatusReport {
     /// What `/metrics` reads from the store: open breakers and open incidents per severity.
     pub fn gauges(&self) -> crate::telemetry::metrics::StoreGauges {
@@ -373,7 +376,7 @@ impl Sentinel {
             .store
             .list_incidents(IncidentQuery {
                 open_only: true,
-                limit: 100,
+                limit: STATUS_INCIDENTS,
             })
             .await?;
         Ok(StatusReport {
@@ -385,6 +388,24 @@ impl Sentinel {
             monitor: self.last_cycle(),
             breakers,
         })
+    }
+
+    /// What `/metrics` reads from the store: the breakers, and every open incident counted
+    /// (the status report lists only the first [`STATUS_INCIDENTS`]).
+    pub async fn store_gauges(
+        &self,
+    ) -> Result<crate::telemetry::metrics::StoreGauges, ServiceError> {
+        let mut report = self.status().await?;
+        if report.incidents.len() >= STATUS_INCIDENTS {
+            report.incidents = self
+                .store
+                .list_incidents(IncidentQuery {
+                    open_only: true,
+                    limit: usize::MAX,
+                })
+                .await?;
+        }
+        Ok(report.gauges())
     }
 
     pub async fn incidents(&self, query: IncidentQuery) -> Result<Vec<Incident>, ServiceError> {

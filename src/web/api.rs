@@ -44,8 +44,8 @@ where
 /// `GET /metrics`: Sentinel's own metrics. The store-derived gauges are left out, not failed,
 /// when the store cannot be read, so a scrape still shows why.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let gauges = match state.sentinel.status().await {
-        Ok(status) => Some(status.gauges()),
+    let gauges = match state.sentinel.store_gauges().await {
+        Ok(gauges) => Some(gauges),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot read the status");
             None

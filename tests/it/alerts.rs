@@ -344,3 +344,23 @@ async fn silences_suppress_new_incidents_until_they_are_expired() {
         "{events:?}"
     );
 }
+
+/// `/metrics` counts every open incident, not the status report's first hundred: an
+/// Alertmanager storm of 130 fingerprints shows as 130.
+#[tokio::test]
+async fn the_open_incidents_gauge_counts_past_the_status_reports_hundred() {
+    let app = app_with_token().await;
+    let alerts = (0..130)
+        .map(|n| alert("firing", &format!("f{n:04}"), &format!("Storm{n}")))
+        .collect();
+    assert_eq!(send(&app, Some(TOKEN), &payload(alerts)).await.status, 200);
+    let metrics = app.get_text("/metrics").await;
+    let open: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sentinel_incidents_open{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(open, 130.0, "{metrics}");
+    let status = app.get("/api/status", Some(&app.keys.viewer)).await;
+    assert_eq!(status.body["incidents"].as_array().unwrap().len(), 100);
+}
