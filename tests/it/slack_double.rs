@@ -121,6 +121,8 @@ struct Sockets {
     refused: u64,
     /// Refuse this many more handshakes (403), whatever the ticket.
     refuse_next: u64,
+    /// Drop every new connection right after its `hello` (a flapping link).
+    drop_after_hello: bool,
 }
 
 struct Connection {
@@ -325,6 +327,18 @@ impl SlackDouble {
     /// Refuses the next `n` WebSocket handshakes with 403, valid ticket or not.
     pub fn refuse_next_handshakes(&self, n: u64) {
         self.state.sockets.lock().unwrap().refuse_next += n;
+    }
+
+    /// Drops every connection from now on right after greeting it with `hello`, without a
+    /// closing handshake (a load balancer or proxy cutting each link), until
+    /// [`Self::keep_sockets`].
+    pub fn drop_sockets_after_hello(&self) {
+        self.state.sockets.lock().unwrap().drop_after_hello = true;
+    }
+
+    /// Undoes [`Self::drop_sockets_after_hello`].
+    pub fn keep_sockets(&self) {
+        self.state.sockets.lock().unwrap().drop_after_hello = false;
     }
 
     /// Handshakes refused (unknown or reused ticket, or [`Self::refuse_next_handshakes`]).
@@ -764,9 +778,15 @@ async fn serve_socket(state: Arc<DoubleState>, stream: tokio::net::TcpStream) {
         "connection_info": { "app_id": "A0SENTINEL" },
     });
     let greeted = socket.send(Message::text(hello.to_string())).await.is_ok();
-    state.sockets.lock().unwrap().connections[index].hello = greeted;
+    let drop_now = {
+        let mut sockets = state.sockets.lock().unwrap();
+        sockets.connections[index].hello = greeted;
+        sockets.drop_after_hello
+    };
     let mut by_sentinel = true;
-    if greeted {
+    if greeted && drop_now {
+        by_sentinel = false;
+    } else if greeted {
         loop {
             tokio::select! {
                 frame = socket.next() => match frame {

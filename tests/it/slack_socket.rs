@@ -88,12 +88,17 @@ fn mention_payload(event_id: &str, user: &str, text: &str, ts: &str) -> Value {
 fn click_payload(user: &str, trigger_id: &str, incident: &Incident) -> Value {
     json!({
         "type": "block_actions",
-        "user": {"id": user, "username": "someone", "team_id": "T1"},
+        "token": "deprecated",
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T1"},
         "api_app_id": APP_ID,
-        "team": {"id": "T1"},
+        "team": {"id": "T1", "domain": "test"},
+        "enterprise": null,
+        "is_enterprise_install": false,
         "trigger_id": trigger_id,
-        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C1"},
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C1",
+                      "is_ephemeral": false},
         "channel": {"id": "C1", "name": "incidents"},
+        "state": {"values": {}},
         "response_url": "http://127.0.0.1:9/actions/T1/1/x",
         "actions": [{
             "type": "button",
@@ -101,6 +106,7 @@ fn click_payload(user: &str, trigger_id: &str, incident: &Incident) -> Value {
             "block_id": "incident_actions",
             "value": json!({"incident": incident.id.as_str(), "version": incident.version})
                 .to_string(),
+            "text": {"type": "plain_text", "text": "Approve"},
             "action_ts": "1700000001.000200",
         }],
     })
@@ -352,14 +358,38 @@ async fn an_operator_approves_from_a_card_over_the_socket_and_a_viewer_cannot() 
     );
 
     // A dialog submission takes a response payload: the viewer's errors ride in the ack.
+    // As docs.slack.dev/reference/interaction-payloads/view-interactions-payload shows one.
     let submission = json!({
         "type": "view_submission",
-        "user": {"id": VIEWER},
+        "token": "deprecated",
+        "trigger_id": "3.viewer",
+        "team": {"id": "T1", "domain": "test"},
+        "user": {"id": VIEWER, "username": "someone", "name": "someone", "team_id": "T1"},
         "api_app_id": APP_ID,
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "response_urls": [],
         "view": {
             "id": "V1",
+            "team_id": "T1",
+            "app_id": APP_ID,
+            "bot_id": "B0SENTINEL",
             "type": "modal",
             "callback_id": "reject_reason",
+            "hash": "1700000002.abcdef",
+            "root_view_id": "V1",
+            "previous_view_id": null,
+            "external_id": "",
+            "clear_on_close": false,
+            "notify_on_close": false,
+            "title": {"type": "plain_text", "text": "Reject"},
+            "submit": {"type": "plain_text", "text": "Reject"},
+            "blocks": [{
+                "type": "input",
+                "block_id": "reason",
+                "label": {"type": "plain_text", "text": "Why not?"},
+                "element": {"type": "plain_text_input", "action_id": "reason"},
+            }],
             "private_metadata": now.id.as_str(),
             "state": {"values": {"reason": {
                 "reason": {"type": "plain_text_input", "value": "no"},
@@ -430,7 +460,11 @@ async fn an_answer_in_hand_is_still_acked_on_the_connection_slack_asked_to_leave
         slash_payload(GROUPIE, "status", &double.response_url("slow")),
         true,
     );
-    double.send_frame(&json!({"type": "disconnect", "reason": "warning"}));
+    double.send_frame(&json!({
+        "type": "disconnect",
+        "reason": "warning",
+        "debug_info": {"host": "slack-double"},
+    }));
     let ack = double.wait_for_ack(&id, WAIT).await;
     assert_eq!(ack["payload"]["response_type"], "ephemeral", "{ack}");
     let (connection, _) = double
@@ -518,5 +552,132 @@ async fn a_failed_open_or_a_refused_handshake_is_retried_with_a_new_url() {
     assert_eq!(sockets.len(), 1);
     assert_eq!(sockets[0].ticket, 2, "the refused URL was not used again");
     status_over_the_socket(&double).await;
+    stop(app).await;
+}
+
+/// Each envelope is handled on its own: a slash command still waiting for its answer holds
+/// up neither the socket nor the acknowledgement of what came after it. (slack-morphism
+/// 2.31's listener awaits each envelope's callback before it reads the next frame, so there
+/// the event's ack waits for the command's answer: this test fails on it.)
+#[tokio::test]
+async fn an_event_behind_a_slow_command_is_acked_at_once() {
+    const GROUP: &str = "S0OPERATORS";
+    const GROUPIE: &str = "UGROUPIE1";
+    let double = SlackDouble::start().await;
+    double.set_usergroup(GROUP, &[GROUPIE]);
+    // The groupie's role takes 1.5 s to look up, so their command answers in 1.5 s.
+    double.delay("usergroups.users.list", Duration::from_millis(1500));
+    let api_url = double.api_url();
+    let app = spawn_app_with(Backend::Embedded, |settings| {
+        socket_settings(settings, api_url);
+        settings.rbac.operators.push(GROUP.to_owned());
+    })
+    .await;
+    double.wait_for_sockets(1, WAIT).await;
+
+    let command = double.send_envelope(
+        "slash_commands",
+        slash_payload(GROUPIE, "status", &double.response_url("slow")),
+        true,
+    );
+    let sent = Instant::now();
+    let event = double.send_envelope(
+        "events_api",
+        mention_payload("Ev0BEHIND1", VIEWER, "status", "1700000000.000700"),
+        false,
+    );
+    double.wait_for_ack(&event, WAIT).await;
+    let event_acked = sent.elapsed();
+    let ack = double.wait_for_ack(&command, WAIT).await;
+    let command_acked = sent.elapsed();
+    assert!(
+        command_acked >= Duration::from_millis(1400),
+        "the command waited for its role: {command_acked:?}"
+    );
+    assert_eq!(ack["payload"]["response_type"], "ephemeral", "{ack}");
+    assert!(
+        event_acked < Duration::from_millis(500),
+        "the event's ack waited {event_acked:?} behind the command's answer"
+    );
+    let order: Vec<String> = double
+        .socket_frames()
+        .into_iter()
+        .filter_map(|(_, frame)| frame["envelope_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        order,
+        vec![event, command],
+        "acked in the order they were ready"
+    );
+    stop(app).await;
+}
+
+/// A link that Slack (or a proxy) cuts right after every `hello` is reopened with growing
+/// waits measured at the double, not at once and not in a loop: each wait is in
+/// `[ceiling/2, ceiling]`, the ceiling doubling from 1 s. (slack-morphism 2.31's listener
+/// reconnects at once after a dropped socket, with no wait at all: this test fails on it.)
+#[tokio::test]
+async fn a_link_dropped_after_every_hello_is_reopened_with_growing_waits() {
+    let double = SlackDouble::start().await;
+    let app = spawn_socket_app(&double).await;
+    double.wait_for_sockets(1, WAIT).await;
+
+    double.drop_sockets_after_hello();
+    double.drop_socket();
+    // Waits of 0.5–1 s, 1–2 s, 2–4 s after the first drop: in 4 s, two or three more
+    // opens.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let opens = double.calls_to("apps.connections.open");
+    assert!(
+        (3..=4).contains(&opens.len()),
+        "{} opens in the 4 s after the drop",
+        opens.len()
+    );
+    let gaps: Vec<Duration> = opens.windows(2).map(|p| p[1].at - p[0].at).collect();
+    // The first gap includes the first connection's lifetime; from the second on, each is
+    // a wait alone.
+    assert!(
+        gaps[1] >= Duration::from_millis(950),
+        "the second wait had grown: {gaps:?}"
+    );
+    if let Some(third) = gaps.get(2) {
+        assert!(*third >= Duration::from_millis(1950), "{gaps:?}");
+    }
+    assert!(double.sockets().iter().all(|s| !s.closed_by_sentinel));
+
+    // The link holds again: the next attempt (within its 2–4 s or 4–8 s wait) stays up.
+    double.keep_sockets();
+    let greeted = double.sockets().iter().filter(|s| s.hello).count();
+    double.wait_for_sockets(greeted + 1, WAIT).await;
+    status_over_the_socket(&double).await;
+    stop(app).await;
+}
+
+/// A failing `apps.connections.open` is asked again after doubling waits, measured at the
+/// double: 0.5–1 s, then 1–2 s, then 2–4 s. (slack-morphism 2.31's listener retries every
+/// `reconnect_timeout_in_seconds`, the same wait each time: this test fails on it.)
+#[tokio::test]
+async fn failed_opens_wait_longer_each_time() {
+    let double = SlackDouble::start().await;
+    double.fail_always("apps.connections.open", "invalid_auth");
+    let app = spawn_socket_app(&double).await;
+
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let calls = double.calls_to("apps.connections.open");
+    // Attempts at 0, 0.5–1 s, 1.5–3 s and 3.5–7 s: three or four in 4.5 s.
+    assert!(
+        (3..=4).contains(&calls.len()),
+        "{} attempts in 4.5 s",
+        calls.len()
+    );
+    let gaps: Vec<Duration> = calls.windows(2).map(|p| p[1].at - p[0].at).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(450) && gaps[0] <= Duration::from_millis(1300),
+        "{gaps:?}"
+    );
+    assert!(gaps[1] >= Duration::from_millis(950), "{gaps:?}");
+    if let Some(third) = gaps.get(2) {
+        assert!(*third >= Duration::from_millis(1950), "{gaps:?}");
+    }
     stop(app).await;
 }
