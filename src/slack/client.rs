@@ -8,17 +8,38 @@
 //! ([`SlackError::Api`], Slack's `ok: false`). The client itself never retries; the outbox
 //! decides (`slack::outbox`).
 //!
-//! The transport is reqwest (rustls with the built-in web roots, the crate's one TLS stack),
-//! not slack-morphism's hyper connector: that connector is https-only unless built from a
-//! `hyper-rustls` connector the application would have to depend on directly, and its
-//! built-in retries cover 429 only. slack-morphism still provides the Block Kit model the
-//! templates are checked against (`slack::blocks`).
+//! The requests and answers are slack-morphism's Web API models
+//! (`SlackApiChatPostMessageRequest` / `…Response`, `SlackApiViewsPublishRequest`, …), so
+//! their field names and shapes are the library's, checked by the compiler. The blocks and
+//! views Sentinel renders are already checked to survive slack-morphism's Block Kit model
+//! unchanged (`slack::blocks`), so turning them into the model loses nothing; one that does
+//! not parse is refused like Slack's `invalid_blocks` (not retried).
+//!
+//! The transport stays reqwest (rustls with the built-in web roots, the crate's one TLS
+//! stack) rather than slack-morphism's `SlackClient`: its hyper connector sets no time limit
+//! on a call, so a Slack that accepts the connection and never answers would hold a
+//! channel's outbox forever (`tests/it/slack_outbound.rs`,
+//! `a_stalled_call_is_given_up_after_call_timeout_and_slack_morphisms_client_waits_on`), it
+//! is https-only unless built from a `hyper-rustls` connector the application would have to
+//! depend on directly, and its built-in retries cover 429 only. The outbox does the pacing,
+//! `Retry-After` waits and retries either way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use slack_morphism::api::{
+    SlackApiAppsConnectionOpenRequest, SlackApiAppsConnectionOpenResponse,
+    SlackApiAuthTestResponse, SlackApiChatPostEphemeralRequest, SlackApiChatPostEphemeralResponse,
+    SlackApiChatPostMessageRequest, SlackApiChatPostMessageResponse, SlackApiChatUpdateRequest,
+    SlackApiChatUpdateResponse, SlackApiUserGroupsUsersListRequest,
+    SlackApiUserGroupsUsersListResponse, SlackApiViewsOpenRequest, SlackApiViewsOpenResponse,
+    SlackApiViewsPublishRequest, SlackApiViewsPublishResponse,
+};
+use slack_morphism::prelude::{SlackBlock, SlackMessageContent, SlackView};
 
 /// How long one Web API call may take before it counts as a transport failure.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,18 +116,16 @@ impl SlackApi {
         text: &str,
         blocks: &[Value],
     ) -> Result<String, SlackError> {
-        let mut body = json!({
-            "channel": channel,
-            "text": text,
-            "blocks": blocks,
-            "unfurl_links": false,
-            "unfurl_media": false,
-        });
-        if let Some(thread_ts) = thread_ts {
-            body["thread_ts"] = json!(thread_ts);
-        }
-        let answer = self.call_json("chat.postMessage", &body).await?;
-        string_field(&answer, "ts", "chat.postMessage")
+        let method = "chat.postMessage";
+        let request = SlackApiChatPostMessageRequest::new(
+            channel.to_owned().into(),
+            content(method, text, blocks)?,
+        )
+        .opt_thread_ts(thread_ts.map(|ts| ts.to_owned().into()))
+        .with_unfurl_links(false)
+        .with_unfurl_media(false);
+        let answer: SlackApiChatPostMessageResponse = self.call_json(method, &request).await?;
+        Ok(answer.ts.0)
     }
 
     /// Replaces a message's text and blocks.
@@ -117,8 +136,14 @@ impl SlackApi {
         text: &str,
         blocks: &[Value],
     ) -> Result<(), SlackError> {
-        let body = json!({ "channel": channel, "ts": ts, "text": text, "blocks": blocks });
-        self.call_json("chat.update", &body).await.map(drop)
+        let method = "chat.update";
+        let request = SlackApiChatUpdateRequest::new(
+            channel.to_owned().into(),
+            content(method, text, blocks)?,
+            ts.to_owned().into(),
+        );
+        let _: SlackApiChatUpdateResponse = self.call_json(method, &request).await?;
+        Ok(())
     }
 
     /// A message only `user` sees, in `channel`.
@@ -129,69 +154,92 @@ impl SlackApi {
         text: &str,
         blocks: &[Value],
     ) -> Result<(), SlackError> {
-        let body = json!({ "channel": channel, "user": user, "text": text, "blocks": blocks });
-        self.call_json("chat.postEphemeral", &body).await.map(drop)
+        let method = "chat.postEphemeral";
+        let request = SlackApiChatPostEphemeralRequest::new(
+            channel.to_owned().into(),
+            user.to_owned().into(),
+            content(method, text, blocks)?,
+        );
+        let _: SlackApiChatPostEphemeralResponse = self.call_json(method, &request).await?;
+        Ok(())
     }
 
     /// Opens a modal (`view` as rendered by `blocks::render("reject_modal", …)`). The
     /// trigger id lives 3 seconds and works once: call this before any slow work.
     pub async fn views_open(&self, trigger_id: &str, view: &Value) -> Result<(), SlackError> {
-        let body = json!({ "trigger_id": trigger_id, "view": view });
-        self.call_json("views.open", &body).await.map(drop)
+        let method = "views.open";
+        let request =
+            SlackApiViewsOpenRequest::new(trigger_id.to_owned().into(), view_model(method, view)?);
+        let _: SlackApiViewsOpenResponse = self.call_json(method, &request).await?;
+        Ok(())
     }
 
     /// Publishes `user`'s App Home tab (`view` as rendered by `blocks::render("home", …)`,
     /// `{"type": "home", …}`). Tier 4, and Slack limits it per user too: callers pace it
     /// (`slack::home`). `not_enabled` means the app's Home tab is off in its configuration.
     pub async fn views_publish(&self, user: &str, view: &Value) -> Result<(), SlackError> {
-        let body = json!({ "user_id": user, "view": view });
-        self.call_json("views.publish", &body).await.map(drop)
+        let method = "views.publish";
+        let request =
+            SlackApiViewsPublishRequest::new(user.to_owned().into(), view_model(method, view)?);
+        let _: SlackApiViewsPublishResponse = self.call_json(method, &request).await?;
+        Ok(())
     }
 
     /// The user ids in a user group (`S…`). Tier 2 (20+ a minute): callers cache it.
     pub async fn usergroup_users(&self, usergroup: &str) -> Result<Vec<String>, SlackError> {
         let method = "usergroups.users.list";
-        let answer = self.call_form(method, &[("usergroup", usergroup)]).await?;
-        let users = answer
-            .get("users")
-            .and_then(Value::as_array)
-            .ok_or_else(|| malformed(method, "no users list"))?;
-        Ok(users
-            .iter()
-            .filter_map(|u| u.as_str().map(str::to_owned))
-            .collect())
+        let request = SlackApiUserGroupsUsersListRequest::new(usergroup.to_owned().into());
+        let answer: SlackApiUserGroupsUsersListResponse = self.call_form(method, &request).await?;
+        Ok(answer.users.into_iter().map(|user| user.0).collect())
     }
 
     /// Checks the token; returns the bot's user id.
     pub async fn auth_test(&self) -> Result<String, SlackError> {
-        let answer = self.call_json("auth.test", &json!({})).await?;
-        string_field(&answer, "user_id", "auth.test")
+        // auth.test takes no arguments; slack-morphism has no request type for it.
+        let answer: SlackApiAuthTestResponse =
+            self.call_json("auth.test", &serde_json::Map::new()).await?;
+        Ok(answer.user_id.0)
     }
 
     /// Socket Mode: a fresh WebSocket URL (`wss://…`) for one connection. Needs the
     /// app-level token (`xapp-…`): call it on a client built with that token, not the bot's.
     pub async fn connections_open(&self) -> Result<String, SlackError> {
-        let answer = self.call_json("apps.connections.open", &json!({})).await?;
-        string_field(&answer, "url", "apps.connections.open")
+        let method = "apps.connections.open";
+        let answer: SlackApiAppsConnectionOpenResponse = self
+            .call_json(method, &SlackApiAppsConnectionOpenRequest::new())
+            .await?;
+        Ok(answer.url.0.to_string())
     }
 
-    async fn call_json(&self, method: &str, body: &Value) -> Result<Value, SlackError> {
+    async fn call_json<Rq: Serialize, Rs: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: &Rq,
+    ) -> Result<Rs, SlackError> {
+        let body = serde_json::to_string(request)
+            .map_err(|e| refused(method, format!("cannot write the request: {e}")))?;
         let request = self
             .http
             .post(format!("{}/{method}", self.base))
             .bearer_auth(self.token.expose_secret())
             .header("content-type", "application/json; charset=utf-8")
-            .body(body.to_string());
-        self.send(method, request).await
+            .body(body);
+        let answer = self.send(method, request).await?;
+        read_answer(method, answer)
     }
 
-    async fn call_form(&self, method: &str, form: &[(&str, &str)]) -> Result<Value, SlackError> {
+    async fn call_form<Rq: Serialize, Rs: DeserializeOwned>(
+        &self,
+        method: &str,
+        form: &Rq,
+    ) -> Result<Rs, SlackError> {
         let request = self
             .http
             .post(format!("{}/{method}", self.base))
             .bearer_auth(self.token.expose_secret())
             .form(form);
-        self.send(method, request).await
+        let answer = self.send(method, request).await?;
+        read_answer(method, answer)
     }
 
     async fn send(
@@ -255,18 +303,37 @@ impl SlackApi {
     }
 }
 
-fn string_field(answer: &Value, field: &str, method: &str) -> Result<String, SlackError> {
-    answer
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| malformed(method, &format!("no {field}")))
+/// The message model of `text` and `blocks` (as rendered and stored: JSON). A block the
+/// model cannot read is refused before sending, as Slack would refuse it (`invalid_blocks`).
+fn content(method: &str, text: &str, blocks: &[Value]) -> Result<SlackMessageContent, SlackError> {
+    let blocks = blocks
+        .iter()
+        .map(SlackBlock::deserialize)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| refused(method, format!("invalid_blocks: {e}")))?;
+    Ok(SlackMessageContent::new()
+        .with_text(text.to_owned())
+        .with_blocks(blocks))
 }
 
-/// An `ok: true` answer without what it should carry: Slack (or a proxy) misbehaving, so
-/// treated as transient.
-fn malformed(method: &str, what: &str) -> SlackError {
-    SlackError::Transport(format!("{method}: malformed answer: {what}"))
+/// The view model of a rendered view; one it cannot read is refused (`invalid_arguments`).
+fn view_model(method: &str, view: &Value) -> Result<SlackView, SlackError> {
+    SlackView::deserialize(view).map_err(|e| refused(method, format!("invalid_arguments: {e}")))
+}
+
+/// Refused before it was sent: the same call would fail the same way, so not transient.
+fn refused(method: &str, error: String) -> SlackError {
+    SlackError::Api {
+        method: method.to_owned(),
+        error,
+    }
+}
+
+/// An `ok: true` answer read into the method's response model. One that does not fit (Slack
+/// or a proxy misbehaving) is treated as transient, as before the models.
+fn read_answer<Rs: DeserializeOwned>(method: &str, answer: Value) -> Result<Rs, SlackError> {
+    serde_json::from_value(answer)
+        .map_err(|e| SlackError::Transport(format!("{method}: malformed answer: {e}")))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

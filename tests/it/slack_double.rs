@@ -183,7 +183,8 @@ impl SlackDouble {
             responses: Mutex::new(Vec::new()),
         });
         let app = Router::new()
-            .route("/api/{method}", post(answer))
+            // Slack takes GET too (slack-morphism sends some methods, auth.test among them, so).
+            .route("/api/{method}", post(answer).get(answer))
             .route("/response/{id}", post(record_response))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -665,8 +666,10 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
             if serde_json::from_value::<slack_morphism::prelude::SlackView>(view.clone()).is_err() {
                 return missing("invalid_arguments");
             }
+            // Slack answers with the view as it now stands (docs.slack.dev views.open).
+            let n = state.next_ts.fetch_add(1, Ordering::SeqCst);
             (
-                json!({ "ok": true, "view": { "id": "V0TEST", "type": "modal" } }),
+                json!({ "ok": true, "view": stateful(view, &format!("V0MODAL{n:06}")) }),
                 None,
             )
         }
@@ -693,9 +696,7 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
                 _ => return missing("invalid_arguments"),
             }
             let n = state.next_ts.fetch_add(1, Ordering::SeqCst);
-            let mut published = view.clone();
-            published["id"] = json!(format!("V0HOME{n:06}"));
-            published["hash"] = json!(format!("1700000000.{n:06}"));
+            let published = stateful(view, &format!("V0HOME{n:06}"));
             (json!({ "ok": true, "view": published }), None)
         }
         "apps.connections.open" => {
@@ -712,6 +713,28 @@ fn success(state: &DoubleState, method: &str, body: &Value) -> (Value, Option<St
         },
         _ => missing("unknown_method"),
     }
+}
+
+/// A view as Slack hands it back from views.open and views.publish: what was sent, plus
+/// the fields Slack adds (docs.slack.dev/reference/methods/views.open, "Example response").
+fn stateful(view: &Value, id: &str) -> Value {
+    let mut view = view.clone();
+    let hash = format!("1700000000.{}", &id[id.len() - 6..]);
+    for (field, value) in [
+        ("id", json!(id)),
+        ("team_id", json!("T0TEST")),
+        ("state", json!({ "values": {} })),
+        ("hash", json!(hash)),
+        ("previous_view_id", Value::Null),
+        ("root_view_id", json!(id)),
+        ("app_id", json!("A0SENTINEL")),
+        ("external_id", json!("")),
+        ("app_installed_team_id", json!("T0TEST")),
+        ("bot_id", json!("B0SENTINEL")),
+    ] {
+        view[field] = value;
+    }
+    view
 }
 
 async fn record_response(

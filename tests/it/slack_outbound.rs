@@ -665,6 +665,57 @@ async fn the_client_speaks_the_web_api_and_classifies_failures() {
     assert!(SlackApi::new("ftp://slack.example/", SecretString::from("t")).is_err());
 }
 
+/// A Slack that takes a call and never answers. Sentinel's client gives up after
+/// `CALL_TIMEOUT` with a transient error (the outbox tries again later); slack-morphism
+/// 2.31's `SlackClient`, pointed at the same double, has no time limit on a call and is
+/// still waiting well after that. This is why `slack::client` sends slack-morphism's
+/// request and response models over its own reqwest transport, not through `SlackClient`.
+#[tokio::test]
+async fn a_stalled_call_is_given_up_after_call_timeout_and_slack_morphisms_client_waits_on() {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use sentinel::slack::client::{SlackApi, SlackError, CALL_TIMEOUT};
+    use slack_morphism::prelude::{SlackApiToken, SlackClient, SlackClientHyperConnector};
+    let double = SlackDouble::start().await;
+    let ours = SlackApi::new(&double.api_url(), SecretString::from(SlackDouble::TOKEN)).unwrap();
+    let base = double.api_url();
+    let theirs = SlackClient::new(
+        SlackClientHyperConnector::with_connector(HttpConnector::new())
+            .with_slack_api_url(base.trim_end_matches('/')),
+    );
+    let token = SlackApiToken::new(SlackDouble::TOKEN.to_owned().into());
+    // Both speak to the double while it answers.
+    assert_eq!(ours.auth_test().await.unwrap(), "U0SENTINEL");
+    let answer = theirs.open_session(&token).auth_test().await.unwrap();
+    assert_eq!(answer.user_id.0, "U0SENTINEL");
+
+    double.delay("auth.test", Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let (ours, theirs) = tokio::join!(
+        async {
+            let result = ours.auth_test().await;
+            (result, started.elapsed())
+        },
+        tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(3), async {
+            theirs.open_session(&token).auth_test().await
+        }),
+    );
+    let (result, took) = ours;
+    assert!(
+        matches!(&result, Err(SlackError::Transport(_))),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().is_transient());
+    assert!(
+        took >= CALL_TIMEOUT && took < CALL_TIMEOUT + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(
+        theirs.is_err(),
+        "slack-morphism's client answered within {:?}: {theirs:?}",
+        CALL_TIMEOUT + Duration::from_secs(3)
+    );
+}
+
 /// On start, no cards are posted for incidents that were already closed, and old cards are
 /// not redrawn (SPEC §12.1): of five resolved incidents and one open one stored before the
 /// start, only the open one gets a card, and a card drawn for an incident that closed long
