@@ -253,7 +253,7 @@ async fn a_postmortem_of_an_approved_executed_verified_and_rolled_back_fix_cites
 
     // In Slack: posted in the card's thread as markdown blocks; the asker is told.
     let card = {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let stored = app.store.get_incident(&id).await.unwrap().unwrap();
             if let Some(card) = stored.slack.filter(|c| c.ts.is_some()) {
