@@ -262,6 +262,9 @@ pub struct AnalyzerChoice {
 #[serde(deny_unknown_fields)]
 pub struct AnalyzerSettings {
     pub kind: AnalyzerKind,
+    /// How far before an incident opened its target container's Docker events are read for
+    /// recent changes (SPEC §12.4); zero reads none.
+    pub change_window: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -690,6 +693,12 @@ impl Settings {
                 "must be at most 24h (\"0s\" turns it off)",
             ));
         }
+        if self.analyzer.change_window.0 > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "analyzer.change_window",
+                "must be at most 7d (\"0s\" reads no recent changes)",
+            ));
+        }
         self.listen.parse::<SocketAddr>().map_err(|_| {
             ConfigError::new(
                 "listen",
@@ -1071,6 +1080,17 @@ impl Settings {
             ),
             ("llm api key", set(&self.secrets.llm_api_key).to_owned()),
             ("analyzer", self.analyzer_choice().reason),
+            (
+                "recent changes",
+                if self.analyzer.change_window.0.is_zero() {
+                    "not read ([analyzer] change_window = \"0s\")".to_owned()
+                } else {
+                    format!(
+                        "Docker events of the target container in the {} before an incident",
+                        humantime::format_duration(self.analyzer.change_window.0)
+                    )
+                },
+            ),
             (
                 "quarantine",
                 format!(

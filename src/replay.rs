@@ -7,9 +7,9 @@
 //! total, worded for people.
 //!
 //! Replay takes the facts as they were when the policy decided (the analyzer's assessment,
-//! whether the target was protected, the pause switch, the automatic actions already spent
-//! that hour, whether the fix was trusted: the `policy` facts of each `ActionProposed` audit
-//! entry) and applies this configuration's rules to them (`mode`, the budget, the memory-limit
+//! whether the target was protected or had changed just before, the pause switch, the
+//! automatic actions already spent that hour, whether the fix was trusted: the `policy`
+//! facts of each `ActionProposed` audit entry) and applies this configuration's rules to them (`mode`, the budget, the memory-limit
 //! factor). What happened then comes from the decision's own audit entries. Pure apart from
 //! [`load`].
 
@@ -288,6 +288,10 @@ fn line(incident: &Incident, audit: &[AuditEntry], settings: &Settings) -> Line 
         budget_per_hour: settings.actions.auto_budget_per_hour,
         max_memory_factor: settings.actions.memory_limit_max_factor,
         trusted: matches!(&facts["trusted"], Value::String(_)),
+        // Recorded since recent changes were read; before, the incident's own list.
+        changed: facts["changed"]
+            .as_bool()
+            .unwrap_or(!incident.changes.is_empty()),
     };
     let decision = policy::decide(&input);
     line.now = Outcome::of(&decision.verdict);

@@ -10,8 +10,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Fingerprint, IncidentId, ProposedAction, Resource, Risk, Severity, Signal, Source, TargetState,
-    Timestamp,
+    Change, EvidenceItem, Fingerprint, IncidentId, ProposedAction, Resource, Risk, Severity,
+    Signal, Source, TargetState, Timestamp,
 };
 
 /// Where an incident is in the loop (SPEC §11 names).
@@ -224,9 +224,21 @@ pub struct Incident {
     pub resolved_at: Option<Timestamp>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The facts the analyzer used.
+    /// The facts the analysis had, each with an id (`metric-1`, `change-2`, …); stored
+    /// incidents from before ids read as `fact-<n>` items.
+    #[serde(
+        default,
+        deserialize_with = "crate::domain::evidence::deserialize_evidence"
+    )]
+    pub evidence: Vec<EvidenceItem>,
+    /// The ids of the `evidence` items the root cause relies on, as the analyzer cited them.
     #[serde(default)]
-    pub evidence: Vec<String>,
+    pub evidence_cited: Vec<String>,
+    /// What Docker recorded on the target container in `[analyzer] change_window` before
+    /// the incident opened (SPEC §12.4); empty when nothing changed or nothing could be read
+    /// (the timeline says which).
+    #[serde(default)]
+    pub changes: Vec<Change>,
     /// What the proposed action would change, captured when it was proposed; an approval
     /// applies to this state only.
     #[serde(default)]
@@ -376,6 +388,8 @@ impl Incident {
             resolved_at: None,
             labels: detection.labels.clone(),
             evidence: Vec::new(),
+            evidence_cited: Vec::new(),
+            changes: Vec::new(),
             snapshot: None,
             approvals: Vec::new(),
             execution: None,

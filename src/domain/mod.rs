@@ -7,6 +7,7 @@ mod action;
 mod actor;
 mod audit;
 mod containers;
+pub mod evidence;
 mod ids;
 mod incident;
 mod observation;
@@ -24,6 +25,7 @@ pub use action::{
 pub use actor::Actor;
 pub use audit::{verify_chain, AuditEntry, AuditRecord, ChainCheck, ChainVerifier, GENESIS_HASH};
 pub use containers::{glob_matches, ContainerFilter, ContainerSelector};
+pub use evidence::{Change, ChangeKind, EvidenceItem, EvidenceKind};
 pub use ids::{Fingerprint, IdError, IncidentId, Resource};
 pub use incident::{
     AlertUpdate, Detection, Execution, IllegalTransition, Incident, RollbackStart, Sighting,

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use crate::domain::{
-    ActionPlan, Actor, Execution, Incident, IncidentId, RollbackStart, Status, TargetState,
+    ActionPlan, Actor, Change, Execution, Incident, IncidentId, RollbackStart, Status, TargetState,
     Timestamp,
 };
 use crate::pipeline::analyze::Analysis;
@@ -177,6 +177,10 @@ pub struct Analyzed {
     /// `[actions] veto_window`: an automatic fix is first scheduled this far ahead; zero
     /// runs it at once.
     pub veto_window: Duration,
+    /// The target container's recent changes, as read (`analyze::ChangesRead`).
+    pub changes: Vec<Change>,
+    /// Why the recent changes could not be read, for the timeline (`changes_unknown`).
+    pub changes_unknown: Option<String>,
 }
 
 /// Work to do once a transition is stored (or, for [`Outcome::Unchanged`], right away).
@@ -771,8 +775,18 @@ fn analyzed_outcome(incident: &Incident, analyzed: &Analyzed, now: Timestamp) ->
         snapshot,
         refusals,
         veto_window,
+        changes,
+        changes_unknown,
     } = analyzed;
     let mut next = incident.clone();
+    if let Some(why) = changes_unknown {
+        next.record(
+            "changes_unknown",
+            "sentinel",
+            format!("recent changes to {} are unknown: {why}", incident.resource),
+            now,
+        );
+    }
     for refusal in refusals {
         let step = if refusal.starts_with("the LLM") {
             "analyzer_fell_back"
@@ -787,6 +801,8 @@ fn analyzed_outcome(incident: &Incident, analyzed: &Analyzed, now: Timestamp) ->
     next.confidence = Some(analysis.confidence.clamp(0.0, 1.0));
     next.analyzer = Some(analysis.analyzer.clone());
     next.evidence = analysis.evidence.clone();
+    next.evidence_cited = analysis.cited.clone();
+    next.changes = changes.clone();
     next.approvals.clear();
     next.record(
         "analyzed",

@@ -30,7 +30,7 @@ use crate::pipeline::{Pipeline, Readings};
 use crate::runtime::docker::DockerCollector;
 use crate::runtime::host::HostCollector;
 use crate::runtime::prometheus::{CadvisorContainer, PrometheusClient};
-use crate::runtime::{sandbox, ContainerFilter, ContainerSample, HostSample};
+use crate::runtime::{sandbox, ContainerEvent, ContainerFilter, ContainerSample, HostSample};
 use crate::store::IncidentQuery;
 
 /// The lease that elects the replica running the monitor loop.
@@ -211,27 +211,11 @@ impl Collectors {
 
     /// Every container Docker reports, watched or not.
     async fn all_containers(&self) -> Result<Vec<ContainerSample>, String> {
-        let monitor = &self.settings.monitor;
-        let timeout = monitor.collector_timeout.0;
+        let timeout = self.settings.monitor.collector_timeout.0;
         let mut docker = self.docker.lock().await;
         let result = async {
             if docker.is_none() {
-                let connect = DockerCollector::connect(
-                    &monitor.docker_host,
-                    monitor.docker_concurrency,
-                    timeout,
-                );
-                match tokio::time::timeout(timeout, connect).await {
-                    Ok(Ok(collector)) => *docker = Some(collector),
-                    Ok(Err(e)) => return Err((e.for_people(), e.to_string())),
-                    Err(_) => {
-                        let why = format!(
-                            "Docker: did not answer within {}",
-                            humantime::format_duration(timeout)
-                        );
-                        return Err((why.clone(), why));
-                    }
-                }
+                *docker = Some(self.connect_docker().await?);
             }
             let Some(collector) = docker.as_ref() else {
                 return Err((
@@ -272,6 +256,58 @@ impl Collectors {
                 Err(for_people)
             }
         }
+    }
+
+    /// A new connection to the configured Docker, within the collector timeout; the error
+    /// for people and in full.
+    async fn connect_docker(&self) -> Result<DockerCollector, (String, String)> {
+        let monitor = &self.settings.monitor;
+        let timeout = monitor.collector_timeout.0;
+        let connect =
+            DockerCollector::connect(&monitor.docker_host, monitor.docker_concurrency, timeout);
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(collector)) => Ok(collector),
+            Ok(Err(e)) => Err((e.for_people(), e.to_string())),
+            Err(_) => {
+                let why = format!(
+                    "Docker: did not answer within {}",
+                    humantime::format_duration(timeout)
+                );
+                Err((why.clone(), why))
+            }
+        }
+    }
+
+    /// What Docker recorded about the container `name` from `since` to `until` (see
+    /// `DockerCollector::container_events`), or why Docker could not be asked, for people.
+    /// Never waits past the collector timeout.
+    pub async fn container_events(
+        &self,
+        name: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<ContainerEvent>, String> {
+        let collector = {
+            let mut docker = self.docker.lock().await;
+            match docker.as_ref() {
+                Some(collector) => collector.clone(),
+                None => {
+                    let collector = self.connect_docker().await.map_err(|(why, full)| {
+                        tracing::debug!(error = %full, "cannot read container events");
+                        why
+                    })?;
+                    *docker = Some(collector.clone());
+                    collector
+                }
+            }
+        };
+        collector
+            .container_events(name, since, until)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, container = name, "cannot read container events");
+                e.for_people()
+            })
     }
 
     /// Docker's containers split into watched and not, or, without Docker, container memory

@@ -2,13 +2,15 @@
 //! a person (and which role), or is only described (SPEC §4).
 //!
 //! In: a [`PolicyInput`] (the checked plan, the analyzer's risk, whether the target is
-//! protected, whether an admin trusts this fix, the mode, the pause switch, the budget already
-//! used). Out: a [`Decision`].
+//! protected, whether it changed just before the incident, whether an admin trusts this fix,
+//! the mode, the pause switch, the budget already used). Out: a [`Decision`].
 //! Pure: the caller reads the budget and the pause switch from the store.
 //!
 //! The analyzer may raise risk, never lower it below the action's floor. Trust (earned
 //! autonomy, SPEC §12.4) is the one thing that lowers it, and only from medium to low:
-//! [`trusted_risk`] has the rule. Only this module
+//! [`trusted_risk`] has the rule. A target that changed in `[analyzer] change_window` before
+//! the incident makes any fix on it at least medium, trust or not ([`changed_risk`]): a
+//! person should see a fix that could hide a bad deploy. Only this module
 //! can produce an [`AutoApproval`], the policy's half of the only way to an executed action
 //! (`approve::ApprovedAction`).
 
@@ -33,6 +35,9 @@ pub struct PolicyInput<'a> {
     pub max_memory_factor: f64,
     /// An admin trusts this (signal, action, target) (`crate::domain::TrustGrant`).
     pub trusted: bool,
+    /// The fix's target container changed (was created, recreated, renamed, updated, or
+    /// started from a new image) in `[analyzer] change_window` before the incident opened.
+    pub changed: bool,
 }
 
 /// The policy's permission to run a low-risk fix without a person. Only [`decide`] makes one.
@@ -109,6 +114,17 @@ pub fn trusted_risk(
     }
 }
 
+/// The risk once a recent change of the target is taken into account, and whether the
+/// change raised it: any fix but `notify_only` on a target that just changed is at least
+/// medium, so a person looks before it runs.
+pub fn changed_risk(plan: &ActionPlan, risk: Risk, changed: bool) -> (Risk, bool) {
+    if changed && plan.action() != ActionId::NotifyOnly && risk < Risk::Medium {
+        (Risk::Medium, true)
+    } else {
+        (risk, false)
+    }
+}
+
 /// Who may approve a fix of this risk. Low-risk fixes normally run on their own; when one
 /// does wait (approve-all mode, a spent budget, a pause), an operator may approve it.
 pub fn approver_role(risk: Risk) -> Role {
@@ -125,13 +141,16 @@ pub fn decide(input: &PolicyInput<'_>) -> Decision {
         input.protected,
         input.max_memory_factor,
     );
-    let (risk, trust_applied) = trusted_risk(
+    let (trusted, trust_applied) = trusted_risk(
         input.plan,
         input.assessed,
         input.protected,
         untrusted,
         input.trusted,
     );
+    let (risk, raised_by_change) = changed_risk(input.plan, trusted, input.changed);
+    // A change that undid trust's lowering means trust did not decide this fix.
+    let trust_applied = trust_applied && !raised_by_change;
     let role = approver_role(risk);
     let verdict = if input.plan.action() == ActionId::NotifyOnly {
         Verdict::NotifyOnly
@@ -145,6 +164,14 @@ pub fn decide(input: &PolicyInput<'_>) -> Decision {
                 } else {
                     ", after approval"
                 }
+            ),
+        }
+    } else if raised_by_change {
+        Verdict::NeedsApproval {
+            role,
+            why: format!(
+                "the target changed just before the incident, so the fix is {risk} risk and \
+                 needs an {role}'s approval"
             ),
         }
     } else if risk > Risk::Low {
@@ -213,6 +240,7 @@ mod tests {
             budget_per_hour: 3,
             max_memory_factor: 2.0,
             trusted: false,
+            changed: false,
         }
     }
 
@@ -491,5 +519,98 @@ mod tests {
             }
             other => panic!("expected an automatic run, got {other:?}"),
         }
+    }
+
+    /// (case, input, expected verdict, risk, trust applied) for a target that changed in the
+    /// window before its incident.
+    #[test]
+    fn a_changed_target_makes_every_fix_at_least_medium() {
+        let start = start();
+        let cleanup = cleanup();
+        let big = ActionPlan::ContainerMemoryLimit {
+            container: "web".into(),
+            factor: 3.0,
+        };
+        let changed = |plan| PolicyInput {
+            changed: true,
+            ..input(plan)
+        };
+        let table: Vec<(&str, PolicyInput, &str, Risk, bool)> = vec![
+            (
+                "unchanged low runs",
+                input(&cleanup),
+                "auto",
+                Risk::Low,
+                false,
+            ),
+            (
+                "changed low waits",
+                changed(&cleanup),
+                "operator",
+                Risk::Medium,
+                false,
+            ),
+            (
+                "changed medium stays medium",
+                changed(&start),
+                "operator",
+                Risk::Medium,
+                false,
+            ),
+            (
+                "trusted and unchanged runs as low",
+                PolicyInput {
+                    trusted: true,
+                    ..input(&start)
+                },
+                "auto",
+                Risk::Low,
+                true,
+            ),
+            (
+                "trusted but changed waits, trust not applied",
+                PolicyInput {
+                    trusted: true,
+                    ..changed(&start)
+                },
+                "operator",
+                Risk::Medium,
+                false,
+            ),
+            (
+                "changed high stays high",
+                changed(&big),
+                "admin",
+                Risk::High,
+                false,
+            ),
+            (
+                "changed notify-only stays notify-only",
+                changed(&ActionPlan::NotifyOnly),
+                "notify",
+                Risk::Low,
+                false,
+            ),
+            (
+                "changed under dry-run is still only described",
+                PolicyInput {
+                    mode: Mode::DryRun,
+                    ..changed(&cleanup)
+                },
+                "dry-run",
+                Risk::Medium,
+                false,
+            ),
+        ];
+        for (case, input, expected, risk, applied) in table {
+            let decision = decide(&input);
+            assert_eq!(kind(&decision), expected, "{case}");
+            assert_eq!(decision.risk, risk, "{case}");
+            assert_eq!(decision.trust_applied, applied, "{case}");
+        }
+        let Verdict::NeedsApproval { why, .. } = decide(&changed(&cleanup)).verdict else {
+            panic!("a changed target waits")
+        };
+        assert!(why.contains("changed just before the incident"), "{why}");
     }
 }

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    Actor, Execution, Incident, IncidentId, Status, TargetState, Timestamp, TrustKey,
+    Actor, Execution, Incident, IncidentId, Signal, Status, TargetState, Timestamp, TrustKey,
 };
-use crate::pipeline::analyze::{self, Evidence};
+use crate::pipeline::analyze::{self, ChangesRead, Evidence};
 use crate::pipeline::approve::{ApprovedAction, DecisionError};
 use crate::pipeline::audit::{self, AuditEvent, Step};
 use crate::pipeline::engine::{self, Analyzed, Effect, Event, Outcome, RollbackPermit};
@@ -316,19 +316,57 @@ async fn emit(pipeline: &Pipeline, step: Step, incident: &Incident, details: ser
     }
 }
 
+/// The target container's changes in `[analyzer] change_window` before `incident` opened,
+/// for an incident on a container; `NotRead` for others or a zero window. Docker not
+/// answering is `Unknown`, never an error: analysis goes on without them.
+async fn recent_changes(pipeline: &Pipeline, incident: &Incident) -> ChangesRead {
+    let window = pipeline.settings.analyzer.change_window.0;
+    let on_container = matches!(
+        incident.signal,
+        Signal::ContainerDown | Signal::ContainerMemory
+    );
+    if window.is_zero() || !on_container {
+        return ChangesRead::NotRead;
+    }
+    let target = incident.resource.as_str();
+    let opened_at = incident.opened_at;
+    let since = Timestamp::from_unix_millis(
+        opened_at
+            .unix_millis()
+            .saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX)),
+    );
+    // Docker waits for an `until` in the future; the incident opened in the past.
+    let until = opened_at.min(Timestamp::now());
+    match pipeline
+        .collectors
+        .container_events(target, since, until)
+        .await
+    {
+        Ok(events) => ChangesRead::Read {
+            window,
+            changes: analyze::changes::from_events(target, &events, opened_at),
+        },
+        Err(why) => ChangesRead::Unknown(why),
+    }
+}
+
 /// What the analyzers may look at, now.
 #[tracing::instrument(name = "gather_evidence", skip_all)]
-async fn gather_evidence(pipeline: &Pipeline) -> Evidence {
-    let (containers, sandbox_dirs) = tokio::join!(pipeline.collectors.containers(), async {
-        let dir = pipeline.settings.sandbox_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let dirs = sandbox::largest_directories(&dir, 10).unwrap_or_default();
-            let total = sandbox::sandbox_size(&dir).ok();
-            (dirs, total)
-        })
-        .await
-        .unwrap_or_default()
-    });
+async fn gather_evidence(pipeline: &Pipeline, incident: &Incident) -> Evidence {
+    let (containers, sandbox_dirs, changes) = tokio::join!(
+        pipeline.collectors.containers(),
+        async {
+            let dir = pipeline.settings.sandbox_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let dirs = sandbox::largest_directories(&dir, 10).unwrap_or_default();
+                let total = sandbox::sandbox_size(&dir).ok();
+                (dirs, total)
+            })
+            .await
+            .unwrap_or_default()
+        },
+        recent_changes(pipeline, incident)
+    );
     let (dirs, sandbox_bytes) = sandbox_dirs;
     let root = pipeline.settings.sandbox_dir.clone();
     Evidence {
@@ -354,6 +392,7 @@ async fn gather_evidence(pipeline: &Pipeline) -> Evidence {
             .filter(|mount| sandbox::on_mount(&root, Path::new(mount)))
             .cloned()
             .collect(),
+        changes,
     }
 }
 
@@ -369,7 +408,7 @@ async fn analyze_and_decide(
     let Some((incident, _)) = moved(started) else {
         return Ok(());
     };
-    let evidence = gather_evidence(pipeline).await;
+    let evidence = gather_evidence(pipeline, &incident).await;
     let analyze::Settled {
         analysis,
         plan,
@@ -379,6 +418,9 @@ async fn analyze_and_decide(
         .container()
         .and_then(|name| evidence.container(name))
         .is_some_and(|c| c.protected());
+    // The changes were read for the incident's own container, the only one a fix may act
+    // on (`analyze::check_allowed`).
+    let changed = plan.container().is_some() && !evidence.changes.changes().is_empty();
     let since = Timestamp::from_unix_millis(now.unix_millis() - 3_600_000);
     let recent = store
         .auto_actions_since(since)
@@ -399,12 +441,13 @@ async fn analyze_and_decide(
         budget_per_hour: settings.actions.auto_budget_per_hour,
         max_memory_factor: settings.actions.memory_limit_max_factor,
         trusted: grant.is_some(),
+        changed,
     });
     // The facts the policy decided on, for the audit and `sentinel replay`.
     let policy_facts = json!({
         "assessed": analysis.risk_assessment, "protected": protected, "paused": paused,
         "recent_automatic": recent, "trusted": grant.as_ref().map(|g| &g.id),
-        "trust_applied": decision.trust_applied,
+        "trust_applied": decision.trust_applied, "changed": changed,
     });
     let snapshot = match pipeline.executor.snapshot(&plan).await {
         Ok(snapshot) => snapshot,
@@ -417,6 +460,11 @@ async fn analyze_and_decide(
         snapshot,
         refusals: refusals.clone(),
         veto_window: settings.actions.veto_window.0,
+        changes: evidence.changes.changes().to_vec(),
+        changes_unknown: match &evidence.changes {
+            ChangesRead::Unknown(why) => Some(why.clone()),
+            ChangesRead::NotRead | ChangesRead::Read { .. } => None,
+        },
     }));
     let stepped = step(store, id, None, &analyzed, Timestamp::now()).await?;
     let Some((stored, effects)) = moved(stepped) else {

@@ -18,11 +18,20 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerInspectResponse, ContainerMemoryStats, HealthStatusEnum, RestartPolicyNameEnum,
 };
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, StatsOptions};
+use bollard::query_parameters::{
+    EventsOptions, InspectContainerOptions, ListContainersOptions, StatsOptions,
+};
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::{StreamExt, TryStreamExt};
 
-use super::ContainerSample;
+use super::{ContainerEvent, ContainerSample};
+use crate::domain::Timestamp;
+
+/// The Docker actions that can be a recent change to a container (SPEC §12.4).
+pub const CHANGE_ACTIONS: [&str; 5] = ["create", "destroy", "rename", "update", "start"];
+
+/// The most events [`DockerCollector::container_events`] returns (the newest ones).
+pub const MAX_EVENTS: usize = 100;
 
 /// The socket used when neither the settings nor `DOCKER_HOST` name a host.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -47,6 +56,11 @@ pub enum DockerError {
         humantime::format_duration(*.timeout)
     )]
     CollectTimedOut { host: String, timeout: Duration },
+    #[error(
+        "reading container events from docker at {host} took longer than {}",
+        humantime::format_duration(*.timeout)
+    )]
+    EventsTimedOut { host: String, timeout: Duration },
 }
 
 impl DockerError {
@@ -87,6 +101,10 @@ impl DockerError {
             },
             DockerError::CollectTimedOut { timeout, .. } => format!(
                 "Docker: listing containers took longer than {}",
+                humantime::format_duration(*timeout)
+            ),
+            DockerError::EventsTimedOut { timeout, .. } => format!(
+                "Docker: reading its events took longer than {}",
                 humantime::format_duration(*timeout)
             ),
         }
@@ -245,6 +263,93 @@ impl DockerCollector {
         Ok(Some(sample))
     }
 
+    /// What Docker recorded about the containers named `name` (or renamed from it) from
+    /// `since` to `until`: its create, destroy, rename, update and start events, oldest
+    /// first, at most [`MAX_EVENTS`] (the newest), each with the image id it ran
+    /// ([`ContainerEvent::image_id`]). Bounded by the time budget; `until` should not be in
+    /// the future, or Docker waits for it.
+    pub async fn container_events(
+        &self,
+        name: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<ContainerEvent>, DockerError> {
+        let read = self.container_events_unbounded(name, since, until);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(DockerError::EventsTimedOut {
+                host: self.host.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn container_events_unbounded(
+        &self,
+        name: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<ContainerEvent>, DockerError> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "event".to_owned(),
+                CHANGE_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+            ),
+        ]);
+        let options = EventsOptions {
+            since: Some(docker_time(since)),
+            until: Some(docker_time(until)),
+            filters: Some(filters),
+        };
+        // Docker's own `container` filter matches name prefixes (web-1 would match web-10)
+        // and misses a rename away from the name, so the names are matched here.
+        let mut events: Vec<ContainerEvent> = self
+            .docker
+            .events(Some(options))
+            .map_err(|error| self.request_error("reading container events".to_owned(), error))
+            .try_filter_map(|message| async move {
+                Ok(event_from_message(message)
+                    .filter(|event| event.name == name || event.old_name.as_deref() == Some(name)))
+            })
+            .try_collect()
+            .await?;
+        events.sort_by_key(|event| event.at);
+        if events.len() > MAX_EVENTS {
+            events.drain(..events.len() - MAX_EVENTS);
+        }
+        let mut by_container: HashMap<String, Option<String>> = HashMap::new();
+        let mut by_reference: HashMap<String, Option<String>> = HashMap::new();
+        for event in &mut events {
+            if !by_container.contains_key(&event.id) {
+                let image = self
+                    .docker
+                    .inspect_container(&event.id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|inspected| inspected.image);
+                by_container.insert(event.id.clone(), image);
+            }
+            let mut image_id = by_container[&event.id].clone();
+            if image_id.is_none() {
+                if let Some(reference) = &event.image {
+                    if !by_reference.contains_key(reference) {
+                        let id = self
+                            .docker
+                            .inspect_image(reference)
+                            .await
+                            .ok()
+                            .and_then(|image| image.id);
+                        by_reference.insert(reference.clone(), id);
+                    }
+                    image_id = by_reference[reference].clone();
+                }
+            }
+            event.image_id = image_id;
+        }
+        Ok(events)
+    }
+
     fn request_error(&self, doing: String, error: BollardError) -> DockerError {
         DockerError::Request {
             host: self.host.clone(),
@@ -252,6 +357,41 @@ impl DockerCollector {
             error,
         }
     }
+}
+
+/// `seconds.nanoseconds`, the timestamp form Docker's `since` and `until` take.
+fn docker_time(at: Timestamp) -> String {
+    let ms = at.unix_millis();
+    format!(
+        "{}.{:09}",
+        ms.div_euclid(1000),
+        ms.rem_euclid(1000) * 1_000_000
+    )
+}
+
+/// A container event, or `None` for anything else (or one without an id or a name).
+fn event_from_message(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let action = message.action?;
+    let actor = message.actor?;
+    let id = actor.id?;
+    let attributes = actor.attributes.unwrap_or_default();
+    let at = match (message.time_nano, message.time) {
+        (Some(nanos), _) => nanos.div_euclid(1_000_000),
+        (None, Some(seconds)) => seconds.saturating_mul(1000),
+        (None, None) => return None,
+    };
+    let name = attributes.get("name")?.trim_start_matches('/').to_owned();
+    Some(ContainerEvent {
+        at: Timestamp::from_unix_millis(at),
+        action,
+        id,
+        name,
+        old_name: attributes
+            .get("oldName")
+            .map(|old| old.trim_start_matches('/').to_owned()),
+        image: attributes.get("image").cloned(),
+        image_id: None,
+    })
 }
 
 /// The `n` samples using the largest share of their memory limit, largest first; containers

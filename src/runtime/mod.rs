@@ -109,6 +109,27 @@ impl ContainerSample {
     }
 }
 
+/// One Docker event about a container, as `runtime::docker` read it: the raw material of
+/// an incident's recent changes (`pipeline::analyze::changes` decides what they mean).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub at: crate::domain::Timestamp,
+    /// Docker's action: `create`, `destroy`, `rename`, `update`, `start`.
+    pub action: String,
+    /// The container's id.
+    pub id: String,
+    /// Its name after the event, without Docker's leading `/`.
+    pub name: String,
+    /// A rename's previous name, without the leading `/`.
+    pub old_name: Option<String>,
+    /// The image as the container was created from it (`shop/web:2.1`, or an id).
+    pub image: Option<String>,
+    /// The image id (`sha256:…`) the container runs: from the container when it still
+    /// exists, else from the image reference as it resolves now; `None` when neither can
+    /// be asked.
+    pub image_id: Option<String>,
+}
+
 pub use crate::domain::{glob_matches, ContainerFilter, ContainerSelector};
 
 impl ContainerSample {

@@ -1746,7 +1746,23 @@ pub fn sample_incidents() -> Vec<SampleIncident> {
                         Some(format!("{} needs {name}", detection.resource.as_str()));
                     incident.confidence = Some(0.8);
                     incident.analyzer = Some("rules".to_owned());
-                    incident.evidence = vec![detection.summary.clone()];
+                    incident.evidence = vec![crate::domain::EvidenceItem {
+                        id: "metric-1".to_owned(),
+                        kind: crate::domain::EvidenceKind::Metric,
+                        text: detection.summary.clone(),
+                    }];
+                    incident.evidence_cited = vec!["metric-1".to_owned()];
+                    if plan.container().is_some() {
+                        incident.changes = vec![crate::domain::Change {
+                            at: at(-4),
+                            kind: crate::domain::ChangeKind::Create,
+                            detail: format!(
+                                "{} was created from image shop/web:2.1 (4f1c2a9e0b7d), 4 min \
+                                 before the incident opened",
+                                detection.resource.as_str()
+                            ),
+                        }];
+                    }
                     incident.snapshot = Some(before.clone());
                     incident.record(
                         "analyzed",
@@ -1863,7 +1879,7 @@ fn sample_incident() -> Value {
         "status": "awaiting_approval", "value": 72.4, "threshold": 60.0, "risk": "medium",
         "proposed_action": {"action": "container_memory_limit",
                             "params": {"container": "web-1", "factor": 1.5}},
-        "root_cause": "web-1 grew past its 512 MB limit after the 10:00 deploy; no leak pattern",
+        "root_cause": "container web-1 uses 72.4 % of its memory limit; raising the limit 1.5× gives it room without a restart; web-1 was recreated from a new image 4 min before it started failing; raising its memory limit could hide a bad deploy",
         "confidence": 0.8, "analyzer": "rules",
         "opened_at": "2026-11-28T10:00:00.000Z", "updated_at": "2026-11-28T10:00:05.000Z",
         "version": 4,
@@ -1879,7 +1895,28 @@ fn sample_incident() -> Value {
         ],
         "source": "docker", "summary": "container memory of web-1 is 72.4 % (threshold 60 %)",
         "occurrences": 3, "last_seen_at": "2026-11-28T10:00:05.000Z", "resolved_at": null,
-        "labels": {"team": "web"}, "evidence": ["memory 370 MB of 512 MB"],
+        "labels": {"team": "web"},
+        "evidence": [
+            {"id": "metric-1", "kind": "metric",
+             "text": "container memory of web-1 is 72.4 % against a threshold of 60 % (from docker, seen 3 times)"},
+            {"id": "docker-1", "kind": "docker", "text": "web-1 is running"},
+            {"id": "metric-2", "kind": "metric", "text": "web-1 uses 388.6 MB (72.4 % of its limit)"},
+            {"id": "change-1", "kind": "change",
+             "text": "a container named web-1 (9d2e4b7a1c3f, image shop/web:2.0 (77aa01c2d3e4)) was removed, 5 min before the incident opened"},
+            {"id": "change-2", "kind": "change",
+             "text": "web-1 was created from image shop/web:2.1 (4f1c2a9e0b7d), 5 min before the incident opened"},
+            {"id": "change-3", "kind": "change",
+             "text": "web-1 was started from a new image shop/web:2.1 (4f1c2a9e0b7d); before, it ran image shop/web:2.0 (77aa01c2d3e4), 4 min before the incident opened"}
+        ],
+        "evidence_cited": ["metric-1", "metric-2", "change-1", "change-2", "change-3"],
+        "changes": [
+            {"at": "2026-11-28T09:55:10.000Z", "kind": "destroy",
+             "detail": "a container named web-1 (9d2e4b7a1c3f, image shop/web:2.0 (77aa01c2d3e4)) was removed, 5 min before the incident opened"},
+            {"at": "2026-11-28T09:55:11.000Z", "kind": "create",
+             "detail": "web-1 was created from image shop/web:2.1 (4f1c2a9e0b7d), 5 min before the incident opened"},
+            {"at": "2026-11-28T09:55:40.000Z", "kind": "start",
+             "detail": "web-1 was started from a new image shop/web:2.1 (4f1c2a9e0b7d); before, it ran image shop/web:2.0 (77aa01c2d3e4), 4 min before the incident opened"}
+        ],
         "snapshot": {"id": "3f9c2d5e8a7b41c6d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7",
                      "name": "web-1", "state": "running",
                      "started_at": "2026-11-28T08:00:00.123456789Z", "restart_count": 0,

@@ -159,6 +159,24 @@ struct IncidentView {
     /// A scheduled fix: when it runs, in words (`in 42 s`) and exactly (the hover).
     runs_in: Option<String>,
     scheduled_for: Option<String>,
+    /// What Docker recorded on the target just before the incident (`Incident::changes`).
+    changes: Vec<ChangeView>,
+    /// The facts the root cause cites, in the order cited.
+    evidence: Vec<EvidenceView>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChangeView {
+    at: String,
+    kind: &'static str,
+    detail: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EvidenceView {
+    id: String,
+    kind: &'static str,
+    text: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -418,6 +436,25 @@ fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
         approvals: incident.approvals.clone(),
         timeline,
         timeline_hidden: incident.timeline.len() - shown,
+        changes: incident
+            .changes
+            .iter()
+            .map(|change| ChangeView {
+                at: change.at.to_string(),
+                kind: change.kind.as_str(),
+                detail: change.detail.clone(),
+            })
+            .collect(),
+        evidence: incident
+            .evidence_cited
+            .iter()
+            .filter_map(|id| incident.evidence.iter().find(|item| &item.id == id))
+            .map(|item| EvidenceView {
+                id: item.id.clone(),
+                kind: item.kind.as_str(),
+                text: item.text.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -9,12 +9,50 @@
 //! outside the sandbox's cleanup directories never leave this module) and [`check_allowed`]
 //! (the per-signal table of [`allowed_actions`], on the incident's own resource only). A
 //! refused LLM proposal is recorded (`proposal_refused`) and the rules decide.
+//!
+//! Every analysis carries the facts it had ([`facts::Catalogue`], items with ids) and cites
+//! the ones its root cause relies on; an LLM answer that cites none, or an id its prompt did
+//! not list, is refused the same way ([`check_citations`]). A target container that changed
+//! in `[analyzer] change_window` before the incident ([`changes`]) is named in the root cause
+//! of any fix on it ([`explain_changes`]); the policy makes that fix at least medium risk.
 
+pub mod changes;
+pub mod facts;
 pub mod llm;
 pub mod rules;
 
-use crate::domain::{ActionId, ActionPlan, Incident, ProposedAction, Risk, Signal};
+use std::time::Duration;
+
+use crate::domain::{
+    ActionId, ActionPlan, Change, EvidenceItem, Incident, ProposedAction, Risk, Signal,
+};
 use crate::runtime::ContainerSample;
+use facts::Catalogue;
+
+/// What was learnt of the target container's recent changes (SPEC §12.4).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ChangesRead {
+    /// Not asked: the incident has no target container, or `change_window` is `"0s"`.
+    #[default]
+    NotRead,
+    /// Docker's events of the `window` before the incident opened, as changes (maybe none).
+    Read {
+        window: Duration,
+        changes: Vec<Change>,
+    },
+    /// Docker could not be asked: why, for people. Nothing is recorded as changed.
+    Unknown(String),
+}
+
+impl ChangesRead {
+    /// The changes read; none when nothing was read.
+    pub fn changes(&self) -> &[Change] {
+        match self {
+            ChangesRead::Read { changes, .. } => changes,
+            ChangesRead::NotRead | ChangesRead::Unknown(_) => &[],
+        }
+    }
+}
 
 /// What the analyzers may look at, gathered by the caller (I/O) before analysis (pure).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +68,8 @@ pub struct Evidence {
     /// The watched disk mounts (`[monitor] disk_mounts`) that hold the sandbox: a `disk`
     /// incident may be answered with `sandbox_cleanup` only on one of these.
     pub sandbox_mounts: Vec<String>,
+    /// The target container's recent changes.
+    pub changes: ChangesRead,
 }
 
 impl Evidence {
@@ -58,7 +98,11 @@ pub struct Analysis {
     pub risk_assessment: Risk,
     /// 0 to 1.
     pub confidence: f64,
-    pub evidence: Vec<String>,
+    /// The facts the analyzer had, with their ids ([`facts::Catalogue`]).
+    pub evidence: Vec<EvidenceItem>,
+    /// The ids of the facts the root cause relies on, as the analyzer cited them (an LLM's
+    /// may name ids it was not given until [`check_citations`] refuses them).
+    pub cited: Vec<String>,
     /// `rules` or `llm:<model>`.
     pub analyzer: String,
 }
@@ -152,6 +196,62 @@ pub fn check(
     Ok(plan)
 }
 
+/// Whether `cited` holds the analysis to its facts: at least one id, and only ids of
+/// `catalogue` (what the analyzer was shown).
+pub fn check_citations(cited: &[String], catalogue: &Catalogue) -> Result<(), Refused> {
+    if cited.is_empty() {
+        return Err(Refused(
+            "it cited no evidence (its answer must cite the ids of the facts it relied on)"
+                .to_owned(),
+        ));
+    }
+    let unknown: Vec<&str> = cited
+        .iter()
+        .filter(|id| catalogue.get(id).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let quoted: Vec<String> = unknown.iter().take(5).map(|id| format!("{id:?}")).collect();
+        return Err(Refused(format!(
+            "it cited evidence {} that its prompt did not list",
+            quoted.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A fix on a target that changed just before its incident says so in its root cause
+/// (`…; web-1 was recreated from a new image 4 min before it started failing; a restart
+/// could hide a bad deploy`) and cites the changes. Nothing for `notify_only` or without
+/// changes.
+pub fn explain_changes(
+    analysis: &mut Analysis,
+    plan: &ActionPlan,
+    incident: &Incident,
+    evidence: &Evidence,
+    catalogue: &Catalogue,
+) {
+    let Some(target) = plan.container() else {
+        return;
+    };
+    let Some(headline) = changes::headline(target, evidence.changes.changes(), incident.opened_at)
+    else {
+        return;
+    };
+    if !analysis.root_cause.contains(&headline) {
+        analysis.root_cause = format!(
+            "{}; {headline}; {}",
+            analysis.root_cause.trim_end_matches(['.', ' ']),
+            changes::consequence(plan.action())
+        );
+    }
+    for id in catalogue.cite(&catalogue.change_facts()) {
+        if !analysis.cited.contains(&id) {
+            analysis.cited.push(id);
+        }
+    }
+}
+
 /// What analysis settled on: the analysis, its checked plan, and the lines for the
 /// timeline about what went wrong on the way. A line starting with `the LLM` is the
 /// analyzer falling back (`analyzer_fell_back`); any other is a refusal (`proposal_refused`).
@@ -163,28 +263,35 @@ pub struct Settled {
 }
 
 /// Asks the LLM when one is configured ([`crate::config::Settings::analyzer_choice`]),
-/// else the rules. A failing LLM, or an LLM proposal that [`check`] refuses, leaves the
-/// decision to the rules; a rules proposal refused too (which the table tests rule out)
-/// becomes `notify_only`.
+/// else the rules. A failing LLM, or an LLM proposal that [`check`] or [`check_citations`]
+/// refuses, leaves the decision to the rules; a rules proposal refused too (which the table
+/// tests rule out) becomes `notify_only`.
 pub async fn settle(
     llm: Option<&llm::LlmAnalyzer>,
     incident: &Incident,
     evidence: &Evidence,
 ) -> Settled {
     let mut refusals = Vec::new();
+    let catalogue = Catalogue::build(incident, evidence);
     if let Some(llm) = llm {
         match llm.analyze_reporting(incident, evidence).await {
             Ok(answered) => {
                 if let Some(earlier) = answered.earlier_failures_summary() {
                     refusals.push(format!("the LLM answered after failed tries: {earlier}"));
                 }
-                match check(incident, &answered.analysis.proposed_action, evidence) {
+                let checked = check(incident, &answered.analysis.proposed_action, evidence)
+                    .and_then(|plan| {
+                        check_citations(&answered.analysis.cited, &catalogue).map(|()| plan)
+                    });
+                match checked {
                     Ok(plan) => {
+                        let mut analysis = answered.analysis;
+                        explain_changes(&mut analysis, &plan, incident, evidence, &catalogue);
                         return Settled {
-                            analysis: answered.analysis,
+                            analysis,
                             plan,
                             refusals,
-                        }
+                        };
                     }
                     Err(Refused(why)) => refusals.push(format!(
                         "proposal refused: {} proposed {}; {why}, so the rules decided",
@@ -408,6 +515,7 @@ mod tests {
                 sandbox_bytes: Some(500_000_010),
                 docker_available: true,
                 sandbox_mounts: vec!["/".into()],
+                changes: ChangesRead::Unknown("Docker: connection refused".into()),
             },
             Evidence {
                 containers: vec![big],
@@ -426,6 +534,15 @@ mod tests {
                         check_allowed(&incident, &plan, evidence).is_ok(),
                         "rules proposed {:?} for {signal} on {resource}",
                         analysis.proposed_action
+                    );
+                    // The rules cite their own facts, by ids of the catalogue they had.
+                    let catalogue = Catalogue::build(&incident, evidence);
+                    assert_eq!(analysis.evidence, catalogue.items());
+                    assert_eq!(
+                        check_citations(&analysis.cited, &catalogue),
+                        Ok(()),
+                        "{signal} on {resource}: {:?}",
+                        analysis.cited
                     );
                 }
             }
@@ -448,5 +565,76 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(names, ["c", "a"]);
+    }
+
+    #[test]
+    fn citations_must_name_listed_ids_and_at_least_one() {
+        let evidence = Evidence {
+            containers: vec![container("web-1", Some(10))],
+            docker_available: true,
+            ..Evidence::default()
+        };
+        let catalogue = Catalogue::build(&incident(Signal::ContainerMemory, "web-1"), &evidence);
+        let ids = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_citations(&ids(&["metric-1"]), &catalogue), Ok(()));
+        let none = check_citations(&[], &catalogue).unwrap_err();
+        assert!(none.0.contains("cited no evidence"), "{none}");
+        let unknown = check_citations(&ids(&["metric-1", "metric-99"]), &catalogue).unwrap_err();
+        assert_eq!(
+            unknown.0,
+            "it cited evidence \"metric-99\" that its prompt did not list"
+        );
+        // A fact in words rather than by id is not a citation.
+        assert!(check_citations(&ids(&["web-1 uses 10 bytes"]), &catalogue).is_err());
+    }
+
+    #[test]
+    fn a_fix_on_a_changed_target_says_why_in_its_root_cause() {
+        use crate::domain::{Change, ChangeKind, Timestamp};
+        let mut memory = incident(Signal::ContainerMemory, "web-1");
+        memory.opened_at = Timestamp::from_unix_millis(600_000);
+        let changed = Evidence {
+            containers: vec![container("web-1", Some(900_000_000))],
+            docker_available: true,
+            changes: ChangesRead::Read {
+                window: std::time::Duration::from_secs(1800),
+                changes: vec![
+                    Change {
+                        at: Timestamp::from_unix_millis(300_000),
+                        kind: ChangeKind::Create,
+                        detail: "web-1 was created".into(),
+                    },
+                    Change {
+                        at: Timestamp::from_unix_millis(360_000),
+                        kind: ChangeKind::Start,
+                        detail: "web-1 was started from a new image".into(),
+                    },
+                ],
+            },
+            ..Evidence::default()
+        };
+        let analysis = rules::analyze(&memory, &changed);
+        assert!(
+            analysis.root_cause.ends_with(
+                "; web-1 was recreated from a new image 4 min before it started failing; \
+                 raising its memory limit could hide a bad deploy"
+            ),
+            "{}",
+            analysis.root_cause
+        );
+        assert!(analysis.cited.contains(&"change-1".to_owned()));
+        assert!(analysis.cited.contains(&"change-2".to_owned()));
+        // Without changes the root cause is the plain one.
+        let unchanged = Evidence {
+            changes: ChangesRead::default(),
+            ..changed
+        };
+        let plain = rules::analyze(&memory, &unchanged);
+        assert!(
+            !plain.root_cause.contains("bad deploy"),
+            "{}",
+            plain.root_cause
+        );
+        assert!(plain.cited.iter().all(|id| !id.starts_with("change-")));
     }
 }

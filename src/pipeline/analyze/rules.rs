@@ -6,33 +6,19 @@
 //! Pure. `tests/it/decisions.rs` replays a fixture set through it and the policy.
 
 use crate::domain::{ActionPlan, CleanupDir, Incident, Risk, Signal, Source};
-use crate::pipeline::analyze::{Analysis, Evidence};
-use crate::runtime::ContainerSample;
-
-const MB: f64 = 1e6;
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / MB)
-}
-
-fn memory_line(c: &ContainerSample) -> String {
-    match (c.memory_used_bytes, c.memory_percent()) {
-        (Some(used), Some(percent)) => {
-            format!("{} uses {} ({percent:.1} % of its limit)", c.name, mb(used))
-        }
-        _ => format!("{} ({})", c.name, c.state),
-    }
-}
+use crate::pipeline::analyze::facts::{cleanable_bytes, mb, memory_line, Catalogue, Fact};
+use crate::pipeline::analyze::{explain_changes, Analysis, Evidence};
 
 struct Conclusion {
     root_cause: String,
     plan: ActionPlan,
     risk: Risk,
     confidence: f64,
-    evidence: Vec<String>,
+    /// The facts the root cause rests on, beyond the incident's own reading (always cited).
+    evidence: Vec<Fact>,
 }
 
-fn notify(root_cause: String, confidence: f64, evidence: Vec<String>) -> Conclusion {
+fn notify(root_cause: String, confidence: f64, evidence: Vec<Fact>) -> Conclusion {
     Conclusion {
         root_cause,
         plan: ActionPlan::NotifyOnly,
@@ -56,7 +42,7 @@ pub fn analyze(incident: &Incident, evidence: &Evidence) -> Analysis {
             evidence
                 .top_memory(3)
                 .iter()
-                .map(|c| format!("running: {}", c.name))
+                .map(|c| Fact::Memory(c.name.clone()))
                 .collect(),
         ),
         Signal::Disk => disk(resource, value, evidence),
@@ -69,25 +55,40 @@ pub fn analyze(incident: &Incident, evidence: &Evidence) -> Analysis {
             0.3,
             incident
                 .labels
-                .iter()
+                .keys()
                 .take(10)
-                .map(|(k, v)| format!("{k}={v}"))
+                .map(|k| Fact::Label(k.clone()))
                 .collect(),
         ),
     };
-    Analysis {
+    let catalogue = Catalogue::build(incident, evidence);
+    let mut facts = vec![Fact::Reading];
+    facts.extend(conclusion.evidence);
+    if conclusion.plan.container().is_some() {
+        facts.push(Fact::ChangesUnknown);
+    }
+    let mut analysis = Analysis {
         root_cause: conclusion.root_cause,
         proposed_action: conclusion.plan.to_proposed(),
         risk_assessment: conclusion.risk,
         confidence: conclusion.confidence,
-        evidence: conclusion.evidence,
+        cited: catalogue.cite(&facts),
+        evidence: catalogue.items(),
         analyzer: "rules".to_owned(),
-    }
+    };
+    explain_changes(
+        &mut analysis,
+        &conclusion.plan,
+        incident,
+        evidence,
+        &catalogue,
+    );
+    analysis
 }
 
 fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
     let top = evidence.top_memory(3);
-    let facts: Vec<String> = top.iter().map(|c| memory_line(c)).collect();
+    let facts: Vec<Fact> = top.iter().map(|c| Fact::Memory(c.name.clone())).collect();
     // Host memory allows no automatic action (`analyze::allowed_actions`): restarting the
     // largest container is a person's call, so the rules name it and tell people.
     match top.first() {
@@ -106,7 +107,7 @@ fn host_memory(value: f64, evidence: &Evidence) -> Conclusion {
                  hold the memory is unknown"
             ),
             0.3,
-            vec!["Docker could not be read".to_owned()],
+            vec![Fact::DockerUnavailable],
         ),
         _ => notify(
             format!(
@@ -137,9 +138,9 @@ fn network_latency(incident: &Incident) -> Conclusion {
             ),
             0.5,
             vec![
-                format!("network {mb} MB/s"),
-                format!("network errors {errors}/s"),
-                "latency estimated as 25 + 2 × MB/s + 100 × errors/s".to_owned(),
+                Fact::Label("network_mb_per_s".to_owned()),
+                Fact::Label("network_errors_per_s".to_owned()),
+                Fact::LatencyFormula,
             ],
         ),
         (Source::Prometheus, _, _) => notify(
@@ -148,9 +149,7 @@ fn network_latency(incident: &Incident) -> Conclusion {
                  network_latency query; no catalogue action applies"
             ),
             0.5,
-            label("query")
-                .map(|query| vec![format!("query: {query}")])
-                .unwrap_or_default(),
+            vec![Fact::Label("query".to_owned())],
         ),
         _ => notify(
             format!(
@@ -177,10 +176,7 @@ fn disk(mount: &str, value: f64, evidence: &Evidence) -> Conclusion {
                  it would not free space here"
             ),
             0.4,
-            vec![
-                format!("mount {mount}"),
-                format!("sandbox cleanable: {}", mb(cleanable)),
-            ],
+            vec![Fact::Mount(mount.to_owned()), Fact::Cleanable],
         );
     }
     if cleanable >= 10_000_000 {
@@ -198,32 +194,23 @@ fn disk(mount: &str, value: f64, evidence: &Evidence) -> Conclusion {
                  so the space is used elsewhere"
             ),
             0.4,
-            vec![
-                format!("mount {mount}"),
-                format!("sandbox cleanable: {}", mb(cleanable)),
-            ],
+            vec![Fact::Mount(mount.to_owned()), Fact::Cleanable],
         )
     }
 }
 
-fn cleanable_bytes(evidence: &Evidence) -> u64 {
-    evidence
-        .sandbox_dirs
-        .iter()
-        .filter(|(name, _)| CleanupDir::ALL.iter().any(|d| d.as_str() == name))
-        .map(|(_, bytes)| bytes)
-        .sum()
-}
-
 fn sandbox(value: f64, evidence: &Evidence, mount: Option<&str>) -> Conclusion {
-    let mut facts: Vec<String> = evidence
-        .sandbox_dirs
-        .iter()
-        .take(5)
-        .map(|(name, bytes)| format!("{name}/: {}", mb(*bytes)))
-        .collect();
+    let mut facts: Vec<Fact> = vec![Fact::SandboxTotal];
+    facts.extend(
+        evidence
+            .sandbox_dirs
+            .iter()
+            .take(5)
+            .map(|(name, _)| Fact::SandboxDir(name.clone())),
+    );
+    facts.push(Fact::Cleanable);
     if let Some(mount) = mount {
-        facts.push(format!("mount {mount}"));
+        facts.push(Fact::Mount(mount.to_owned()));
     }
     let dirs: Vec<CleanupDir> = CleanupDir::ALL
         .into_iter()
@@ -266,21 +253,21 @@ fn container_down(name: &str, evidence: &Evidence) -> Conclusion {
         return notify(
             format!("container {name} is down and Docker cannot be asked about it"),
             0.2,
-            vec![],
+            vec![Fact::DockerUnavailable],
         );
     }
     let Some(container) = evidence.container(name) else {
         return notify(
             format!("container {name} is down and no longer exists"),
             0.5,
-            vec![format!("{name} not in the inventory")],
+            vec![Fact::Missing(name.to_owned())],
         );
     };
     let facts = vec![
-        format!("state {}", container.state),
-        format!("restart count {}", container.restart_count),
-        format!("exit code {}", container.exit_code.unwrap_or(0)),
-        format!("restart policy {}", container.restart_policy),
+        Fact::State(name.to_owned()),
+        Fact::Restarts(name.to_owned()),
+        Fact::Health(name.to_owned()),
+        Fact::Protected(name.to_owned()),
     ];
     match container.state.as_str() {
         "exited" | "created" | "dead" => Conclusion {
@@ -330,16 +317,17 @@ fn container_memory(
     incident: &Incident,
     evidence: &Evidence,
 ) -> Conclusion {
-    let Some(container) = evidence.container(name) else {
+    if evidence.container(name).is_none() {
         return notify(
             format!("container {name} uses {value:.1} % of its memory limit and is gone now"),
             0.3,
-            vec![],
+            vec![Fact::Missing(name.to_owned())],
         );
-    };
+    }
     let facts = vec![
-        memory_line(container),
-        format!("restart count {}", container.restart_count),
+        Fact::Memory(name.to_owned()),
+        Fact::Restarts(name.to_owned()),
+        Fact::Protected(name.to_owned()),
     ];
     let factor = if incident.severity >= crate::domain::Severity::Critical {
         2.0

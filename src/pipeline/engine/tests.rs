@@ -109,6 +109,7 @@ fn analyzed() -> Event {
             risk_assessment: Risk::Medium,
             confidence: 0.9,
             evidence: vec![],
+            cited: vec![],
             analyzer: "rules".into(),
         },
         plan,
@@ -123,6 +124,8 @@ fn analyzed() -> Event {
         snapshot: web("exited"),
         refusals: vec![],
         veto_window: Duration::from_secs(3),
+        changes: vec![],
+        changes_unknown: None,
     }))
 }
 
@@ -136,6 +139,7 @@ fn analyzed_automatic(veto_window: Duration) -> Event {
             risk_assessment: Risk::Low,
             confidence: 0.9,
             evidence: vec![],
+            cited: vec![],
             analyzer: "rules".into(),
         },
         plan: plan.clone(),
@@ -151,6 +155,8 @@ fn analyzed_automatic(veto_window: Duration) -> Event {
         snapshot: web("exited"),
         refusals: vec![],
         veto_window,
+        changes: vec![],
+        changes_unknown: None,
     }))
 }
 
