@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use sentinel::config::{Mode, Settings};
 use sentinel::domain::{
-    Detection, Incident, IncidentId, Resource, Risk, Severity, Signal, Source, Timestamp,
+    Change, ChangeKind, Detection, Incident, IncidentId, Resource, Risk, Severity, Signal,
+    Source, Timestamp,
 };
-use sentinel::pipeline::analyze::{check, rules, Evidence};
+use sentinel::pipeline::analyze::facts::Catalogue;
+use sentinel::pipeline::analyze::{check, check_citations, rules, ChangesRead, Evidence};
 use sentinel::pipeline::policy::{decide, PolicyInput, Verdict};
 use sentinel::runtime::ContainerSample;
 
@@ -77,6 +79,22 @@ fn with_sandbox(mut c: Case, dirs: &[(&str, u64)]) -> Case {
     c.evidence.sandbox_mounts = vec!["/".to_owned()];
     c.evidence.sandbox_dirs = dirs.iter().map(|(n, b)| (n.to_string(), b * MB)).collect();
     c.evidence.sandbox_bytes = Some(dirs.iter().map(|(_, b)| b * MB).sum());
+    c
+}
+
+/// Docker recorded `changes` on the target in the window before the incident.
+fn with_changes(mut c: Case, changes: &[(ChangeKind, &str)]) -> Case {
+    c.evidence.changes = ChangesRead::Read {
+        window: std::time::Duration::from_secs(1800),
+        changes: changes
+            .iter()
+            .map(|(kind, detail)| Change {
+                at: Timestamp::from_unix_millis(0),
+                kind: *kind,
+                detail: detail.to_string(),
+            })
+            .collect(),
+    };
     c
 }
 
@@ -443,6 +461,40 @@ fn cases() -> Vec<Case> {
     );
     dry_medium.mode = Mode::DryRun;
     cases.extend([approve_all, dry_run, paused, spent, almost, dry_medium]);
+    // A target that changed just before: container fixes stay at their medium floor (trust,
+    // the one way below it, is in `policy::tests`); nothing on a host signal changes.
+    cases.extend([
+        with_changes(
+            with_containers(
+                case(
+                    "container memory, recreated from a new image",
+                    ContainerMemory,
+                    "web-1",
+                    72.0,
+                    ("container_memory_limit", Medium, "operator"),
+                ),
+                vec![web()],
+            ),
+            &[
+                (ChangeKind::Destroy, "a container named web-1 was removed"),
+                (ChangeKind::Create, "web-1 was created"),
+                (ChangeKind::Start, "web-1 was started from a new image"),
+            ],
+        ),
+        with_changes(
+            with_containers(
+                case(
+                    "container down, renamed",
+                    ContainerDown,
+                    "web-1",
+                    1.0,
+                    ("container_start", Medium, "operator"),
+                ),
+                vec![container("web-1", "exited", None, 0)],
+            ),
+            &[(ChangeKind::Rename, "container web-1-blue was renamed to web-1")],
+        ),
+    ]);
     cases
 }
 
@@ -477,6 +529,26 @@ fn every_fixture_gets_its_recorded_decision() {
         assert!(!analysis.root_cause.is_empty(), "{}", case.name);
         let plan = check(&incident, &analysis.proposed_action, &case.evidence)
             .unwrap_or_else(|e| panic!("{}: the rules proposed something refused: {e}", case.name));
+        // The rules cite their own facts, by the ids of what they had.
+        let catalogue = Catalogue::build(&incident, &case.evidence);
+        check_citations(&analysis.cited, &catalogue)
+            .unwrap_or_else(|e| panic!("{}: the rules' citations were refused: {e}", case.name));
+        let changed = plan.container().is_some() && !case.evidence.changes.changes().is_empty();
+        if changed {
+            assert!(
+                analysis.root_cause.contains("before it started failing")
+                    && analysis.root_cause.contains("could hide a bad deploy"),
+                "{}: {}",
+                case.name,
+                analysis.root_cause
+            );
+            assert!(
+                analysis.cited.iter().any(|id| id.starts_with("change-")),
+                "{}: {:?}",
+                case.name,
+                analysis.cited
+            );
+        }
         let decision = decide(&PolicyInput {
             plan: &plan,
             assessed: analysis.risk_assessment,
@@ -491,6 +563,7 @@ fn every_fixture_gets_its_recorded_decision() {
             max_memory_factor: settings.actions.memory_limit_max_factor,
             // Trust has its own table (`policy::tests`) and the end-to-end test (`trust.rs`).
             trusted: false,
+            changed,
         });
         let verdict = match &decision.verdict {
             Verdict::Automatic(_) => "auto",

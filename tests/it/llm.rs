@@ -72,6 +72,7 @@ fn evidence() -> Evidence {
         sandbox_bytes: Some(90_001_000),
         docker_available: true,
         sandbox_mounts: vec!["/".into()],
+        changes: sentinel::pipeline::analyze::ChangesRead::NotRead,
     }
 }
 
@@ -103,7 +104,7 @@ fn answer(proposed_action: Value) -> String {
         "proposed_action": proposed_action,
         "risk_assessment": "medium",
         "confidence": 0.82,
-        "evidence": ["web-1 uses 93.1% of its limit", "db-1 is stable"],
+        "evidence": ["metric-1", "metric-2"],
     })
     .to_string()
 }
@@ -134,7 +135,8 @@ async fn a_good_answer_becomes_an_analysis() {
     assert_eq!(analysis.root_cause, "web-1 is leaking memory");
     assert_eq!(analysis.risk_assessment, Risk::Medium);
     assert_eq!(analysis.confidence, 0.82);
-    assert_eq!(analysis.evidence.len(), 2);
+    assert_eq!(analysis.cited, ["metric-1", "metric-2"]);
+    assert_eq!(analysis.evidence[0].id, "metric-1");
     assert_eq!(analysis.analyzer, "llm:deepseek/deepseek-r1");
 
     let requests = double.requests();

@@ -556,7 +556,7 @@ async fn the_llm_analyzer_is_used_and_falls_back_to_the_rules_on_forbidden_propo
     let good = serde_json::json!({
         "root_cause": "load spike in the host's batch jobs",
         "proposed_action": {"action": "notify_only", "params": {}},
-        "risk_assessment": "low", "confidence": 0.7, "evidence": ["cpu 97 %"]
+        "risk_assessment": "low", "confidence": 0.7, "evidence": ["metric-1"]
     });
     double.script([Reply::content(format!(
         "<think>cpu is high</think>\n```json\n{good}\n```"
@@ -757,7 +757,7 @@ async fn the_default_analyzer_asks_the_llm_and_a_proposal_outside_the_table_is_r
     let cleanup = serde_json::json!({
         "root_cause": "the disk fills with logs",
         "proposed_action": {"action": "sandbox_cleanup", "params": {"dirs": ["logs"]}},
-        "risk_assessment": "low", "confidence": 0.9, "evidence": ["logs are big"]
+        "risk_assessment": "low", "confidence": 0.9, "evidence": ["docker-1"]
     })
     .to_string();
     // Other tests' containers on this Docker may open incidents too: all get this answer.
