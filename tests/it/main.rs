@@ -3,6 +3,7 @@
 mod alerts;
 mod api;
 mod blocks;
+mod changes;
 mod browser;
 mod cleanup;
 mod cli;
@@ -14,6 +15,7 @@ mod demo;
 mod docker;
 mod durability;
 mod engine;
+mod evidence;
 mod hardening;
 mod helpers;
 mod home;

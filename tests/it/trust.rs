@@ -161,6 +161,9 @@ async fn verified_approvals_earn_trust_a_failed_fix_revokes_it_and_replay_shows_
     let app = spawn_app_with(Backend::Embedded, |s| {
         s.actions.enabled = true;
         s.actions.trust_after = 2;
+        // The container was created moments ago, which is a recent change that keeps every
+        // fix on it at medium risk, trust or not (tests/it/changes.rs): read none here.
+        s.analyzer.change_window = sentinel::config::HumanDuration(Duration::ZERO);
         s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
         s.data_dir = data_dir.clone();
         // Only this test's container: other tests' containers share the daemon.
