@@ -82,13 +82,15 @@ fn fix_section(rendered: &blocks::Rendered) -> String {
         .to_owned()
 }
 
-/// The card's context line (id, opened, approved by, rolled back, resolved).
+/// The card's context line (id, opened, approved by, rolled back, resolved): the context
+/// block that starts with the incident's id (the evidence is a context block too).
 fn context_line(rendered: &blocks::Rendered) -> String {
     rendered
         .blocks
         .iter()
-        .find(|b| b["type"] == "context")
-        .and_then(|b| b["elements"][0]["text"].as_str())
+        .filter(|b| b["type"] == "context")
+        .filter_map(|b| b["elements"][0]["text"].as_str())
+        .find(|text| text.starts_with("inc-"))
         .unwrap_or_default()
         .to_owned()
 }
