@@ -1260,6 +1260,18 @@ mod tests {
     }
 
     #[test]
+    fn the_change_window_defaults_to_30m_reads_none_at_0s_and_is_bounded() {
+        let defaults = Settings::defaults();
+        assert_eq!(defaults.analyzer.change_window.0, Duration::from_secs(1800));
+        assert!(defaults.summary()["recent changes"].contains("30m before an incident"));
+        let off = load_with(Some("[analyzer]\nchange_window = \"0s\"\n"), &[]).unwrap();
+        assert!(off.analyzer.change_window.0.is_zero());
+        assert!(off.summary()["recent changes"].starts_with("not read"));
+        let long = load_with(Some("[analyzer]\nchange_window = \"8d\"\n"), &[]).unwrap_err();
+        assert_eq!(long.key, "analyzer.change_window");
+    }
+
+    #[test]
     fn the_analyzer_is_the_llm_exactly_when_a_key_is_configured_unless_forced() {
         let defaults = Settings::defaults();
         assert_eq!(defaults.analyzer.kind, AnalyzerKind::Auto);

@@ -690,6 +690,35 @@ mod tests {
     }
 
     #[test]
+    fn an_event_message_becomes_a_container_event() {
+        // The shape docker.io 20.10 sends for `docker rename`.
+        let message: bollard::models::EventMessage = serde_json::from_value(json!({
+            "Type": "container", "Action": "rename",
+            "Actor": {"ID": "fb38", "Attributes": {
+                "image": "shop/web:2", "name": "web-1", "oldName": "/web-1-blue"}},
+            "scope": "local", "time": 1796319627, "timeNano": 1796319627987801375i64
+        }))
+        .unwrap();
+        let event = event_from_message(message).unwrap();
+        assert_eq!(event.at, Timestamp::from_unix_millis(1_796_319_627_987));
+        assert_eq!(event.action, "rename");
+        assert_eq!(event.id, "fb38");
+        assert_eq!(event.name, "web-1");
+        assert_eq!(event.old_name.as_deref(), Some("web-1-blue"));
+        assert_eq!(event.image.as_deref(), Some("shop/web:2"));
+        assert_eq!(event.image_id, None, "resolved later, from Docker");
+        let nameless: bollard::models::EventMessage = serde_json::from_value(
+            json!({"Action": "start", "Actor": {"ID": "x", "Attributes": {}}, "time": 1}),
+        )
+        .unwrap();
+        assert_eq!(event_from_message(nameless), None);
+        assert_eq!(
+            docker_time(Timestamp::from_unix_millis(1_796_319_627_987)),
+            "1796319627.987000000"
+        );
+    }
+
+    #[test]
     fn only_a_404_means_the_container_is_gone() {
         let gone = BollardError::DockerResponseServerError {
             status_code: 404,

@@ -39,16 +39,17 @@ impl Image {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(root.path().join("etc/marker"), marker).unwrap();
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .args(["-C", root.path().to_str().unwrap(), "-cf", "-", "."])
             .stdout(Stdio::piped())
             .spawn()
             .expect("tar runs");
         let imported = Command::new("docker")
             .args(["import", "-c", "ENV PATH=/bin", "-", tag])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .expect("the docker CLI runs");
+        assert!(tar.wait().unwrap().success(), "tar of the image root");
         assert!(
             imported.status.success(),
             "docker import {tag}: {}",
@@ -222,7 +223,10 @@ async fn a_container_recreated_from_a_new_image_gets_a_medium_fix_with_the_chang
     fill(&name);
     let plain = detect(&app, &fingerprint).await;
     let plain = wait_for(&app, &plain.id, Status::AwaitingApproval).await;
-    assert_eq!(plain.risk, Some(ActionId::ContainerMemoryLimit.risk_floor()));
+    assert_eq!(
+        plain.risk,
+        Some(ActionId::ContainerMemoryLimit.risk_floor())
+    );
     assert_eq!(plain.risk, Some(Risk::Medium));
     assert_eq!(plain.changes, []);
     let root_cause = plain.root_cause.clone().unwrap();
@@ -238,7 +242,10 @@ async fn a_container_recreated_from_a_new_image_gets_a_medium_fix_with_the_chang
     assert!(!steps(&plain).contains(&"changes_unknown"));
     let card = card_in_slack(&double, &plain.id, "awaiting approval").await;
     assert!(!card.contains("Recent changes"), "{card}");
-    assert!(card.contains("`metric-1`"), "the card shows cited evidence: {card}");
+    assert!(
+        card.contains("`metric-1`"),
+        "the card shows cited evidence: {card}"
+    );
     clear(&app, &name, &plain.id).await;
 
     // The same container, its fix trusted: low risk, scheduled to run on its own.
@@ -308,8 +315,9 @@ async fn a_container_recreated_from_a_new_image_gets_a_medium_fix_with_the_chang
     let root_cause = changed.root_cause.clone().unwrap();
     assert!(
         root_cause.contains(&format!("; {name} was recreated from a new image "))
-            && root_cause
-                .ends_with(" before it started failing; raising its memory limit could hide a bad deploy"),
+            && root_cause.ends_with(
+                " before it started failing; raising its memory limit could hide a bad deploy"
+            ),
         "{root_cause}"
     );
     let waiting = changed
@@ -368,4 +376,58 @@ async fn a_container_recreated_from_a_new_image_gets_a_medium_fix_with_the_chang
     let page = app.get_text("/").await;
     assert!(page.contains("recent changes"), "the page has the list");
     assert!(page.contains("was started from a new image"));
+}
+
+/// The collector against real Docker: exactly the name's events (not a longer name sharing
+/// its prefix), a rename away from it included, oldest first, with the image ids resolved;
+/// and the pure reading of them says update and rename.
+#[tokio::test]
+async fn the_collector_reads_exactly_the_names_events_with_their_image_ids() {
+    use sentinel::runtime::docker::DockerCollector;
+    let suffix = IncidentId::generate().as_str()[4..].to_owned();
+    let name = format!("sentinel-events-{suffix}");
+    let longer = format!("{name}0");
+    let moved = format!("{name}-old");
+    let _guards = [
+        Container(name.clone()),
+        Container(longer.clone()),
+        Container(moved.clone()),
+    ];
+    let image = Image::import(&format!("sentinel-test/changes-e:{suffix}"), "e");
+    let since = Timestamp::now();
+    run(&name, &image);
+    run(&longer, &image);
+    docker(&["update", "--memory", "96m", "--memory-swap", "192m", &name]);
+    docker(&["rename", &name, &moved]);
+    let until = Timestamp::now();
+
+    let collector = DockerCollector::connect("", 4, Duration::from_secs(10))
+        .await
+        .expect("Docker answers");
+    let events = collector
+        .container_events(&name, since, until)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["create", "start", "update", "rename"],
+        "{events:#?}"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e.image_id.as_deref() == Some(image.id().as_str())));
+    assert_eq!(events[3].old_name.as_deref(), Some(name.as_str()));
+    assert_eq!(events[3].name, moved);
+
+    let changes = sentinel::pipeline::analyze::changes::from_events(&name, &events, until);
+    let kinds: Vec<ChangeKind> = changes.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [ChangeKind::Create, ChangeKind::Update, ChangeKind::Rename],
+        "a first start is no change of image: {changes:#?}"
+    );
+    assert!(changes[2]
+        .detail
+        .starts_with(&format!("{name} was renamed to {moved}")));
 }

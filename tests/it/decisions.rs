@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use sentinel::config::{Mode, Settings};
 use sentinel::domain::{
-    Change, ChangeKind, Detection, Incident, IncidentId, Resource, Risk, Severity, Signal,
-    Source, Timestamp,
+    Change, ChangeKind, Detection, Incident, IncidentId, Resource, Risk, Severity, Signal, Source,
+    Timestamp,
 };
 use sentinel::pipeline::analyze::facts::Catalogue;
 use sentinel::pipeline::analyze::{check, check_citations, rules, ChangesRead, Evidence};
@@ -492,7 +492,10 @@ fn cases() -> Vec<Case> {
                 ),
                 vec![container("web-1", "exited", None, 0)],
             ),
-            &[(ChangeKind::Rename, "container web-1-blue was renamed to web-1")],
+            &[(
+                ChangeKind::Rename,
+                "container web-1-blue was renamed to web-1",
+            )],
         ),
     ]);
     cases

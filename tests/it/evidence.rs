@@ -79,17 +79,27 @@ async fn an_llm_answer_must_cite_ids_from_its_prompt_or_the_rules_decide() {
     let cpu = app.trigger("cpu").await;
     let decided = wait_for(&app, &cpu.id, Status::Escalated).await;
     assert_eq!(double.requests().len(), 1, "a refusal is not retried");
-    assert_eq!(decided.analyzer.as_deref(), Some("rules"), "{:#?}", decided.timeline);
+    assert_eq!(
+        decided.analyzer.as_deref(),
+        Some("rules"),
+        "{:#?}",
+        decided.timeline
+    );
     let refused = step(&decided, "proposal_refused").expect("the refusal is on the timeline");
     assert!(
-        refused.starts_with("proposal refused: llm:deepseek/deepseek-r1 proposed notify_only; it cited no evidence"),
+        refused.starts_with(
+            "proposal refused: llm:deepseek/deepseek-r1 proposed notify_only; it cited no evidence"
+        ),
         "{refused}"
     );
     assert!(refused.ends_with("so the rules decided"), "{refused}");
     let listed = prompt_ids(&double.requests()[0]);
     assert_eq!(listed[0], "metric-1", "{listed:?}");
     let stored: Vec<&str> = decided.evidence.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(stored, listed, "the incident keeps the facts the prompt listed");
+    assert_eq!(
+        stored, listed,
+        "the incident keeps the facts the prompt listed"
+    );
     assert!(!decided.evidence_cited.is_empty());
     assert!(decided
         .evidence_cited
@@ -161,7 +171,10 @@ async fn an_llm_answer_must_cite_ids_from_its_prompt_or_the_rules_decide() {
     // The card shows the cited fact.
     let card = sentinel::slack::cards::render_card(&accepted, "").unwrap();
     let card = serde_json::to_string(&card.blocks).unwrap();
-    assert!(card.contains("`metric-1` network latency of host is"), "{card}");
+    assert!(
+        card.contains("`metric-1` network latency of host is"),
+        "{card}"
+    );
     assert_eq!(double.requests().len(), 3);
 }
 

@@ -3,8 +3,8 @@
 mod alerts;
 mod api;
 mod blocks;
-mod changes;
 mod browser;
+mod changes;
 mod cleanup;
 mod cli;
 mod collectors;

@@ -133,7 +133,8 @@ impl Catalogue {
     pub fn change_facts(&self) -> Vec<Fact> {
         self.entries
             .iter()
-            .filter_map(|(fact, _)| matches!(fact, Fact::Change(_)).then(|| fact.clone()))
+            .filter(|(fact, _)| matches!(fact, Fact::Change(_)))
+            .map(|(fact, _)| fact.clone())
             .collect()
     }
 
