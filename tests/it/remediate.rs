@@ -767,6 +767,10 @@ async fn the_default_analyzer_asks_the_llm_and_a_proposal_outside_the_table_is_r
         s.llm.timeout = sentinel::config::HumanDuration(Duration::from_secs(5));
         s.secrets.llm_api_key = from_env.secrets.llm_api_key.clone();
         s.secrets.llm_api_key_from = from_env.secrets.llm_api_key_from;
+        // Only this test's container: other tests' incidents would push this one's audit
+        // entries past the first page the test reads.
+        s.monitor.container_include =
+            vec![sentinel::domain::ContainerSelector::parse("name:sentinel-auto-llm-*").unwrap()];
     })
     .await;
     let container = Container::run("sentinel-auto-llm", &[], &["sleep", "3600"]);

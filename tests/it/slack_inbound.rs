@@ -1405,6 +1405,10 @@ async fn an_incident_card_approved_by_click_is_fixed_and_told_in_its_thread_in_o
         s.secrets.slack_bot_token = Some(SecretString::from(SlackDouble::TOKEN));
         s.actions.enabled = true;
         s.settle = sentinel::config::HumanDuration(Duration::from_millis(300));
+        // Only this test's container: other tests' containers on the shared daemon would
+        // queue their cards ahead of ours (about one message a second per channel).
+        s.monitor.container_include =
+            vec![sentinel::domain::ContainerSelector::parse("name:sentinel-slack-*").unwrap()];
     })
     .await;
     let container = crate::containers::Container::run("sentinel-slack", &[], &["sleep", "3600"]);
