@@ -339,3 +339,109 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Serves one fixed Prometheus text exposition on every request, on a loopback port, until
+/// dropped: a stand-in for an exporter with no Debian package (cAdvisor).
+pub struct MetricsServer {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    pub async fn serve(body: String) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        MetricsServer { port, task }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A Prometheus of the test's own (Debian package `prometheus`), scraping one loopback target
+/// every second as `job`; stopped when dropped.
+pub struct PrivatePrometheus {
+    pub url: String,
+    _process: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePrometheus {
+    /// Starts it and waits (bounded) until `ready` returns `series` series.
+    pub async fn scraping(job: &str, target_port: u16, ready: &str, series: usize) -> Self {
+        use std::process::{Command, Stdio};
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: {job}\n    static_configs:\n\
+                 \x20     - targets: [\"127.0.0.1:{target_port}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let process = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs (Debian package prometheus)");
+        let prometheus = PrivatePrometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: KillOnDrop(process),
+            _dir: dir,
+        };
+        let client = sentinel::runtime::prometheus::PrometheusClient::new(
+            &prometheus.url,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client
+                .instant_query(ready)
+                .await
+                .is_ok_and(|s| s.len() == series)
+            {
+                return prometheus;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private Prometheus never scraped {job} at 127.0.0.1:{target_port} \
+                 (`{ready}` did not return {series} series)"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -851,20 +851,91 @@ fn the_dashboard_reads_only_sentinels_metrics_and_all_of_them() {
     assert!(mounted, "compose mounts {DASHBOARD}'s folder at {path}");
 }
 
-/// promtool parses every expression (as recording rules), with Grafana's variables filled in.
+/// The dashboards Grafana provisions: every `*.json` in the mounted folder, by file name.
+const DASHBOARDS: &[&str] = &["containers.json", "host.json", "sentinel.json"];
+
+fn dashboard_file(name: &str) -> serde_json::Value {
+    let relative = format!("manifests/grafana/dashboards/{name}");
+    serde_json::from_str(&read(&relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// A dashboard query with Grafana's variables filled in as "everything".
+fn fill_variables(expr: &str, rate_interval: &str) -> String {
+    let expr = expr
+        .replace("$__rate_interval", rate_interval)
+        .replace("$__interval", "1m")
+        .replace("$instance", ".*")
+        .replace("$name", ".*");
+    assert!(!expr.contains('$'), "an unknown Grafana variable in {expr}");
+    expr
+}
+
+/// The folder holds exactly the dashboards named above, each with its own uid and title, each
+/// reading only the provisioned Prometheus.
+#[test]
+fn grafana_provisions_the_sentinel_host_and_container_dashboards() {
+    let mut found: Vec<String> = std::fs::read_dir(root().join("manifests/grafana/dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, DASHBOARDS, "manifests/grafana/dashboards/");
+    let datasources = yaml("manifests/grafana/provisioning/datasources/prometheus.yaml");
+    let uid = string(
+        &sequence(&datasources["datasources"], "datasources")[0],
+        "uid",
+        "the datasource",
+    )
+    .to_owned();
+    let mut uids = BTreeSet::new();
+    for name in DASHBOARDS {
+        let dashboard = dashboard_file(name);
+        let id = dashboard["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: a uid"));
+        assert!(uids.insert(id.to_owned()), "{name}: uid {id} is taken");
+        assert!(dashboard["title"].is_string(), "{name}: a title");
+        assert!(
+            dashboard_queries(&dashboard).len() >= 8,
+            "{name}: too few queries to be a dashboard"
+        );
+        let mut stack = vec![&dashboard];
+        let mut typed = 0;
+        while let Some(value) = stack.pop() {
+            match value {
+                serde_json::Value::Object(map) => {
+                    // Grafana's built-in datasource (annotations) aside, every one is Prometheus.
+                    if let Some(ds) = map
+                        .get("datasource")
+                        .filter(|d| !d.is_null() && d["type"] != "grafana")
+                    {
+                        assert_eq!(ds["type"], "prometheus", "{name}: {ds}");
+                        assert_eq!(ds["uid"], uid.as_str(), "{name}: unprovisioned {ds}");
+                        typed += 1;
+                    }
+                    stack.extend(map.values());
+                }
+                serde_json::Value::Array(items) => stack.extend(items),
+                _ => {}
+            }
+        }
+        assert!(typed > 0, "{name}: no panel names its datasource");
+    }
+}
+
+/// promtool parses every expression of every dashboard (as recording rules).
 #[test]
 fn promtool_parses_every_dashboard_query() {
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, (_, expr)) in dashboard_queries(&dashboard()).iter().enumerate() {
-        let expr = expr
-            .replace("$__rate_interval", "5m")
-            .replace("$__interval", "1m")
-            .replace("$instance", ".*");
-        assert!(!expr.contains('$'), "an unknown Grafana variable in {expr}");
-        rules.push_str(&format!(
-            "      - record: dashboard:query{i}\n        expr: {}\n",
-            serde_json::to_string(&expr).unwrap()
-        ));
+    let mut i = 0;
+    for name in DASHBOARDS {
+        for (_, expr) in dashboard_queries(&dashboard_file(name)) {
+            rules.push_str(&format!(
+                "      - record: dashboard:query{i}\n        expr: {}\n",
+                serde_json::to_string(&fill_variables(&expr, "5m")).unwrap()
+            ));
+            i += 1;
+        }
     }
     let file = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
     std::fs::write(file.path(), &rules).unwrap();
@@ -876,6 +947,93 @@ fn promtool_parses_every_dashboard_query() {
         "promtool rejects a dashboard query: {}\n{rules}",
         describe(&output)
     );
+}
+
+/// Runs every query of `name` against the Prometheus at `url` until each returns a series
+/// (bounded: rates need two scrapes), and fails naming the ones that never did.
+async fn every_query_returns_data(name: &str, url: &str) -> usize {
+    use sentinel::runtime::prometheus::PrometheusClient;
+    let client = PrometheusClient::new(url, std::time::Duration::from_secs(5)).unwrap();
+    let queries = dashboard_queries(&dashboard_file(name));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for (place, expr) in &queries {
+            let expr = fill_variables(expr, "1m");
+            match client.instant_query(&expr).await {
+                Ok(series) if !series.is_empty() => {}
+                Ok(_) => empty.push(format!("{place}: {expr} (no series)")),
+                Err(e) => empty.push(format!("{place}: {expr} ({e})")),
+            }
+        }
+        if empty.is_empty() {
+            return queries.len();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: queries with no data from {url} after 30 s:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The host dashboard against the real Prometheus scraping the real node-exporter
+/// (scripts/services.sh): every panel's query, the host variable's included, has data.
+#[tokio::test]
+async fn every_host_dashboard_query_has_data_from_node_exporter() {
+    let url = std::env::var("PROMETHEUS_URL").unwrap_or_else(|_| "http://127.0.0.1:9090".into());
+    let n = every_query_returns_data("host.json", &url).await;
+    println!("host.json: {n} queries, each with data from {url}");
+}
+
+/// cAdvisor has no Debian package: a stand-in serves its exposition for two containers as
+/// cAdvisor v0.49 writes it (metric names and labels), a private Prometheus scrapes it, and
+/// every query of the containers dashboard has data.
+#[tokio::test]
+async fn every_container_dashboard_query_has_data_from_cadvisor_metrics() {
+    use crate::helpers::{MetricsServer, PrivatePrometheus};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut body = String::new();
+    for (metric, kind) in [
+        ("container_last_seen", "gauge"),
+        ("container_start_time_seconds", "gauge"),
+        ("container_cpu_usage_seconds_total", "counter"),
+        ("container_memory_working_set_bytes", "gauge"),
+        ("container_spec_memory_limit_bytes", "gauge"),
+        ("container_network_receive_bytes_total", "counter"),
+        ("container_network_transmit_bytes_total", "counter"),
+        ("container_fs_usage_bytes", "gauge"),
+    ] {
+        body.push_str(&format!("# TYPE {metric} {kind}\n"));
+        for (i, name) in ["web", "worker"].iter().enumerate() {
+            let labels = match metric {
+                "container_network_receive_bytes_total"
+                | "container_network_transmit_bytes_total" => {
+                    format!(r#"id="/docker/{i}",image="busybox",interface="eth0",name="{name}""#)
+                }
+                "container_fs_usage_bytes" => {
+                    format!(r#"device="/dev/vda1",id="/docker/{i}",image="busybox",name="{name}""#)
+                }
+                _ => format!(r#"id="/docker/{i}",image="busybox",name="{name}""#),
+            };
+            let value = match metric {
+                "container_last_seen" => now.to_string(),
+                "container_start_time_seconds" => (now - 600).to_string(),
+                "container_spec_memory_limit_bytes" => "67108864".to_owned(),
+                _ => format!("{}", 1_048_576 * (i + 1)),
+            };
+            body.push_str(&format!("{metric}{{{labels}}} {value}\n"));
+        }
+    }
+    let server = MetricsServer::serve(body).await;
+    let prometheus =
+        PrivatePrometheus::scraping("cadvisor", server.port, "container_last_seen", 2).await;
+    let n = every_query_returns_data("containers.json", &prometheus.url).await;
+    println!("containers.json: {n} queries, each with data from a stand-in cAdvisor");
 }
 
 /// The names a `GET /metrics` body exports, histograms by their base name.

@@ -15,10 +15,12 @@ use secrecy::SecretString;
 use sentinel::domain::Risk;
 use sentinel::runtime::ContainerSelector;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::containers::{docker, Container};
-use crate::helpers::{free_port, spawn_app, spawn_app_with, Backend, KillOnDrop, TestApp};
+use crate::helpers::{
+    free_port, spawn_app, spawn_app_with, Backend, KillOnDrop, MetricsServer, PrivatePrometheus,
+    TestApp,
+};
 
 const PROMETHEUS: &str = "http://127.0.0.1:9090";
 /// A Docker host where no daemon listens.
@@ -325,7 +327,7 @@ async fn ignored_and_not_included_containers_open_nothing() {
 struct CadvisorStandIn {
     port: u16,
     names: [String; 3],
-    task: tokio::task::JoinHandle<()>,
+    _server: MetricsServer,
 }
 
 impl CadvisorStandIn {
@@ -356,93 +358,11 @@ impl CadvisorStandIn {
              container_spec_memory_limit_bytes{{container_label_sentinel_ignore=\"true\",id=\"/docker/bbb\",image=\"busybox\",name=\"{noisy}\"}} 67108864\n\
              container_spec_memory_limit_bytes{{id=\"/docker/ccc\",image=\"busybox\",name=\"{nolimit}\"}} 0\n"
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 4096];
-                    let _ = stream.read(&mut request).await;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        CadvisorStandIn { port, names, task }
-    }
-}
-
-impl Drop for CadvisorStandIn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A Prometheus of the test's own, scraping the stand-in every second; stopped when dropped.
-struct PrivatePrometheus {
-    url: String,
-    _process: KillOnDrop,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivatePrometheus {
-    /// Starts it and waits (bounded) until the stand-in's series can be queried.
-    async fn scraping(target_port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: cadvisor\n    static_configs:\n\
-                 \x20     - targets: [\"127.0.0.1:{target_port}\"]\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let process = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus runs (Debian package prometheus)");
-        let prometheus = PrivatePrometheus {
-            url: format!("http://127.0.0.1:{port}"),
-            _process: KillOnDrop(process),
-            _dir: dir,
-        };
-        let client = sentinel::runtime::prometheus::PrometheusClient::new(
-            &prometheus.url,
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let series = client
-                .instant_query("container_spec_memory_limit_bytes")
-                .await;
-            if series.is_ok_and(|s| s.len() == 3) {
-                return prometheus;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the private Prometheus never scraped the cAdvisor stand-in"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let server = MetricsServer::serve(body).await;
+        CadvisorStandIn {
+            port: server.port,
+            names,
+            _server: server,
         }
     }
 }
@@ -450,7 +370,13 @@ impl PrivatePrometheus {
 #[tokio::test]
 async fn without_docker_container_memory_comes_from_cadvisor() {
     let cadvisor = CadvisorStandIn::start().await;
-    let prometheus = PrivatePrometheus::scraping(cadvisor.port).await;
+    let prometheus = PrivatePrometheus::scraping(
+        "cadvisor",
+        cadvisor.port,
+        "container_spec_memory_limit_bytes",
+        3,
+    )
+    .await;
     let [web, noisy, nolimit] = &cadvisor.names;
     let app = spawn_app_with(Backend::Embedded, |s| {
         // What DOCKER_HOST sets (the binary's case is checked below).
