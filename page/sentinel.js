@@ -42,7 +42,7 @@
           current.replaceWith(document.adoptNode(fresh));
           document.title = next.title;
         }
-        setLive("live", "live · updated " + new Date().toISOString().replace(/\.\d+Z$/, "Z"));
+        setLive("live", "live · updated " + new Date().toLocaleTimeString());
       })
       .catch(function () { setLive("reconnecting", "update failed, retrying"); })
       .then(function () {
@@ -56,6 +56,31 @@
     if (pending) return;
     pending = setTimeout(function () { pending = null; refresh(); }, 150);
   }
+
+  // Relative times ("4 min ago") age between swaps: recount them from their datetime, in the
+  // server's words (see `When` in src/web/page.rs); the exact time stays in the title.
+  function durationWords(ms) {
+    var s = Math.floor(ms / 1000);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    if (s < 86400) {
+      var m = Math.floor((s % 3600) / 60);
+      return Math.floor(s / 3600) + " h" + (m ? " " + m + " min" : "");
+    }
+    var h = Math.floor((s % 86400) / 3600);
+    return Math.floor(s / 86400) + " d" + (h ? " " + h + " h" : "");
+  }
+  function recount() {
+    var now = Date.now();
+    document.querySelectorAll("time[data-relative]").forEach(function (t) {
+      var at = Date.parse(t.getAttribute("datetime"));
+      if (isNaN(at)) return;
+      var ms = now - at;
+      t.textContent = ms > -1000 && ms < 5000 ? "just now"
+        : ms < 0 ? "in " + durationWords(-ms) : durationWords(ms) + " ago";
+    });
+  }
+  setInterval(recount, 15000);
 
   var source = new EventSource("/api/stream");
   source.addEventListener("open", function () { setLive("live", "live"); schedule(); });

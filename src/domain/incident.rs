@@ -50,6 +50,25 @@ impl Status {
         Status::Failed,
     ];
 
+    /// For people (the page, messages): `awaiting approval`, `rolled back`. APIs and JSON keep
+    /// [`Status::as_str`].
+    pub fn words(self) -> &'static str {
+        match self {
+            Status::Detected => "detected",
+            Status::Analyzing => "analyzing",
+            Status::Scheduled => "scheduled",
+            Status::AwaitingApproval => "awaiting approval",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::Executing => "executing",
+            Status::Verifying => "verifying",
+            Status::Resolved => "resolved",
+            Status::RolledBack => "rolled back",
+            Status::Escalated => "escalated",
+            Status::Failed => "failed",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Detected => "detected",

@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{Incident, Sample, Signal, Source, Status, Timestamp};
+use crate::service::postmortem::{at_words, duration_words};
 use crate::service::{SignalReading, StatusReport};
 
 const TEMPLATE: &str = include_str!("../../page/index.html");
@@ -60,8 +61,8 @@ struct PageView {
     dry_run: bool,
     store: &'static str,
     /// While the store does not answer: since when, for the banner.
-    store_down_since: Option<String>,
-    generated_at: String,
+    store_down_since: Option<When>,
+    generated_at: When,
     monitor: Option<MonitorView>,
     open_breakers: Vec<String>,
     signals: Vec<TileView>,
@@ -81,19 +82,19 @@ struct TrustedView {
     target: String,
     signal: &'static str,
     granted_by: String,
-    granted_at: String,
+    granted_at: When,
     earned_by: u64,
 }
 
 impl TrustedView {
-    fn of(grant: &crate::domain::TrustGrant) -> Self {
+    fn of(grant: &crate::domain::TrustGrant, now: Timestamp) -> Self {
         TrustedView {
             id: grant.id.clone(),
             action: grant.key.action.as_str(),
             target: grant.key.target.clone(),
             signal: grant.key.signal.as_str(),
             granted_by: grant.granted_by.clone(),
-            granted_at: grant.granted_at.to_string(),
+            granted_at: When::of(grant.granted_at, now),
             earned_by: grant.earned_by,
         }
     }
@@ -101,7 +102,7 @@ impl TrustedView {
 
 #[derive(Debug, Serialize)]
 struct MonitorView {
-    at: String,
+    at: Option<When>,
     duration_ms: u64,
     outcome: String,
     leader: bool,
@@ -141,15 +142,20 @@ struct IncidentView {
     signal: String,
     resource: String,
     severity: &'static str,
+    /// The machine name (`awaiting_approval`), for classes and `data-status`.
     status: &'static str,
+    /// The same in words (`awaiting approval`), for people.
+    status_words: &'static str,
+    /// The signal in words (`container memory`).
+    signal_words: String,
     risk: Option<&'static str>,
     summary: String,
     root_cause: Option<String>,
     proposed: Option<String>,
     analyzer: Option<String>,
     value: String,
-    opened_at: String,
-    resolved_at: Option<String>,
+    opened_at: When,
+    resolved_at: Option<When>,
     occurrences: u64,
     approvals: Vec<String>,
     timeline: Vec<TimelineView>,
@@ -158,7 +164,7 @@ struct IncidentView {
     synthetic: bool,
     /// A scheduled fix: when it runs, in words (`in 42 s`) and exactly (the hover).
     runs_in: Option<String>,
-    scheduled_for: Option<String>,
+    scheduled_for: Option<When>,
     /// What Docker recorded on the target just before the incident (`Incident::changes`).
     changes: Vec<ChangeView>,
     /// The facts the root cause cites, in the order cited.
@@ -167,7 +173,7 @@ struct IncidentView {
 
 #[derive(Debug, Serialize)]
 struct ChangeView {
-    at: String,
+    at: When,
     kind: &'static str,
     detail: String,
 }
@@ -181,7 +187,8 @@ struct EvidenceView {
 
 #[derive(Debug, Serialize)]
 struct TimelineView {
-    at: String,
+    at: When,
+    /// The step in words (`awaiting approval`).
     step: String,
     actor: String,
     message: String,
@@ -206,7 +213,7 @@ struct FixView {
     action: String,
     target: String,
     approved_by: String,
-    at: String,
+    at: When,
     outcome: &'static str,
 }
 
@@ -400,8 +407,8 @@ fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
     let timeline = incident.timeline[incident.timeline.len() - shown..]
         .iter()
         .map(|entry| TimelineView {
-            at: entry.at.to_string(),
-            step: entry.step.clone(),
+            at: When::of(entry.at, now),
+            step: words(&entry.step),
             actor: entry.actor.clone(),
             message: entry.message.clone(),
         })
@@ -412,6 +419,8 @@ fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
         resource: incident.resource.to_string(),
         severity: incident.severity.as_str(),
         status: incident.status.as_str(),
+        status_words: incident.status.words(),
+        signal_words: words(signal),
         risk: incident.risk.map(|risk| risk.as_str()),
         summary: incident.summary.clone(),
         root_cause: incident.root_cause.clone(),
@@ -427,12 +436,12 @@ fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
             },
             with_unit(incident.threshold, signal)
         ),
-        opened_at: incident.opened_at.to_string(),
-        resolved_at: incident.resolved_at.map(|at| at.to_string()),
+        opened_at: When::of(incident.opened_at, now),
+        resolved_at: incident.resolved_at.map(|at| When::of(at, now)),
         occurrences: incident.occurrences,
         synthetic: incident.synthetic,
         runs_in: incident.runs_in_words(now),
-        scheduled_for: incident.scheduled_for.map(|at| at.to_string()),
+        scheduled_for: incident.scheduled_for.map(|at| When::of(at, now)),
         approvals: incident.approvals.clone(),
         timeline,
         timeline_hidden: incident.timeline.len() - shown,
@@ -440,7 +449,7 @@ fn incident_view(incident: &Incident, now: Timestamp) -> IncidentView {
             .changes
             .iter()
             .map(|change| ChangeView {
-                at: change.at.to_string(),
+                at: When::of(change.at, now),
                 kind: change.kind.as_str(),
                 detail: change.detail.clone(),
             })
@@ -485,7 +494,7 @@ fn view(
                 action: execution.action.action.as_str().to_owned(),
                 target: incident.resource.to_string(),
                 approved_by: execution.approved_by.clone(),
-                at: execution.started_at.to_string(),
+                at: When::of(execution.started_at, now),
                 outcome: FixOutcome::of(incident).as_str(),
             })
         })
@@ -500,13 +509,10 @@ fn view(
         } else {
             "unreachable"
         },
-        store_down_since: status.store.since.map(|since| down_for(since, now)),
-        generated_at: now.to_string(),
+        store_down_since: status.store.since.map(|since| When::of(since, now)),
+        generated_at: When::of(now, now),
         monitor: status.monitor.map(|cycle| MonitorView {
-            at: cycle
-                .started_at
-                .map(|at| at.to_string())
-                .unwrap_or_default(),
+            at: cycle.started_at.map(|at| When::of(at, now)),
             duration_ms: cycle.duration_ms,
             outcome: cycle.outcome,
             leader: cycle.leader,
@@ -526,20 +532,47 @@ fn view(
         resolved,
         fixes: fix_stats(recent),
         recent_fixes,
-        trusted: trusted.map(|grants| grants.iter().map(TrustedView::of).collect()),
+        trusted: trusted.map(|grants| {
+            grants
+                .iter()
+                .map(|grant| TrustedView::of(grant, now))
+                .collect()
+        }),
     }
 }
 
-/// "2026-11-28T10:00:00Z (4 minutes ago)".
-fn down_for(since: Timestamp, now: Timestamp) -> String {
-    let seconds = now.since(since).as_secs();
-    let ago = match seconds {
-        0..=59 => "less than a minute ago".to_owned(),
-        60..=119 => "1 minute ago".to_owned(),
-        120..=7199 => format!("{} minutes ago", seconds / 60),
-        _ => format!("{} hours ago", seconds / 3600),
-    };
-    format!("{since} ({ago})")
+/// A moment as the page shows it: relative words, with the exact time on hover and in
+/// `datetime` for machines (`<time datetime="{{ at }}" title="{{ exact }}">{{ ago }}</time>`).
+#[derive(Debug, Serialize, PartialEq)]
+struct When {
+    /// RFC 3339, `2026-11-28T10:00:00.000Z`.
+    at: String,
+    /// `2026-11-28 10:00:00 UTC`.
+    exact: String,
+    /// `4 min ago`, `just now`, `in 2 min`.
+    ago: String,
+}
+
+impl When {
+    fn of(at: Timestamp, now: Timestamp) -> When {
+        let ms = now.unix_millis() - at.unix_millis();
+        let words = |ms: i64| duration_words(std::time::Duration::from_millis(ms.unsigned_abs()));
+        let ago = match ms {
+            -999..=4_999 => "just now".to_owned(),
+            ..=-1_000 => format!("in {}", words(ms)),
+            _ => format!("{} ago", words(ms)),
+        };
+        When {
+            at: at.to_string(),
+            exact: at_words(at),
+            ago,
+        }
+    }
+}
+
+/// `container_down` → `container down`: machine names read by people.
+fn words(name: &str) -> String {
+    name.replace('_', " ")
 }
 
 fn security_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 5] {
@@ -596,4 +629,33 @@ pub async fn stylesheet() -> Response {
 /// `GET /assets/sentinel.js`.
 pub async fn script() -> Response {
     (security_headers("text/javascript; charset=utf-8"), SCRIPT).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_read_relative_with_the_exact_time_beside() {
+        let now = Timestamp::from_unix_millis(1_764_324_000_000); // 2025-11-28T10:00:00Z
+        let at = |ms: i64| When::of(Timestamp::from_unix_millis(now.unix_millis() + ms), now);
+        assert_eq!(at(0).ago, "just now");
+        assert_eq!(at(-4_000).ago, "just now");
+        assert_eq!(at(-42_000).ago, "42 s ago");
+        assert_eq!(at(-240_000).ago, "4 min ago");
+        assert_eq!(at(-3_900_000).ago, "1 h 5 min ago");
+        assert_eq!(at(-2 * 86_400_000).ago, "2 d ago");
+        assert_eq!(at(120_000).ago, "in 2 min");
+        let when = at(-240_000);
+        assert_eq!(when.at, "2025-11-28T09:56:00.000Z");
+        assert_eq!(when.exact, "2025-11-28 09:56:00 UTC");
+    }
+
+    #[test]
+    fn every_status_has_words_without_underscores() {
+        for status in Status::ALL {
+            assert!(!status.words().contains('_'), "{status:?}");
+            assert_eq!(status.words().replace(' ', "_"), status.as_str());
+        }
+    }
 }

@@ -173,7 +173,7 @@ async fn the_page_loads_shows_tiles_and_an_incident_arrives_without_a_reload() {
         .await
         .expect("a host_cpu tile");
     let text = cpu.text().await.unwrap();
-    assert!(text.contains("host_cpu") && text.contains('%'), "{text}");
+    assert!(text.contains("host cpu") && text.contains('%'), "{text}");
     assert!(text.contains("/ 80 %"), "{text}");
     browser
         .client

@@ -108,6 +108,85 @@ async fn the_page_shows_tiles_with_trends_incidents_and_banners() {
     app.stop().await;
 }
 
+/// The page's text with its tags cut out: what a person reads.
+fn visible_text(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// People read words (SPEC §12.2): a status as words, every time relative ("12 s ago") with
+/// the exact time on hover and in `datetime`; the JSON API keeps the machine names.
+#[tokio::test]
+async fn times_read_relative_with_the_exact_time_on_hover_and_statuses_as_words() {
+    let app = spawn_app().await;
+    let incident = app.trigger("container").await;
+    let incident = app.await_approval(&incident.id, Risk::Medium).await;
+    let (_, html) = page(&app).await;
+    let card = article(&html, &incident.id);
+    assert!(
+        card.contains(r#"<dd class="status">awaiting approval</dd>"#),
+        "{card}"
+    );
+    assert!(
+        card.contains(r#"data-status="awaiting_approval""#),
+        "{card}"
+    );
+
+    let exact = sentinel::service::postmortem::at_words(incident.opened_at);
+    let opened = format!(
+        r#"<time datetime="{}" title="{exact}" data-relative>"#,
+        incident.opened_at
+    );
+    let at = card
+        .find(&opened)
+        .unwrap_or_else(|| panic!("{opened} in {card}"));
+    let shown = &card[at + opened.len()..];
+    let shown = &shown[..shown.find("</time>").unwrap()];
+    assert!(
+        shown == "just now" || shown.ends_with(" s ago"),
+        "opened moments ago reads {shown:?}"
+    );
+    // Every timeline entry carries its time the same way.
+    let entries = card
+        .matches("<li><span class=\"at\"><time datetime=")
+        .count();
+    assert_eq!(entries, incident.timeline.len(), "{card}");
+
+    // No raw ISO timestamp and no snake_case status is left in what a person reads.
+    let text = visible_text(&html);
+    let iso = text.split_whitespace().find(|word| {
+        word.len() >= 19 && word.as_bytes()[10] == b'T' && word[..4].parse::<u16>().is_ok()
+    });
+    assert_eq!(iso, None, "a raw timestamp in the page's text");
+    for status in Status::ALL {
+        let name = status.as_str();
+        if name.contains('_') {
+            assert!(!text.contains(name), "{name} in the page's text");
+        }
+    }
+
+    let json = app
+        .get(
+            &format!("/api/incidents/{}", incident.id),
+            Some(&app.keys.viewer),
+        )
+        .await;
+    assert_eq!(
+        json.body["status"], "awaiting_approval",
+        "the API keeps machine names"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn resolved_incidents_and_the_fix_history_with_success_rates_are_shown() {
     let app = spawn_app().await;
