@@ -386,8 +386,7 @@ impl LlmAnalyzer {
         if !status.is_success() {
             return Err(self.http_error(status, &bytes));
         }
-        let content = completion_content(&bytes)?;
-        parse_answer(&content, evidence, catalogue, &self.name())
+        parse_completion(&bytes, evidence, catalogue, &self.name())
     }
 
     fn transport_error(&self, error: reqwest::Error) -> AttemptError {
@@ -635,6 +634,19 @@ fn is_invisible_format(c: char) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // The answer.
+
+/// A successful chat-completions response body to an accepted analysis, or why not: what
+/// follows the HTTP call in every try. Public so the `llm_answer` fuzz target (`fuzz/`) drives
+/// exactly what production runs on an answer.
+pub fn parse_completion(
+    body: &[u8],
+    evidence: &Evidence,
+    catalogue: &Catalogue,
+    analyzer: &str,
+) -> Result<Analysis, AttemptError> {
+    let content = completion_content(body)?;
+    parse_answer(&content, evidence, catalogue, analyzer)
+}
 
 /// `choices[0].message.content` of a chat completion.
 fn completion_content(body: &[u8]) -> Result<String, AttemptError> {
