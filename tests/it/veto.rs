@@ -436,9 +436,10 @@ async fn the_page_and_the_status_say_when_a_scheduled_fix_runs() {
     let app = veto_app().await;
     fill_sandbox(&app.sandbox);
     let incident = scheduled_cleanup(&app).await;
-    let due = incident.scheduled_for.unwrap().to_string();
+    let due = incident.scheduled_for.unwrap();
+    let exact = sentinel::service::postmortem::at_words(due);
     let page = app.get_text("/").await;
-    let hover = format!(r#"<time datetime="{due}" title="{due}">in "#);
+    let hover = format!(r#"<time datetime="{due}" title="{exact}">in "#);
     assert!(page.contains(&hover), "no scheduled time on the page");
     let words = page.split(&hover).nth(1).unwrap();
     let seconds: u64 = words.split(' ').next().unwrap().parse().unwrap();
