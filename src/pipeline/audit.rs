@@ -292,8 +292,15 @@ pub async fn read(store: &dyn Store, after: u64, limit: usize) -> StoreResult<Au
     let mut cursor = 0;
     loop {
         let batch = store.list_audit_page(cursor, BATCH).await?;
-        let Some(last) = batch.last() else { break };
-        cursor = last.seq;
+        // The next page starts after the highest sequence number read so far: on a list
+        // whose entries were reordered the last one can be lower, and paging from it would
+        // read the same page forever. A page that does not get past the cursor ends the read
+        // (the chain is broken there anyway).
+        let Some(highest) = batch.iter().map(|e| e.seq).max() else {
+            break;
+        };
+        let stuck = highest <= cursor;
+        cursor = highest;
         for entry in batch {
             verifier.feed(&entry);
             last_seq = last_seq.max(entry.seq);
@@ -304,6 +311,9 @@ pub async fn read(store: &dyn Store, after: u64, limit: usize) -> StoreResult<Au
                     more_after_page = true;
                 }
             }
+        }
+        if stuck {
+            break;
         }
     }
     let mut chain = verifier.finish();

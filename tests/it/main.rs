@@ -5,6 +5,7 @@ mod api;
 mod blocks;
 mod browser;
 mod changes;
+mod chaos;
 mod cleanup;
 mod cli;
 mod collectors;
