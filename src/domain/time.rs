@@ -27,8 +27,15 @@ impl Timestamp {
         self.0
     }
 
-    pub fn parse_rfc3339(text: &str) -> Result<Self, time::error::Parse> {
-        let parsed = OffsetDateTime::parse(text, &Rfc3339)?;
+    /// RFC 3339 as its grammar has it. The `time` crate accepts any character between the
+    /// date and the time (`2026-12-04x19:00:44Z`); that is refused here, so that a stored
+    /// time cannot be altered into another spelling of itself (the audit chain hashes the
+    /// parsed record: the chaos harness's tampering found one that went undetected).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, BadTime> {
+        if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(BadTime("no `T` between the date and the time".into()));
+        }
+        let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| BadTime(e.to_string()))?;
         Ok(Timestamp(
             (parsed.unix_timestamp_nanos() / 1_000_000) as i64,
         ))
@@ -49,6 +56,11 @@ impl Timestamp {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
+
+/// A text that is not an RFC 3339 time.
+#[derive(Debug, thiserror::Error)]
+#[error("not an RFC 3339 time: {0}")]
+pub struct BadTime(String);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,6 +95,22 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_t_separates_the_date_from_the_time() {
+        let t = Timestamp::parse_rfc3339("2026-12-04T19:00:44.488Z").unwrap();
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-12-04t19:00:44.488Z").unwrap(),
+            t
+        );
+        for other in [
+            "2026-12-04x19:00:44.488Z",
+            "2026-12-04 19:00:44.488Z",
+            "2026-12-04",
+        ] {
+            assert!(Timestamp::parse_rfc3339(other).is_err(), "{other}");
+        }
+    }
 
     #[test]
     fn timestamps_print_as_rfc3339_utc_and_parse_back() {
