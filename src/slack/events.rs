@@ -201,9 +201,11 @@ async fn process(inbound: &Arc<Inbound>, callback: Callback) {
             return;
         }
     }
+    // Boxed once claimed, as a click's handling is (`interactions::claim_then_handle`): a
+    // delivery waiting for its claim stays small.
     match parse_event(callback.event) {
-        Ok(Event::AppMention(mention)) => mentioned(inbound, mention).await,
-        Ok(Event::AppHomeOpened(opened)) => home_opened(inbound, opened).await,
+        Ok(Event::AppMention(mention)) => Box::pin(mentioned(inbound, mention)).await,
+        Ok(Event::AppHomeOpened(opened)) => Box::pin(home_opened(inbound, opened)).await,
         Ok(Event::Other) => {}
         Err(e) => {
             tracing::warn!(event_id = %callback.event_id, error = %e, "unreadable slack event")

@@ -427,12 +427,16 @@ async fn claim_then_handle(inbound: &Arc<Inbound>, actions: BlockActions) {
         }
         None => Ok(true),
     };
+    // The handling is boxed only once the claim is won: a click waiting for its claim (up to
+    // `Background::SIZE` of them when commits stall) then holds its payload and the claim,
+    // a few hundred bytes, instead of the whole handling's future (19 KB in a dev build,
+    // measured with `size_of_val`), which was most of the peak RSS under a click flood.
     match claimed {
-        Ok(true) => clicked(inbound, actions).await,
+        Ok(true) => Box::pin(clicked(inbound, actions)).await,
         Ok(false) => tracing::debug!("a click delivered again; already handled"),
         Err(e) => {
             tracing::error!(error = %e, "cannot claim a slack interaction");
-            tell_clicker(inbound, &actions, &store_trouble()).await
+            Box::pin(tell_clicker(inbound, &actions, &store_trouble())).await
         }
     }
 }
