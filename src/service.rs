@@ -453,7 +453,7 @@ impl Sentinel {
         match stepped {
             Stepped::Moved { stored, effects } => Ok((stored, effects)),
             Stepped::Refused { incident, error } => {
-                Err(self.refused(&incident, actor, verb, error).await)
+                Err(self.refused(incident, actor, verb, error).await)
             }
             Stepped::Unchanged { incident, why, .. } => Err(ServiceError::Conflict(format!(
                 "cannot {verb} incident {}: {why}",
@@ -765,7 +765,7 @@ impl Sentinel {
     /// Records a refused decision in the audit log and returns the error to answer with.
     async fn refused(
         &self,
-        incident: &Incident,
+        incident: Incident,
         actor: &Actor,
         decision: &str,
         error: DecisionError,

@@ -375,7 +375,7 @@ impl Refusals {
         self: &Arc<Self>,
         store: &SharedStore,
         actor: &Actor,
-        incident: &Incident,
+        incident: Incident,
         decision: &str,
         why: &str,
     ) -> StoreResult<u64> {
@@ -390,6 +390,10 @@ impl Refusals {
             match open.get(&key) {
                 Some(batch) => {
                     *batch.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    // Only the batch's writer needs the incident: a refusal waiting for the
+                    // entry (at least `GATHER`, thousands of them under a click flood) holds
+                    // its key, not a copy of the incident.
+                    drop(incident);
                     batch.written.subscribe()
                 }
                 None => {
@@ -407,7 +411,7 @@ impl Refusals {
                         key,
                         batch,
                         actor.clone(),
-                        incident.clone(),
+                        incident,
                     ));
                     receiver
                 }
