@@ -29,8 +29,10 @@
 //! event arrives, at the replica the proxy sent the request to.
 //!
 //! After the kill the store says where it landed (a miss is reported, not failed), the
-//! killed replica stays down for [`DOWN`] (whether the survivors moved the incident
-//! meanwhile is counted) and is then started again, as a supervisor would, on a new port the
+//! killed replica stays down for [`DOWN`] (whether the survivors moved the incident's status
+//! meanwhile, or wrote to it at all, is counted: no replica but the holder picks up another's
+//! execution, so only a restart, whose recovery reads every incident, moves it on) and is
+//! then started again, as a supervisor would, on a new port the
 //! proxy now sends to. Each run then checks: **lost** — the incident reaches a terminal
 //! status (no rollback under way) within `settle` + 60 s of the restart (the figure
 //! `to_terminal` counts from the kill) and no other
@@ -228,13 +230,20 @@ fn point_figures(point: KillPoint, records: &[&RunRecord]) -> String {
         .count();
     format!(
         "{} runs={} lost={} doubled={} landed={} killed_holder={confirmed}/{seen} \
-         survivor_moves={} to_terminal={span} final={}",
+         moved_while_down={} written_while_down={} to_terminal={span} final={}",
         point.name(),
         records.len(),
         records.iter().filter(|r| r.lost).count(),
         records.iter().filter(|r| r.doubled).count(),
         records.iter().filter(|r| r.landed).count(),
-        records.iter().filter(|r| r.moved_while_down).count(),
+        records
+            .iter()
+            .filter(|r| r.while_down.as_ref().is_some_and(|d| d.status_changed))
+            .count(),
+        records
+            .iter()
+            .filter(|r| r.while_down.as_ref().is_some_and(|d| d.version_changed))
+            .count(),
         finals.join(","),
     )
 }
@@ -252,8 +261,8 @@ struct RunRecord {
     holder_seen: Option<bool>,
     /// The incident as the store held it at the kill, in words.
     at_kill: String,
-    /// Whether the incident changed in the store while the killed replica was down.
-    moved_while_down: bool,
+    /// What the survivors wrote to the incident while the killed replica was down.
+    while_down: Option<WhileDown>,
     /// From the kill to no work under way, when that happened in time.
     to_terminal: Option<Duration>,
     final_status: String,
@@ -273,7 +282,7 @@ impl RunRecord {
             killed: "(none)".to_owned(),
             holder_seen: None,
             at_kill: "(not killed)".to_owned(),
-            moved_while_down: false,
+            while_down: None,
             to_terminal: None,
             final_status: "?".to_owned(),
             docker: String::new(),
@@ -290,7 +299,7 @@ impl RunRecord {
     fn line(&self) -> String {
         format!(
             "kill_replica run: point={} run={} killed={} holder={} landed={} at_kill=[{}] \
-             moved_while_down={} final={} to_terminal={} docker=[{}] failures={}{}",
+             while_down=[{}] final={} to_terminal={} docker=[{}] failures={}{}",
             self.point.name(),
             self.run,
             self.killed,
@@ -301,7 +310,15 @@ impl RunRecord {
             },
             if self.landed { "yes" } else { "MISSED" },
             self.at_kill,
-            self.moved_while_down,
+            self.while_down.as_ref().map_or_else(
+                || "?".to_owned(),
+                |d| format!(
+                    "status {}, version {}, steps {:?}",
+                    if d.status_changed { "CHANGED" } else { "same" },
+                    if d.version_changed { "moved" } else { "same" },
+                    d.steps
+                )
+            ),
             self.final_status,
             self.to_terminal.map_or_else(
                 || "never".to_owned(),
@@ -316,6 +333,15 @@ impl RunRecord {
             }
         )
     }
+}
+
+/// What changed in the store between the kill and the restart.
+struct WhileDown {
+    status_changed: bool,
+    /// Whether anything of the incident was written (its version moved).
+    version_changed: bool,
+    /// The timeline steps written meanwhile.
+    steps: Vec<String>,
 }
 
 /// One run: a cluster of its own, a container, an incident, an approval, a kill, a restart,
@@ -373,9 +399,7 @@ async fn drive(
     let proxy = Proxy::start(replicas.iter().map(|r| r.addr()).collect()).await;
     let client = spreading_client();
     let base = proxy.base();
-    let store = RedisStore::connect(redis_url, &cluster.prefix)
-        .await
-        .map_err(|e| format!("the private Redis does not answer: {e}"))?;
+    let store = harness_store(redis_url, &cluster.prefix).await?;
     let conn = redis::Client::open(redis_url)
         .map_err(|e| e.to_string())?
         .get_multiplexed_async_connection()
@@ -596,7 +620,16 @@ async fn drive(
         .get_incident(&incident_id)
         .await
         .map_err(|e| e.to_string())?;
-    record.moved_while_down = before_restart.is_some_and(|i| i.version != at_kill.version);
+    record.while_down = before_restart.map(|i| WhileDown {
+        status_changed: i.status != at_kill.status,
+        version_changed: i.version != at_kill.version,
+        steps: i
+            .timeline
+            .iter()
+            .skip(at_kill.timeline.len())
+            .map(|e| e.step.clone())
+            .collect(),
+    });
     let restarted = Instant::now();
     let again = cluster.replica(&format!("r{killed}")).await;
     replicas[killed] = Arc::new(again);
@@ -785,6 +818,25 @@ async fn drive(
     }
     drop(proxy);
     Ok(())
+}
+
+/// The harness's own view of the run's store. On this busy machine the private Redis, which
+/// `fsync`s every write, has once taken more than the store's 3 s to answer the harness's
+/// first ping (a full run, 1 of 300): three tries, one second apart, before the run fails.
+async fn harness_store(redis_url: &str, prefix: &str) -> Result<RedisStore, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match RedisStore::connect(redis_url, prefix).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tries >= 3 => {
+                return Err(format!(
+                    "the private Redis does not answer the harness ({tries} tries): {e}"
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
 }
 
 /// `kill -9` of a replica, now; when.
