@@ -408,6 +408,8 @@ fn read_log(path: &Path) -> String {
 pub struct Proxy {
     pub addr: std::net::SocketAddr,
     backends: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+    /// The backend the latest connection was sent to (see [`Proxy::last_backend`]).
+    last: Arc<Mutex<Option<std::net::SocketAddr>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -419,10 +421,13 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(Mutex::new(backends));
         let next = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(Mutex::new(None));
         let shared = Arc::clone(&backends);
+        let routed = Arc::clone(&last);
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let (backends, next) = (Arc::clone(&shared), Arc::clone(&next));
+                let routed = Arc::clone(&routed);
                 tokio::spawn(async move {
                     let list = backends.lock().unwrap().clone();
                     for _ in 0..list.len() {
@@ -433,6 +438,7 @@ impl Proxy {
                         else {
                             continue;
                         };
+                        *routed.lock().unwrap() = Some(list[i]);
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         return;
                     }
@@ -442,6 +448,7 @@ impl Proxy {
         Proxy {
             addr,
             backends,
+            last,
             task,
         }
     }
@@ -452,6 +459,17 @@ impl Proxy {
 
     pub fn set_backends(&self, backends: Vec<std::net::SocketAddr>) {
         *self.backends.lock().unwrap() = backends;
+    }
+
+    /// The backend the latest connection went to, set before the backend reads a byte of
+    /// it: with one request in flight, the replica that serves it.
+    pub fn last_backend(&self) -> Option<std::net::SocketAddr> {
+        *self.last.lock().unwrap()
+    }
+
+    /// The same, shared, for a thread that must read it the instant something happens.
+    pub fn last_backend_slot(&self) -> Arc<Mutex<Option<std::net::SocketAddr>>> {
+        Arc::clone(&self.last)
     }
 }
 
