@@ -36,6 +36,10 @@ use crate::store::IncidentQuery;
 /// The lease that elects the replica running the monitor loop.
 pub const LEASE: &str = "monitor";
 
+/// How often the leader looks for work a lost replica left under way
+/// (`remediate::adopt_orphans`): a full listing of the recent incidents, so not every cycle.
+const ADOPT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The resource container signals are reported under when there is no container to name
 /// (Docker unreachable, nothing watched, no reading yet).
 pub const CONTAINERS_RESOURCE: &str = "containers";
@@ -1130,6 +1134,7 @@ impl Monitor {
         let ttl = settings.monitor.lease_ttl.0;
         let store = Arc::clone(&self.pipeline.store);
         let mut held: Option<crate::store::Lease> = None;
+        let mut last_adoption: Option<tokio::time::Instant> = None;
         loop {
             let cycle_start = tokio::time::Instant::now();
             match store
@@ -1156,6 +1161,23 @@ impl Monitor {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(expired = n, "approval requests expired"),
                         Err(e) => tracing::warn!(error = %e, "cannot expire approval requests"),
+                    }
+                    if last_adoption
+                        .is_none_or(|at: tokio::time::Instant| at.elapsed() >= ADOPT_EVERY)
+                    {
+                        last_adoption = Some(tokio::time::Instant::now());
+                        match crate::pipeline::remediate::adopt_orphans(
+                            &self.pipeline,
+                            Timestamp::now(),
+                        )
+                        .await
+                        {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::warn!(adopted = n, "took over work of a lost replica")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot look for lost work"),
+                        }
                     }
                     match crate::pipeline::remediate::run_due_schedules(
                         &self.pipeline,

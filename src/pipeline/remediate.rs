@@ -216,8 +216,82 @@ pub async fn recover(pipeline: &Pipeline) {
     }
 }
 
+/// Beyond the execution lease and `settle`, how long work under way may go without a step
+/// before the monitor's leader takes it over from the replica that started it.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+
+/// Takes over work under way (approved, executing, verifying, rolling back) that no live
+/// replica carries on: its last step is older than the execution lease, `settle` and
+/// [`ORPHAN_GRACE`] together, and its execution lease is free (a live worker renews it
+/// while it acts). Such an incident is treated as [`recover`] treats it after a restart on
+/// this replica, audited as resumed "after: replica lost". A replica killed and never
+/// restarted would otherwise leave it where the kill did. Run by the monitor loop's leader;
+/// returns how many it took over.
+pub async fn adopt_orphans(pipeline: &Pipeline, now: Timestamp) -> Result<usize, StoreError> {
+    let stale_after = EXECUTION_LEASE + pipeline.settings.settle.0 + ORPHAN_GRACE;
+    let recent = pipeline
+        .store
+        .list_incidents(IncidentQuery {
+            open_only: false,
+            limit: 10_000,
+        })
+        .await?;
+    let mut adopted = 0;
+    for incident in recent {
+        let rolling = incident
+            .execution
+            .as_ref()
+            .is_some_and(Execution::rolling_back);
+        let under_way = rolling
+            || matches!(
+                incident.status,
+                Status::Approved | Status::Executing | Status::Verifying
+            );
+        if !under_way || now.since(incident.updated_at) < stale_after {
+            continue;
+        }
+        let lease_name = format!("execute:{}", incident.id);
+        let probe = pipeline
+            .store
+            .acquire_lease(&lease_name, &holder_name(), EXECUTION_LEASE, now)
+            .await?;
+        let Some(probe) = probe else {
+            continue;
+        };
+        // Free: released again at once; the jobs queued below take it themselves.
+        pipeline.store.release_lease(&probe).await?;
+        let id = incident.id.clone();
+        let (incident, effects) = match step(
+            pipeline.store.as_ref(),
+            &id,
+            Some(incident),
+            &Event::Restarted,
+            now,
+        )
+        .await?
+        {
+            Some(Stepped::Moved { stored, effects }) => (stored, effects),
+            Some(Stepped::Unchanged {
+                incident, effects, ..
+            }) if !effects.is_empty() => (incident, effects),
+            _ => continue,
+        };
+        tracing::warn!(incident = %id, status = %incident.status, "taking over work a lost replica left under way");
+        resumed_after(pipeline, &incident, &effects, "replica lost").await;
+        dispatch(pipeline, &id, effects, false);
+        adopted += 1;
+    }
+    Ok(adopted)
+}
+
 /// Audits that a restart interrupted this incident's work and what now resumes it.
 async fn resumed(pipeline: &Pipeline, incident: &Incident, effects: &[Effect]) {
+    resumed_after(pipeline, incident, effects, "restart").await;
+}
+
+/// Audits that `after` (a restart, a lost replica) interrupted this incident's work and
+/// what now resumes it.
+async fn resumed_after(pipeline: &Pipeline, incident: &Incident, effects: &[Effect], after: &str) {
     let resumes: Vec<&str> = effects
         .iter()
         .map(|effect| match effect {
@@ -233,7 +307,7 @@ async fn resumed(pipeline: &Pipeline, incident: &Incident, effects: &[Effect]) {
         pipeline,
         Step::RemediationResumed,
         incident,
-        json!({ "after": "restart", "status": incident.status, "resumes": resumes }),
+        json!({ "after": after, "status": incident.status, "resumes": resumes }),
     )
     .await;
 }
