@@ -1135,6 +1135,7 @@ impl Monitor {
         let store = Arc::clone(&self.pipeline.store);
         let mut held: Option<crate::store::Lease> = None;
         let mut last_adoption: Option<tokio::time::Instant> = None;
+        let mut taken_over = std::collections::HashMap::new();
         loop {
             let cycle_start = tokio::time::Instant::now();
             match store
@@ -1169,6 +1170,7 @@ impl Monitor {
                         match crate::pipeline::remediate::adopt_orphans(
                             &self.pipeline,
                             Timestamp::now(),
+                            &mut taken_over,
                         )
                         .await
                         {

@@ -226,9 +226,16 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// while it acts). Such an incident is treated as [`recover`] treats it after a restart on
 /// this replica, audited as resumed "after: replica lost". A replica killed and never
 /// restarted would otherwise leave it where the kill did. Run by the monitor loop's leader;
-/// returns how many it took over.
-pub async fn adopt_orphans(pipeline: &Pipeline, now: Timestamp) -> Result<usize, StoreError> {
+/// returns how many it took over. `taken` remembers what this leader took over and when:
+/// resuming queues work without a step (verification waits `settle` first), so an incident
+/// is taken over again only once it has stayed stale that long since.
+pub async fn adopt_orphans(
+    pipeline: &Pipeline,
+    now: Timestamp,
+    taken: &mut std::collections::HashMap<IncidentId, Timestamp>,
+) -> Result<usize, StoreError> {
     let stale_after = EXECUTION_LEASE + pipeline.settings.settle.0 + ORPHAN_GRACE;
+    taken.retain(|_, at| now.since(*at) < stale_after);
     let recent = pipeline
         .store
         .list_incidents(IncidentQuery {
@@ -247,7 +254,10 @@ pub async fn adopt_orphans(pipeline: &Pipeline, now: Timestamp) -> Result<usize,
                 incident.status,
                 Status::Approved | Status::Executing | Status::Verifying
             );
-        if !under_way || now.since(incident.updated_at) < stale_after {
+        if !under_way
+            || now.since(incident.updated_at) < stale_after
+            || taken.contains_key(&incident.id)
+        {
             continue;
         }
         let lease_name = format!("execute:{}", incident.id);
@@ -279,6 +289,7 @@ pub async fn adopt_orphans(pipeline: &Pipeline, now: Timestamp) -> Result<usize,
         tracing::warn!(incident = %id, status = %incident.status, "taking over work a lost replica left under way");
         resumed_after(pipeline, &incident, &effects, "replica lost").await;
         dispatch(pipeline, &id, effects, false);
+        taken.insert(id, now);
         adopted += 1;
     }
     Ok(adopted)
@@ -1264,4 +1275,147 @@ pub fn waiting_since(incident: &Incident) -> Timestamp {
         .rev()
         .find(|e| e.step == Status::AwaitingApproval.as_str())
         .map_or(incident.updated_at, |e| e.at)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::{
+        ActionId, ContainerState, Detection, ProposedAction, Resource, Risk, Severity, Signal,
+        Source,
+    };
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::SharedStore;
+
+    const T0: i64 = 1_795_860_000_000;
+
+    fn at(offset_ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(T0 + offset_ms)
+    }
+
+    fn web(state: &str) -> TargetState {
+        TargetState::Container(ContainerState {
+            id: Some("3f9c".to_owned()),
+            name: "web-1".to_owned(),
+            state: Some(state.to_owned()),
+            started_at: None,
+            restart_count: Some(0),
+            memory: 0,
+            memory_swap: 0,
+        })
+    }
+
+    /// An incident whose fix ran at `T0` and which waits for its verification.
+    fn verifying() -> Incident {
+        let detection = Detection {
+            signal: Signal::ContainerDown,
+            resource: Resource::parse("web-1").unwrap(),
+            severity: Severity::Critical,
+            value: 1.0,
+            threshold: 1.0,
+            source: Source::Docker,
+            summary: "container web-1 is down".into(),
+            labels: BTreeMap::new(),
+        };
+        let start = ProposedAction {
+            action: ActionId::ContainerStart,
+            params: BTreeMap::from([("container".to_owned(), json!("web-1"))]),
+        };
+        let mut incident =
+            Incident::open(IncidentId::parse("inc-orphan").unwrap(), &detection, at(0));
+        incident.propose(start.clone(), web("exited"));
+        incident.risk = Some(Risk::Medium);
+        incident.approvals = vec!["api:ops (admin)".into()];
+        incident.execution = Some(Execution {
+            action: start,
+            approved_by: "api:ops (admin)".into(),
+            started_at: at(0),
+            finished_at: Some(at(0)),
+            before: web("exited"),
+            after: Some(web("running")),
+            reversible: true,
+            rolled_back_at: None,
+            rollback: None,
+            proposal_id: None,
+            fencing_token: None,
+        });
+        incident.status = Status::Verifying;
+        incident.updated_at = at(0);
+        incident
+    }
+
+    fn resumed_entries(audit: &[crate::domain::AuditEntry]) -> Vec<String> {
+        audit
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .filter(|e| e.contains("remediation_resumed") || e.contains("RemediationResumed"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn work_a_lost_replica_left_is_taken_over_once_stale_and_unleased_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let settings = Arc::new(Settings::defaults());
+        let stale_ms = (EXECUTION_LEASE + settings.settle.0 + ORPHAN_GRACE).as_millis() as i64;
+        let (pipeline, mut jobs) = Pipeline::new(settings, Arc::clone(&store), None);
+        let incident = verifying();
+        store.create_incident(&incident).await.unwrap();
+        let mut taken = HashMap::new();
+
+        // Fresh: its worker may still be on it.
+        let adopted = adopt_orphans(&pipeline, at(stale_ms - 1_000), &mut taken).await;
+        assert_eq!(adopted.unwrap(), 0);
+
+        // Stale, but a live worker holds (renews) its execution lease.
+        let held = store
+            .acquire_lease(
+                "execute:inc-orphan",
+                "alive-elsewhere",
+                EXECUTION_LEASE,
+                at(stale_ms),
+            )
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let adopted = adopt_orphans(&pipeline, at(stale_ms + 1_000), &mut taken).await;
+        assert_eq!(adopted.unwrap(), 0);
+        assert!(
+            jobs.try_recv().is_err(),
+            "nothing is queued while the lease is held"
+        );
+
+        // The holder is gone: its lease ran out.
+        let later = stale_ms + EXECUTION_LEASE.as_millis() as i64 + 1_000;
+        let adopted = adopt_orphans(&pipeline, at(later), &mut taken).await;
+        assert_eq!(adopted.unwrap(), 1);
+        match jobs.try_recv() {
+            Ok(Job::Verify(id)) => assert_eq!(id, incident.id),
+            Ok(other) => panic!("expected the verification to resume, got {other:?}"),
+            Err(e) => panic!("nothing was queued: {e}"),
+        }
+        let audit = store.list_audit().await.unwrap();
+        let resumed = resumed_entries(&audit);
+        assert_eq!(resumed.len(), 1, "{resumed:?}");
+        assert!(resumed[0].contains("replica lost"), "{}", resumed[0]);
+        // The lease probe was released: the resumed job can take it.
+        assert!(store
+            .acquire_lease("execute:inc-orphan", "the-job", EXECUTION_LEASE, at(later))
+            .await
+            .unwrap()
+            .is_some());
+        drop(held);
+
+        // Taken over already: not again while its verification may still be waiting.
+        let adopted = adopt_orphans(&pipeline, at(later + 10_000), &mut taken).await;
+        assert_eq!(adopted.unwrap(), 0);
+        assert!(jobs.try_recv().is_err());
+        assert_eq!(resumed_entries(&store.list_audit().await.unwrap()).len(), 1);
+    }
 }
