@@ -15,6 +15,7 @@ mod cluster;
 mod connections;
 mod dedup;
 mod redis_down;
+mod rolling;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {
