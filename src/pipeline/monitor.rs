@@ -31,7 +31,7 @@ use crate::runtime::docker::DockerCollector;
 use crate::runtime::host::HostCollector;
 use crate::runtime::prometheus::{CadvisorContainer, PrometheusClient};
 use crate::runtime::{sandbox, ContainerEvent, ContainerFilter, ContainerSample, HostSample};
-use crate::store::IncidentQuery;
+use crate::store::{IncidentQuery, StoreError};
 
 /// The lease that elects the replica running the monitor loop.
 pub const LEASE: &str = "monitor";
@@ -964,7 +964,9 @@ impl Monitor {
                 .map(|i| i.fingerprint)
                 .collect::<BTreeSet<_>>(),
             Err(e) => {
-                report.errors.push(format!("listing open incidents: {e}"));
+                report
+                    .errors
+                    .push(format!("listing open incidents: {}", shown(&e)));
                 return self.finish(report, started);
             }
         };
@@ -1016,9 +1018,11 @@ impl Monitor {
                         }
                         Ok(Intake::Updated(_)) => report.updated += 1,
                         Ok(Intake::Silenced(_)) => report.silenced += 1,
-                        Err(e) => report
-                            .errors
-                            .push(format!("{}: {e}", detection.fingerprint())),
+                        Err(e) => report.errors.push(format!(
+                            "{}: {}",
+                            detection.fingerprint(),
+                            shown(&e)
+                        )),
                     }
                 }
                 Decision::Recovered {
@@ -1042,7 +1046,7 @@ impl Monitor {
                         tracing::info!(incident = %incident.id, %fingerprint, status = %incident.status, "recovery noted while a fix runs");
                     }
                     Ok(None) => {}
-                    Err(e) => report.errors.push(format!("{fingerprint}: {e}")),
+                    Err(e) => report.errors.push(format!("{fingerprint}: {}", shown(&e))),
                 },
             }
         }
@@ -1121,7 +1125,10 @@ impl Monitor {
             Err(e) => CycleReport {
                 started_at: Some(Timestamp::now()),
                 outcome: "failed".to_owned(),
-                errors: vec![format!("cannot reach the store for the monitor lease: {e}")],
+                errors: vec![format!(
+                    "cannot reach the store for the monitor lease: {}",
+                    shown(&e)
+                )],
                 ..CycleReport::default()
             },
         }
@@ -1224,4 +1231,29 @@ impl Monitor {
 /// How long a cycle took, for `sentinel check`.
 pub fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A store error as the cycle report shows it (`/api/status`, the page, Slack): a backend's own
+/// message goes to the log only (SPEC §12.3).
+fn shown(e: &StoreError) -> String {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "the monitor cannot reach the store");
+            "the store is unavailable".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cycle_report_shows_no_backend_message() {
+        let down = StoreError::Unavailable("redis: Connection refused (os error 111)".to_owned());
+        assert_eq!(shown(&down), "the store is unavailable");
+        let gone = StoreError::NotFound(crate::domain::IncidentId::generate());
+        assert_eq!(shown(&gone), gone.to_string());
+    }
 }

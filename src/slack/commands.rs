@@ -969,7 +969,13 @@ async fn receive_parsed(
 /// ready for the next asker (not an error, not the store-outage notice).
 async fn status_afresh(ctx: &Ctx<'_>) -> (Reply, bool) {
     // While the store does not answer: the last known state, said as such.
-    let report = match ctx.inbound.app.last_known.status(ctx.sentinel()).await {
+    let report = match ctx
+        .inbound
+        .app
+        .last_known
+        .status(&ctx.inbound.app.sentinel)
+        .await
+    {
         Ok(report) => report,
         Err(e) => return (failed(e), false),
     };

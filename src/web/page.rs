@@ -592,11 +592,16 @@ pub async fn page(State(state): State<AppState>) -> Result<Response, ApiError> {
     let status = state.last_known.status(sentinel).await?;
     let recent = state.last_known.recent(sentinel, LOOK_BACK).await;
     // Unknown while the store does not answer: the section says so rather than "none".
-    let trusted = match sentinel.trust().await {
-        Ok(report) => Some(report.grants),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read trust grants for the page");
-            None
+    // Not asked of a store known to fail: the page answers at once from memory.
+    let trusted = if !status.store.ok {
+        None
+    } else {
+        match sentinel.trust().await {
+            Ok(report) => Some(report.grants),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read trust grants for the page");
+                None
+            }
         }
     };
     let view = view(

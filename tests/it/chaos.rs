@@ -15,6 +15,8 @@ mod cluster;
 mod connections;
 mod dedup;
 mod kill_replica;
+mod redis_down;
+mod rolling;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {

@@ -555,6 +555,72 @@ async fn with_redis_down_the_page_and_status_answer_from_the_last_known_state() 
     assert_eq!(again.body["store"]["since"], status.body["store"]["since"]);
 }
 
+/// A frozen Redis (SIGSTOP: connections accepted, nothing answered) costs each store read its
+/// 3 s response timeout, three of them for the page. Once the store is known to fail, the page
+/// and `/api/status` no longer wait on it: they answer at once from the last known state, a
+/// probe in the background notices when the store is back.
+#[tokio::test]
+async fn with_redis_frozen_the_page_answers_at_once_and_notices_the_store_return() {
+    let redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Embedded, move |s| {
+        s.secrets.redis_url = Some(secrecy::SecretString::from(url));
+        s.store.redis_prefix = "sentinel-frozen:".to_owned();
+    })
+    .await;
+    let incident = app.trigger("cpu").await;
+    assert!(app.get_text("/").await.contains(incident.id.as_str()));
+    assert_eq!(app.get("/api/status", None).await.body["store"]["ok"], true);
+
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let done = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(done.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // The first read finds out (after the response timeout).
+    let first = app.get("/api/status", None).await;
+    assert_eq!(first.body["store"]["ok"], false, "{:?}", first.body);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        for path in ["/", "/api/status"] {
+            let sent = Instant::now();
+            let text = app.get_text(path).await;
+            slowest = slowest.max(sent.elapsed());
+            if path == "/" {
+                assert!(text.contains("cannot reach its store since"), "{text}");
+                assert!(text.contains(incident.id.as_str()), "{text}");
+            } else {
+                assert!(text.contains(r#""ok":false"#), "{text}");
+            }
+        }
+    }
+    signal("-CONT");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a GET waited {slowest:?} on a store known to fail"
+    );
+
+    // Back: a probe sees it, and the answers are fresh again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = app.get("/api/status", None).await;
+        if status.body["store"]["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still marked down 15 s after Redis was thawed: {:?}",
+            status.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!app
+        .get_text("/")
+        .await
+        .contains("cannot reach its store since"));
+}
+
 // ---------------------------------------------------------------------------------------
 // The audit chain: truncation, paging, refusal coalescing.
 
