@@ -10,6 +10,7 @@
 //! (`bench/chaos.sh`) the sizes of the issue. `SENTINEL_BIN=/path/to/sentinel` runs another
 //! build of the binary (a release one) as the replicas.
 
+mod approvals;
 mod audit;
 mod cluster;
 mod connections;
