@@ -15,6 +15,7 @@ mod audit;
 mod cluster;
 mod connections;
 mod dedup;
+mod stop_lease;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {
