@@ -61,7 +61,9 @@ fn approve_button(slack: &SlackDouble, incident: &str) -> Option<(String, String
             .into_iter()
             .filter(|c| c.str("ts") == Some(card_ts.as_str())),
     );
-    let value = drawn.filter_map(|c| button_value(&c, "approve")).last()?;
+    let value = drawn
+        .filter_map(|c| button_value(&c, "approve"))
+        .next_back()?;
     Some((card_ts, value))
 }
 
