@@ -10,6 +10,7 @@
 //! (`bench/chaos.sh`) the sizes of the issue. `SENTINEL_BIN=/path/to/sentinel` runs another
 //! build of the binary (a release one) as the replicas.
 
+mod approvals;
 mod audit;
 mod cluster;
 mod connections;
@@ -17,6 +18,7 @@ mod dedup;
 mod kill_replica;
 mod redis_down;
 mod rolling;
+mod stop_lease;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {
