@@ -11,9 +11,11 @@
 //! build of the binary (a release one) as the replicas.
 
 mod audit;
+mod breaker;
 mod cluster;
 mod connections;
 mod dedup;
+mod slack_429;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {
