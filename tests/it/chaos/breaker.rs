@@ -20,7 +20,7 @@ use super::cluster::{
     api, docker, now_secs, spreading_client, wait_for_incident, ChaosContainer, ClusterConfig,
     DockerEvent, DockerEvents, PrivateRedis, Proxy,
 };
-use super::{full, report};
+use super::{full, report, size};
 use crate::slack_double::SlackDouble;
 
 /// `[actions] auto_budget_per_hour` in this scenario.
@@ -49,7 +49,12 @@ fn why_waiting(incident: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_a_crash_looping_container_is_restarted_within_budget_then_the_breaker_asks_a_person()
 {
-    let watch = Duration::from_secs(if full() { 30 } else { 8 });
+    let watch = Duration::from_secs(if full() { 30 } else { 5 });
+    // Seconds the crash-looping container lives after each start: 1 at full size, as the
+    // issue says; 3 in the short mode, so that a slow verification on a busy CI machine
+    // (seen: 2.3 s after the start with `settle` 300 ms) does not find it down already
+    // and revoke trust.
+    let lifetime = size(3, 1);
     let redis = PrivateRedis::start();
     let slack = SlackDouble::start().await;
     let cluster = ClusterConfig::new(
@@ -84,7 +89,7 @@ async fn chaos_a_crash_looping_container_is_restarted_within_budget_then_the_bre
     let container = ChaosContainer::run(
         &cluster.label,
         &name,
-        "if [ -e /crashloop ]; then sleep 1; exit 1; fi; exec sleep 3600",
+        &format!("if [ -e /crashloop ]; then sleep {lifetime}; exit 1; fi; exec sleep 3600"),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -147,6 +152,34 @@ async fn chaos_a_crash_looping_container_is_restarted_within_budget_then_the_bre
     let Some(action) = earned else {
         panic!("{approvals} approved fixes of {name} never verified; cannot earn trust");
     };
+    // An incident opened meanwhile from a cycle that sampled the container before its start
+    // (seen now and then) was decided without trust and would hold the fingerprint open:
+    // it is resolved by hand, and counted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut stale = 0;
+    let (_, open) = api(
+        &client,
+        &base,
+        &cluster.admin_key,
+        reqwest::Method::GET,
+        "/api/incidents?status=open",
+    )
+    .await;
+    for incident in open.as_array().into_iter().flatten() {
+        if incident["fingerprint"] == fingerprint.as_str() {
+            stale += 1;
+            let id = incident["id"].as_str().unwrap_or_default();
+            let (status, body) = api(
+                &client,
+                &base,
+                &cluster.operator_key,
+                reqwest::Method::POST,
+                &format!("/api/incidents/{id}/resolve"),
+            )
+            .await;
+            assert_eq!(status, 200, "resolving the stale {id}: {body}");
+        }
+    }
     let grant = client
         .post(format!("{base}/api/trust"))
         .header("x-api-key", &cluster.admin_key)
@@ -339,9 +372,9 @@ async fn chaos_a_crash_looping_container_is_restarted_within_budget_then_the_bre
     report(
         "crash_loop_breaker",
         &format!(
-            "replicas=3 budget={BUDGET} action={action} approved_before_trust={approvals} \
+            "replicas=3 budget={BUDGET} action={action} approved_before_trust={approvals} stale_resolved={stale} \
              automatic_starts={} breaker_open={breaker_open} asked_in_slack={} \
-             starts_while_open={} watched={}s docker_starts_total={total_starts} took={:.0}s",
+             lifetime={lifetime}s starts_while_open={} watched={}s docker_starts_total={total_starts} took={:.0}s",
             automatic.len(),
             card_waiting && reply_asks,
             while_open.len(),
