@@ -222,10 +222,19 @@ impl ChannelCalls<'_> {
         }
     }
 
+    /// Waits until `at`, renewing the channel's lease meanwhile: a `Retry-After` longer
+    /// than the lease must not let another replica take the queue and call sooner.
     async fn wait_until(&self, at: Instant) -> Result<(), CallError> {
-        tokio::select! {
-            _ = tokio::time::sleep_until(at) => Ok(()),
-            _ = self.shutdown.cancelled() => Err(CallError::Shutdown),
+        loop {
+            let step = at.min(Instant::now() + LEASE_TTL / 4);
+            tokio::select! {
+                _ = tokio::time::sleep_until(step) => {}
+                _ = self.shutdown.cancelled() => return Err(CallError::Shutdown),
+            }
+            if step >= at {
+                return Ok(());
+            }
+            self.renew_lease().await?;
         }
     }
 
@@ -353,6 +362,19 @@ impl<C: SyncIncident> Sender<C> {
             let head = match self.store.outbox_head(channel).await {
                 Ok(Some(head)) => head,
                 Ok(None) => {
+                    // The pace and a `Retry-After` live in `calls`: keep the lease until
+                    // they are over, so that the next drain (this process's or another
+                    // replica's, which start with no wait) cannot call sooner. Something
+                    // queued meanwhile is sent by this drain, at the pace.
+                    if calls.next_call > Instant::now() {
+                        if calls.wait_until(calls.next_call).await.is_err() {
+                            self.release(channel).await;
+                            return;
+                        }
+                        if matches!(self.store.outbox_head(channel).await, Ok(Some(_))) {
+                            continue;
+                        }
+                    }
                     self.release(channel).await;
                     // Something queued while the lease was given up is taken at once rather
                     // than on the sender's next poll.

@@ -12,12 +12,14 @@
 
 mod approvals;
 mod audit;
+mod breaker;
 mod cluster;
 mod connections;
 mod dedup;
 mod kill_replica;
 mod redis_down;
 mod rolling;
+mod slack_429;
 mod stop_lease;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.

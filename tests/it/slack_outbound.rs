@@ -394,6 +394,58 @@ async fn twenty_messages_under_rate_limiting_all_arrive_in_order_and_never_befor
     app.stop().await;
 }
 
+/// The pace holds across an emptied queue and a change of sender: a message queued on
+/// another replica just after the channel's queue ran dry waits out the pace of the call
+/// before it. The chaos harness (`chaos::slack_429`) found two calls to one channel 30 ms
+/// apart: the replica that drained the queue let the lease go at once, and the next one
+/// started with no wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_on_another_replica_right_after_the_queue_ran_dry_waits_for_the_pace() {
+    let double = SlackDouble::start().await;
+    drop(redis_store().await);
+    let prefix = unique_prefix();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start(settings(&double, dir_a.path(), Backend::Redis, &prefix)).await;
+    let b = start(settings(&double, dir_b.path(), Backend::Redis, &prefix)).await;
+    let pace = Duration::from_millis(700);
+    a.slack.outbox.set_pace(pace);
+    b.slack.outbox.set_pace(pace);
+    for n in 0..4 {
+        // Queued by each replica in turn, each once the one before was taken.
+        let queuing = if n % 2 == 0 { &a } else { &b };
+        queuing
+            .slack
+            .outbox
+            .post("C0DRY", None, &message(&format!("dry {n}")))
+            .await
+            .unwrap();
+        double
+            .wait_until(WAIT, |calls| {
+                calls
+                    .iter()
+                    .any(|c| c.ok() && c.text() == format!("dry {n}"))
+            })
+            .await;
+    }
+    let mine: Vec<Call> = double
+        .calls()
+        .into_iter()
+        .filter(|c| c.channel() == Some("C0DRY"))
+        .collect();
+    assert_eq!(mine.len(), 4, "{mine:?}");
+    for pair in mine.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= pace,
+            "{:?} came {gap:?} after {:?}",
+            pair[1].text(),
+            pair[0].text()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_message_is_parked_with_its_error_and_not_retried() {
     let double = SlackDouble::start().await;
