@@ -43,11 +43,25 @@
 //! `ExecutionReconciled`), an interrupted `executing` is `reconciled`, an interrupted
 //! rollback is resumed and completed or reported, and the chain verifies.
 //!
+//! **No restart** (`survivors_take_over_…`, line `kill_replica_no_restart`): the same six
+//! kill points, but the killed replica is never started again and the proxy sends to the two
+//! survivors only from the kill on. The monitor's leader (a survivor; if the killed replica
+//! led, its 3 s monitor lease passes to one) must take the work over
+//! (`remediate::adopt_orphans`: stale for the execution lease + `settle` + 30 s, lease free,
+//! looked for every 10 s). What the survivors wrote is read when the killed holder's
+//! execution lease has surely run out (15 s after the kill: a takeover before would be one
+//! worker too many). Each run then checks: **lost** — no work under way within
+//! [`TAKEOVER_WITHIN`] of the kill; **doubled** as above; the audit holds, after the kill, for
+//! a run killed with work under way exactly one `RemediationResumed` and it says
+//! `after: "replica lost"` (the time from the kill to it is the figure `to_resumed`), for a
+//! run with none under way none; and the same `reconciled`/`rollback_resumed`/chain checks.
+//!
 //! Runs go concurrently: a pool of workers, each with its own private durable Redis, takes
 //! (kill point, run) pairs from one queue, and every run has a cluster of its own (a fresh
 //! key prefix, label, directory and three replicas), so a restart's recovery sees only its
 //! own run's incidents. Short mode: one run per kill point, the six side by side. Full
-//! (`SENTINEL_CHAOS=full`): 50 per kill point, 300 runs, on [`FULL_WORKERS`] workers.
+//! (`SENTINEL_CHAOS=full`): 50 per kill point, 300 runs (no restart: 10 per kill point, 60
+//! runs), on [`FULL_WORKERS`] workers.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -57,7 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
-use sentinel::domain::{Execution, Incident, IncidentId, Status};
+use sentinel::domain::{Execution, Incident, IncidentId, Status, Timestamp};
 use sentinel::store::redis::RedisStore;
 use sentinel::store::{IncidentQuery, Store};
 use serde_json::Value;
@@ -81,6 +95,19 @@ const STAGE_WITHIN: Duration = Duration::from_secs(60);
 
 /// How long the killed replica stays down before it is started again.
 const DOWN: Duration = Duration::from_secs(2);
+
+/// The execution lease's ttl (`EXECUTION_LEASE` in `src/pipeline/remediate.rs`): a killed
+/// holder's lease runs out at most this long after the kill.
+const EXECUTION_LEASE: Duration = Duration::from_secs(15);
+
+/// With no restart, every incident of the run must have no work under way within this of
+/// the kill: the work is stale once its last step is older than the execution lease +
+/// `settle` + 30 s (`ORPHAN_GRACE`), the monitor's leader looks every 10 s
+/// (`ADOPT_EVERY` in `src/pipeline/monitor.rs`), and then the work itself, as after a
+/// restart, has `settle` + 60 s. A killed leader's monitor lease (3 s) fits in the slack.
+const TAKEOVER_WITHIN: Duration = Duration::from_secs(
+    EXECUTION_LEASE.as_secs() + SETTLE.as_secs() + 30 + 10 + TERMINAL_WITHIN.as_secs(),
+);
 
 /// Workers at full size: 300 runs of 10–35 s each, in about half an hour on two cores.
 const FULL_WORKERS: usize = 10;
@@ -141,8 +168,48 @@ impl KillPoint {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_kill_9_of_the_replica_holding_an_execution_loses_and_doubles_nothing() {
-    let runs = size(1, 50);
     let workers = if full() { FULL_WORKERS } else { POINTS.len() };
+    matrix(Restart::After(DOWN), size(1, 50), workers).await;
+}
+
+/// The killed replica stays dead: the two survivors (the monitor's leader,
+/// `remediate::adopt_orphans`) must finish its work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivors_take_over_the_work_of_a_replica_killed_for_good() {
+    let workers = if full() { FULL_WORKERS } else { POINTS.len() };
+    matrix(Restart::Never, size(1, 10), workers).await;
+}
+
+/// Whether, and when, the killed replica is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// Started again this long after the kill, as a supervisor would.
+    After(Duration),
+    /// Never: the proxy sends to the two survivors only from the kill on.
+    Never,
+}
+
+impl Restart {
+    fn scenario(self) -> &'static str {
+        match self {
+            Restart::After(_) => "kill_replica",
+            Restart::Never => "kill_replica_no_restart",
+        }
+    }
+
+    /// How long after the kill the store is read for what the survivors wrote meanwhile:
+    /// until the restart, or, with none, until the killed holder's execution lease has
+    /// surely run out (nobody may take the work over before).
+    fn hands_off(self) -> Duration {
+        match self {
+            Restart::After(down) => down,
+            Restart::Never => EXECUTION_LEASE,
+        }
+    }
+}
+
+/// `runs` runs of every kill point on `workers` workers; prints the scenario's line.
+async fn matrix(restart: Restart, runs: usize, workers: usize) {
     let started = Instant::now();
     let queue: VecDeque<(KillPoint, usize)> = (1..=runs)
         .flat_map(|run| POINTS.iter().map(move |point| (*point, run)))
@@ -158,10 +225,10 @@ async fn chaos_kill_9_of_the_replica_holding_an_execution_loses_and_doubles_noth
                 let Some((point, run)) = next else { break };
                 // A panic in the harness (a replica that never became ready) fails this run
                 // only, with its message.
-                let record = tokio::spawn(run_once(redis.url(), point, run))
+                let record = tokio::spawn(run_once(redis.url(), point, run, restart))
                     .await
                     .unwrap_or_else(|e| {
-                        let mut record = RunRecord::new(point, run);
+                        let mut record = RunRecord::new(point, run, restart);
                         record.fail(format!("the run panicked: {e}"));
                         record
                     });
@@ -193,14 +260,26 @@ async fn chaos_kill_9_of_the_replica_holding_an_execution_loses_and_doubles_noth
         .iter()
         .map(|point| {
             let mine: Vec<&RunRecord> = records.iter().filter(|r| r.point == *point).collect();
-            point_figures(*point, &mine)
+            point_figures(*point, &mine, restart)
         })
         .collect();
+    let takeover = match restart {
+        Restart::After(_) => String::new(),
+        Restart::Never => format!(
+            "survivors=2 resumed_replica_lost={}/{} killed_leader={} ",
+            records
+                .iter()
+                .filter(|r| r.under_way && r.resumed_lost > 0)
+                .count(),
+            records.iter().filter(|r| r.under_way).count(),
+            records.iter().filter(|r| r.killed_leader).count(),
+        ),
+    };
     report(
-        "kill_replica",
+        restart.scenario(),
         &format!(
-            "replicas=3 runs={} lost={lost} doubled={doubled} failed_runs={} workers={workers} \
-             wall={:.0}s | {}",
+            "replicas=3 {takeover}runs={} lost={lost} doubled={doubled} failed_runs={} \
+             workers={workers} wall={:.0}s | {}",
             records.len(),
             records.iter().filter(|r| !r.failures.is_empty()).count(),
             wall.as_secs_f64(),
@@ -210,10 +289,11 @@ async fn chaos_kill_9_of_the_replica_holding_an_execution_loses_and_doubles_noth
     );
 }
 
-/// One kill point's figures: runs, lost, doubled, where the kill landed, time to terminal.
-fn point_figures(point: KillPoint, records: &[&RunRecord]) -> String {
-    let times: Vec<Duration> = records.iter().filter_map(|r| r.to_terminal).collect();
-    let span = match (times.iter().min(), times.iter().max()) {
+/// One kill point's figures: runs, lost, doubled, where the kill landed, what the survivors
+/// wrote before the restart (or, with none, while the killed holder's lease may have
+/// lived), with no restart the takeovers audited and when, time to terminal.
+fn point_figures(point: KillPoint, records: &[&RunRecord], restart: Restart) -> String {
+    let span = |times: Vec<Duration>| match (times.iter().min(), times.iter().max()) {
         (Some(min), Some(max)) => format!("{:.1}s..{:.1}s", min.as_secs_f64(), max.as_secs_f64()),
         _ => "n/a".to_owned(),
     };
@@ -228,9 +308,24 @@ fn point_figures(point: KillPoint, records: &[&RunRecord]) -> String {
         .iter()
         .filter(|r| r.holder_seen == Some(true))
         .count();
+    let (window, takeover) = match restart {
+        Restart::After(_) => ("while_down", String::new()),
+        Restart::Never => (
+            "in_lease",
+            format!(
+                " resumed={}/{} to_resumed={}",
+                records
+                    .iter()
+                    .filter(|r| r.under_way && r.resumed_lost > 0)
+                    .count(),
+                records.iter().filter(|r| r.under_way).count(),
+                span(records.iter().filter_map(|r| r.to_resumed).collect()),
+            ),
+        ),
+    };
     format!(
         "{} runs={} lost={} doubled={} landed={} killed_holder={confirmed}/{seen} \
-         moved_while_down={} written_while_down={} to_terminal={span} final={}",
+         moved_{window}={} written_{window}={}{takeover} to_terminal={} final={}",
         point.name(),
         records.len(),
         records.iter().filter(|r| r.lost).count(),
@@ -244,6 +339,7 @@ fn point_figures(point: KillPoint, records: &[&RunRecord]) -> String {
             .iter()
             .filter(|r| r.while_down.as_ref().is_some_and(|d| d.version_changed))
             .count(),
+        span(records.iter().filter_map(|r| r.to_terminal).collect()),
         finals.join(","),
     )
 }
@@ -252,6 +348,7 @@ fn point_figures(point: KillPoint, records: &[&RunRecord]) -> String {
 struct RunRecord {
     point: KillPoint,
     run: usize,
+    restart: Restart,
     /// Whether the kill fell where the kill point means.
     landed: bool,
     /// The killed replica (`r0`…`r2`), and which replica led the monitor then.
@@ -261,8 +358,18 @@ struct RunRecord {
     holder_seen: Option<bool>,
     /// The incident as the store held it at the kill, in words.
     at_kill: String,
-    /// What the survivors wrote to the incident while the killed replica was down.
+    /// Whether the killed replica led the monitor (with no restart, a survivor then takes
+    /// the monitor lease over before it can take the work over).
+    killed_leader: bool,
+    /// What the survivors wrote to the incident while the killed replica was down (with no
+    /// restart: while the killed holder's execution lease may have lived).
     while_down: Option<WhileDown>,
+    /// Whether the kill left work under way (not awaiting approval, not done).
+    under_way: bool,
+    /// With no restart: how many `RemediationResumed` entries with `after: replica lost`
+    /// the audit holds for the incident after the kill, and from the kill to the first.
+    resumed_lost: usize,
+    to_resumed: Option<Duration>,
     /// From the kill to no work under way, when that happened in time.
     to_terminal: Option<Duration>,
     final_status: String,
@@ -274,15 +381,20 @@ struct RunRecord {
 }
 
 impl RunRecord {
-    fn new(point: KillPoint, run: usize) -> RunRecord {
+    fn new(point: KillPoint, run: usize, restart: Restart) -> RunRecord {
         RunRecord {
             point,
             run,
+            restart,
             landed: false,
             killed: "(none)".to_owned(),
             holder_seen: None,
             at_kill: "(not killed)".to_owned(),
+            killed_leader: false,
             while_down: None,
+            under_way: false,
+            resumed_lost: 0,
+            to_resumed: None,
             to_terminal: None,
             final_status: "?".to_owned(),
             docker: String::new(),
@@ -298,8 +410,9 @@ impl RunRecord {
 
     fn line(&self) -> String {
         format!(
-            "kill_replica run: point={} run={} killed={} holder={} landed={} at_kill=[{}] \
-             while_down=[{}] final={} to_terminal={} docker=[{}] failures={}{}",
+            "{} run: point={} run={} killed={} holder={} landed={} at_kill=[{}] \
+             {}=[{}]{} final={} to_terminal={} docker=[{}] failures={}{}",
+            self.restart.scenario(),
             self.point.name(),
             self.run,
             self.killed,
@@ -310,6 +423,10 @@ impl RunRecord {
             },
             if self.landed { "yes" } else { "MISSED" },
             self.at_kill,
+            match self.restart {
+                Restart::After(_) => "while_down",
+                Restart::Never => "in_lease",
+            },
             self.while_down.as_ref().map_or_else(
                 || "?".to_owned(),
                 |d| format!(
@@ -319,6 +436,17 @@ impl RunRecord {
                     d.steps
                 )
             ),
+            match self.restart {
+                Restart::After(_) => String::new(),
+                Restart::Never => format!(
+                    " resumed_replica_lost={} to_resumed={}",
+                    self.resumed_lost,
+                    self.to_resumed.map_or_else(
+                        || "never".to_owned(),
+                        |d| format!("{:.1}s", d.as_secs_f64())
+                    )
+                ),
+            },
             self.final_status,
             self.to_terminal.map_or_else(
                 || "never".to_owned(),
@@ -335,7 +463,8 @@ impl RunRecord {
     }
 }
 
-/// What changed in the store between the kill and the restart.
+/// What changed in the store between the kill and the restart (with no restart: the end
+/// of the killed holder's execution lease).
 struct WhileDown {
     status_changed: bool,
     /// Whether anything of the incident was written (its version moved).
@@ -344,10 +473,10 @@ struct WhileDown {
     steps: Vec<String>,
 }
 
-/// One run: a cluster of its own, a container, an incident, an approval, a kill, a restart,
-/// the checks.
-async fn run_once(redis_url: String, point: KillPoint, run: usize) -> RunRecord {
-    let mut record = RunRecord::new(point, run);
+/// One run: a cluster of its own, a container, an incident, an approval, a kill, a restart
+/// (or none), the checks.
+async fn run_once(redis_url: String, point: KillPoint, run: usize, restart: Restart) -> RunRecord {
+    let mut record = RunRecord::new(point, run, restart);
     let cluster = ClusterConfig::new(&redis_url, None, true, "");
     let container = match StubbornContainer::broken(&cluster.label, point.fix()).await {
         Ok(container) => container,
@@ -356,7 +485,16 @@ async fn run_once(redis_url: String, point: KillPoint, run: usize) -> RunRecord 
             return record;
         }
     };
-    if let Err(e) = drive(&redis_url, &cluster, &container, point, &mut record).await {
+    if let Err(e) = drive(
+        &redis_url,
+        &cluster,
+        &container,
+        point,
+        restart,
+        &mut record,
+    )
+    .await
+    {
         record.fail(e);
     }
     record
@@ -387,6 +525,7 @@ async fn drive(
     cluster: &ClusterConfig,
     container: &StubbornContainer,
     point: KillPoint,
+    restart: Restart,
     record: &mut RunRecord,
 ) -> Result<(), String> {
     let mut replicas: Replicas = cluster
@@ -541,6 +680,19 @@ async fn drive(
         .and_then(|v| lease_pid(v, true))
         .and_then(|pid| pids.iter().position(|p| *p == pid));
     let killed_pid = pids[killed];
+    record.killed_leader = leader == Some(killed);
+    if restart == Restart::Never {
+        // The killed replica is gone for good: the proxy, as a load balancer whose health
+        // check failed, sends to the survivors only.
+        proxy.set_backends(
+            replicas
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != killed)
+                .map(|(_, r)| r.addr())
+                .collect(),
+        );
+    }
     record.killed = format!(
         "r{killed}{}",
         if leader == Some(killed) {
@@ -610,9 +762,10 @@ async fn drive(
     );
     let under_way_at_kill =
         rolling_at_kill || (at_kill.status != Status::AwaitingApproval && !done(&at_kill));
+    record.under_way = under_way_at_kill;
 
-    // Down for a while, then started again, as a supervisor would.
-    let down_until = killed_at + DOWN;
+    // Down for a while, then started again, as a supervisor would (or never).
+    let down_until = killed_at + restart.hands_off();
     if let Ok(left) = down_until.duration_since(SystemTime::now()) {
         tokio::time::sleep(left).await;
     }
@@ -630,13 +783,30 @@ async fn drive(
             .map(|e| e.step.clone())
             .collect(),
     });
-    let restarted = Instant::now();
-    let again = cluster.replica(&format!("r{killed}")).await;
-    replicas[killed] = Arc::new(again);
-    proxy.set_backends(replicas.iter().map(|r| r.addr()).collect());
+    let (deadline, within) = match restart {
+        Restart::After(_) => {
+            let restarted = Instant::now();
+            let again = cluster.replica(&format!("r{killed}")).await;
+            replicas[killed] = Arc::new(again);
+            proxy.set_backends(replicas.iter().map(|r| r.addr()).collect());
+            (restarted + TERMINAL_WITHIN, "after the restart")
+        }
+        Restart::Never => {
+            let since_kill = SystemTime::now()
+                .duration_since(killed_at)
+                .unwrap_or_default();
+            (
+                Instant::now() + TAKEOVER_WITHIN.saturating_sub(since_kill),
+                "of the kill, with no restart",
+            )
+        }
+    };
+    let within_for = match restart {
+        Restart::After(_) => TERMINAL_WITHIN,
+        Restart::Never => TAKEOVER_WITHIN,
+    };
 
     // Everything must settle by itself.
-    let deadline = restarted + TERMINAL_WITHIN;
     let mut last = Value::Null;
     let mut others_busy = Vec::new();
     loop {
@@ -699,8 +869,8 @@ async fn drive(
             .map(|r| format!("--- {}:\n{}", r.name, r.log_tail(15)))
             .collect();
         record.fail(format!(
-            "LOST: not terminal within {TERMINAL_WITHIN:?} after the restart: the incident is \
-             {}, others under way: {others_busy:?}; timeline: {}; the replicas logged:\n{}",
+            "LOST: not terminal within {within_for:?} {within}: the incident is {}, others \
+             under way: {others_busy:?}; timeline: {}; the replicas logged:\n{}",
             record.final_status,
             last["timeline"],
             logs.join("\n")
@@ -779,15 +949,72 @@ async fn drive(
             audit["chain"]
         ));
     }
-    let after_kill: Vec<String> = audit["entries"]
+    let entries_after_kill: Vec<&Value> = audit["entries"]
         .as_array()
         .map(|e| e.as_slice())
         .unwrap_or_default()
         .iter()
         .skip(audit_at_kill)
         .filter(|e| e["incident"] == id.as_str())
+        .collect();
+    let after_kill: Vec<String> = entries_after_kill
+        .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_owned))
         .collect();
+    if restart == Restart::Never {
+        // Only a survivor's takeover can resume the work: the audit says so, once.
+        let resumed: Vec<&&Value> = entries_after_kill
+            .iter()
+            .filter(|e| e["event"] == "RemediationResumed")
+            .collect();
+        let lost: Vec<&&Value> = resumed
+            .iter()
+            .copied()
+            .filter(|e| e["details"]["after"] == "replica lost")
+            .collect();
+        record.resumed_lost = lost.len();
+        record.to_resumed = lost
+            .first()
+            .and_then(|e| e["at"].as_str())
+            .and_then(|at| Timestamp::parse_rfc3339(at).ok())
+            .and_then(|at| {
+                let killed_ms = killed_at.duration_since(UNIX_EPOCH).ok()?.as_millis();
+                let at_ms = u128::try_from(at.unix_millis()).ok()?;
+                Some(Duration::from_millis(
+                    u64::try_from(at_ms.saturating_sub(killed_ms)).ok()?,
+                ))
+            });
+        if under_way_at_kill && lost.is_empty() {
+            record.fail(format!(
+                "killed at {} with work under way and never restarted, yet no \
+                 RemediationResumed with after = \"replica lost\" after the kill; audited \
+                 after the kill: {after_kill:?}; the survivors logged: {}",
+                record.at_kill,
+                takeover_log(&replicas, killed)
+            ));
+        }
+        if !under_way_at_kill && !resumed.is_empty() {
+            record.fail(format!(
+                "nothing was under way at the kill ({}), yet {} RemediationResumed: {resumed:?}",
+                record.at_kill,
+                resumed.len()
+            ));
+        }
+        if lost.len() > 1 {
+            record.fail(format!(
+                "the work was taken over {} times (each queues it again): {lost:?}; the \
+                 survivors logged: {}",
+                lost.len(),
+                takeover_log(&replicas, killed)
+            ));
+        }
+        if resumed.len() != lost.len() {
+            record.fail(format!(
+                "no replica restarted, yet a RemediationResumed names another cause: \
+                 {resumed:?}"
+            ));
+        }
+    }
     if under_way_at_kill
         && !after_kill
             .iter()
@@ -818,6 +1045,33 @@ async fn drive(
     }
     drop(proxy);
     Ok(())
+}
+
+/// What the survivors logged about leading the monitor and taking work over (they log at
+/// `warn`: a takeover, a lost monitor lease), each line under its replica's name.
+fn takeover_log(replicas: &Replicas, killed: usize) -> String {
+    let lines: Vec<String> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .flat_map(|(_, r)| {
+            std::fs::read_to_string(&r.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.contains("lost replica")
+                        || l.contains("monitor lease")
+                        || l.contains("lost work")
+                })
+                .map(|l| format!("{}: {l}", r.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if lines.is_empty() {
+        "(nothing)".to_owned()
+    } else {
+        format!("[{}]", lines.join(" || "))
+    }
 }
 
 /// The harness's own view of the run's store. On this busy machine the private Redis, which
