@@ -14,6 +14,7 @@ mod audit;
 mod cluster;
 mod connections;
 mod dedup;
+mod injection;
 
 /// Whether the full sizes run (`SENTINEL_CHAOS=full`), else the short ones.
 pub fn full() -> bool {
