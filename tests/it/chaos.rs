@@ -16,6 +16,7 @@ mod breaker;
 mod cluster;
 mod connections;
 mod dedup;
+mod injection;
 mod kill_replica;
 mod redis_down;
 mod rolling;
