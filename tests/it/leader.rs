@@ -21,7 +21,44 @@ impl Drop for Replica {
     }
 }
 
-fn start(config: &std::path::Path, sandbox: &std::path::Path) -> Replica {
+/// Starts a replica and waits until it answers on its own port. `free_port` only says a port
+/// was free a moment ago: under a busy suite another process can take it first, this replica
+/// then exits ("cannot listen") and the port answers for someone else, so it is started again
+/// on another port.
+async fn start(config: &std::path::Path, sandbox: &std::path::Path) -> Replica {
+    for _ in 0..3 {
+        let mut replica = spawn(config, sandbox);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = reqwest::Client::new();
+        loop {
+            if replica.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            let ready = client
+                .get(format!("http://127.0.0.1:{}/readyz", replica.port))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                // Still ours: the process that answered is alive.
+                if replica.child.try_wait().ok().flatten().is_none() {
+                    return replica;
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica did not become ready within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = replica.child.kill();
+        let _ = replica.child.wait();
+    }
+    panic!("a replica found no free port in three tries");
+}
+
+fn spawn(config: &std::path::Path, sandbox: &std::path::Path) -> Replica {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
         .arg("serve")
@@ -68,7 +105,10 @@ async fn exactly_one_replica_runs_the_loop_and_another_takes_over_after_kill_9()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let mut replicas = vec![start(&config, dir.path()), start(&config, dir.path())];
+    let mut replicas = vec![
+        start(&config, dir.path()).await,
+        start(&config, dir.path()).await,
+    ];
 
     // Both replicas report a cycle; exactly one of them is the leader, several times over.
     let deadline = Instant::now() + Duration::from_secs(15);
